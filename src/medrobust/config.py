@@ -1,0 +1,390 @@
+"""The one configuration: ``params.yaml``, parsed into typed dataclasses and validated when read.
+
+Every knob of every stage lives here. DVC reads the same file for its ``params:`` dependencies and
+the Kubeflow pipeline passes its text to each component, so the three runners can never disagree.
+
+Validation is strict: an unknown key, a wrong type or a value outside its allowed set stops with a
+:class:`ConfigError` naming the full key (``train.method``) and what is allowed.
+
+Epsilons are fractions of the [0, 1] pixel range and may be written as ``"8/255"``.
+
+Example:
+    >>> params = load_params("params.yaml")
+    >>> params.train.method
+    'pgd_at'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "AttackSpec",
+    "ConfigError",
+    "Params",
+    "load_params",
+    "parse_eps",
+    "parse_params",
+]
+
+Norm = Literal["linf", "l2"]
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the key and the allowed values."""
+
+
+def parse_eps(value: Any, key: str = "eps") -> float:
+    """Parse an epsilon written as a number or a fraction string such as ``"8/255"``.
+
+    Raises:
+        ConfigError: if the value is not a non-negative number or fraction.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+    if isinstance(value, (int, float)):
+        out = float(value)
+    elif isinstance(value, str):
+        try:
+            out = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(
+                f"{key}: expected a number or a fraction like '8/255', got {value!r}"
+            ) from None
+    else:
+        raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+    if out < 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+    return out
+
+
+def _bounds(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    return field(metadata={"lo": lo, "hi": hi}, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Embedded default data: a synthetic mammography-like DICOM study tree."""
+
+    n_patients: int = _bounds(3, 100_000, default=120)
+    images_per_patient_min: int = _bounds(1, 100, default=3)
+    images_per_patient_max: int = _bounds(1, 100, default=5)
+    image_size: int = _bounds(32, 4096, default=128)
+    lesion_fraction: float = _bounds(0.0, 1.0, default=0.5)
+    monochrome1_fraction: float = _bounds(0.0, 1.0, default=0.25)
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = _bounds(0.0, 1.0, default=0.6)
+    val: float = _bounds(0.0, 1.0, default=0.2)
+    test: float = _bounds(0.0, 1.0, default=0.2)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "dicom_folder"] = "synthetic"
+    dicom_dir: str = "data/raw/synthetic/dicom"
+    labels_csv: str = "data/raw/synthetic/labels.csv"
+    classes: tuple[str, ...] = ("normal", "lesion")
+    image_size: int = _bounds(8, 1024, default=64)
+    shard_size: int = _bounds(1, 1_000_000, default=256)
+    split: SplitConfig = SplitConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Great Expectations thresholds for the ingest manifest."""
+
+    min_class_fraction: float = _bounds(0.0, 1.0, default=0.2)
+    max_class_fraction: float = _bounds(0.0, 1.0, default=0.8)
+    max_quarantine_fraction: float = _bounds(0.0, 1.0, default=0.2)
+    min_images_per_split: int = _bounds(1, None, default=8)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite: the threat model (norm) always travels with the epsilons."""
+
+    name: Literal["fgsm", "pgd"]
+    norm: Norm = "linf"
+    eps: tuple[float, ...] = (8 / 255,)
+    steps: int = _bounds(1, 10_000, default=10)
+    step_size: float | None = None  # default: 2.5 * eps / steps (Madry et al.)
+    random_start: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}_{self.norm}"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adam"] = "adam"
+    lr: float = _bounds(1e-8, 10.0, default=3e-3)
+    weight_decay: float = _bounds(0.0, 1.0, default=0.0)
+    momentum: float = _bounds(0.0, 1.0, default=0.9)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
+    width: int = _bounds(1, 1024, default=16)
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """The model that advgen attacks to make its transfer set (trained with standard training)."""
+
+    model: ModelConfig = ModelConfig()
+    epochs: int = _bounds(1, 10_000, default=10)
+    batch_size: int = _bounds(1, 100_000, default=32)
+    optim: OptimConfig = OptimConfig()
+    weights: str = ""  # optional path of a state_dict to load instead of training
+
+
+@dataclass(frozen=True)
+class AdvgenConfig:
+    surrogate: SurrogateConfig = SurrogateConfig()
+    attacks: tuple[AttackSpec, ...] = (
+        AttackSpec(name="fgsm", eps=(4 / 255, 8 / 255)),
+        AttackSpec(name="pgd", eps=(4 / 255, 8 / 255), steps=10),
+    )
+    batch_size: int = _bounds(1, 100_000, default=128)
+
+
+@dataclass(frozen=True)
+class PGDATConfig:
+    """Madry et al. 2018: train on the PGD adversary's examples."""
+
+    norm: Norm = "linf"
+    eps: float = 8 / 255
+    steps: int = _bounds(1, 1000, default=7)
+    step_size: float = 2 / 255
+    random_start: bool = True
+    warmup_epochs: int = _bounds(0, 1000, default=4)  # ε ramps linearly from 0 over these epochs
+
+
+@dataclass(frozen=True)
+class MethodsConfig:
+    pgd_at: PGDATConfig = PGDATConfig()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["standard", "pgd_at"] = "pgd_at"
+    model: ModelConfig = ModelConfig()
+    epochs: int = _bounds(1, 10_000, default=15)
+    batch_size: int = _bounds(1, 100_000, default=32)
+    optim: OptimConfig = OptimConfig()
+    methods: MethodsConfig = MethodsConfig()
+    hflip: bool = True  # random horizontal flips (label-preserving for the default data)
+    num_threads: int = _bounds(0, 1024, default=0)  # 0: let torch decide
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    attacks: tuple[AttackSpec, ...] = (
+        AttackSpec(name="fgsm", eps=(2 / 255, 4 / 255, 8 / 255)),
+        AttackSpec(name="pgd", eps=(2 / 255, 4 / 255, 8 / 255), steps=20),
+    )
+    batch_size: int = _bounds(1, 100_000, default=128)
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    min_clean_accuracy: float = _bounds(0.0, 1.0, default=0.85)
+    min_robust_accuracy: float = _bounds(0.0, 1.0, default=0.5)
+    gate_attack: str = "pgd_linf"
+    gate_eps: float = 8 / 255
+    champion_tolerance: float = _bounds(0.0, 1.0, default=0.02)
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    model_name: str = "medrobust-classifier"
+    gates: GatesConfig = GatesConfig()
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "medrobust"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    advgen: AdvgenConfig = AdvgenConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------
+_EPS_FIELDS = {"eps", "step_size", "gate_eps"}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, fname: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}"
+            )
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            if type(None) in get_args(tp):
+                return None
+            raise ConfigError(f"{key}: may not be null")
+        return _coerce(value, args[0], key, fname)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value] if fname == "eps" else value
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner, *_rest) = get_args(tp)
+        return tuple(_coerce(v, inner, f"{key}[{i}]", fname) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if fname in _EPS_FIELDS and tp is float:
+        return parse_eps(value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params.yaml'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = prefix or "top level"
+        raise ConfigError(
+            f"unknown key {'.'.join(filter(None, [prefix, str(unknown[0])]))!r} in {where}; "
+            f"allowed keys: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{'.'.join(filter(None, [prefix, name]))}: required key missing")
+            continue
+        key = ".".join(filter(None, [prefix, name]))
+        val = _coerce(raw[name], hints[name], key, name)
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        if lo is not None and val < lo or hi is not None and val > hi:
+            raise ConfigError(f"{key}: {val!r} is out of range; allowed: [{lo}, {hi}]")
+        kwargs[name] = val
+    return cls(**kwargs)
+
+
+def _check_semantics(p: Params) -> None:
+    s = p.data.split
+    if abs(s.train + s.val + s.test - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.split: train + val + test must sum to 1, got {s.train + s.val + s.test:g}"
+        )
+    if len(p.data.classes) < 2 or len(set(p.data.classes)) != len(p.data.classes):
+        raise ConfigError(f"data.classes: need >= 2 distinct class names, got {p.data.classes!r}")
+    syn = p.data.synthetic
+    if syn.images_per_patient_min > syn.images_per_patient_max:
+        raise ConfigError(
+            "data.synthetic.images_per_patient_min must be <= images_per_patient_max"
+        )
+    if p.validation.min_class_fraction > p.validation.max_class_fraction:
+        raise ConfigError("validation.min_class_fraction must be <= max_class_fraction")
+    gate_keys = {a.key for a in p.evaluate.attacks}
+    g = p.register.gates
+    if g.gate_attack not in gate_keys:
+        raise ConfigError(
+            f"register.gates.gate_attack: {g.gate_attack!r} is not evaluated; "
+            f"allowed values (from evaluate.attacks): {', '.join(sorted(gate_keys))}"
+        )
+    evaluated = [e for a in p.evaluate.attacks if a.key == g.gate_attack for e in a.eps]
+    if not any(abs(e - g.gate_eps) < 1e-9 for e in evaluated):
+        raise ConfigError(
+            f"register.gates.gate_eps: {g.gate_eps:.6g} is not among the evaluated epsilons of "
+            f"{g.gate_attack}; allowed values: {', '.join(f'{e:.6g}' for e in evaluated)}"
+        )
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping (as loaded from YAML) and return typed :class:`Params`.
+
+    Raises:
+        ConfigError: naming the offending key and the allowed keys or values.
+    """
+    params = _build(Params, raw or {}, "")
+    _check_semantics(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: if the file is missing, is not YAML, or fails validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root?)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def params_from_text(text: str) -> Params:
+    """Parse params.yaml given as text (how Kubeflow components receive it)."""
+    return parse_params(yaml.safe_load(text))

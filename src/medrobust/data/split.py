@@ -1,0 +1,35 @@
+"""Patient-level train/val/test split: all images of a patient land in exactly one split."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medrobust.config import SplitConfig
+
+
+def split_patients(patients: list[str], cfg: SplitConfig, seed: int) -> dict[str, str]:
+    """Assign each (pseudonymous) patient to ``train``, ``val`` or ``test``.
+
+    The order is a seeded permutation of the sorted patient list, so the assignment depends on the
+    seed and the set of patients only, not on file order. Each non-empty fraction gets at least one
+    patient when there are enough patients.
+
+    Returns:
+        Mapping patient -> split name.
+    """
+    unique = sorted(set(patients))
+    n = len(unique)
+    order = np.random.default_rng(seed).permutation(n)
+    fracs = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+    counts = {k: int(round(v * n)) for k, v in fracs.items()}
+    for k in ("val", "test"):
+        if fracs[k] > 0 and counts[k] == 0 and n >= 3:
+            counts[k] = 1
+    counts["train"] = n - counts["val"] - counts["test"]
+    out: dict[str, str] = {}
+    pos = 0
+    for name in ("train", "val", "test"):
+        for idx in order[pos : pos + counts[name]]:
+            out[unique[idx]] = name
+        pos += counts[name]
+    return out

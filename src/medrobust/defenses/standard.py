@@ -1,0 +1,18 @@
+"""Standard (empirical risk minimisation) training: cross-entropy on clean images. The baseline."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medrobust.defenses.base import Defense
+
+
+class Standard(Defense):
+    name = "standard"
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"train_acc": (logits.argmax(1) == y).float().mean().item()}

@@ -1,0 +1,1 @@
+"""Evaluation: clean and robust metrics, plots and reports."""

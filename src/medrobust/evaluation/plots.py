@@ -1,0 +1,55 @@
+"""Matplotlib figures (PNG, rendered here: DVC's HTML plots need a CDN, which offline users lack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_history(epochs: list[dict[str, float]], path: str | Path, title: str = "") -> None:
+    """Loss and accuracies per epoch."""
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
+    xs = range(1, len(epochs) + 1)
+    ax_l.plot(xs, [e.get("train_loss", float("nan")) for e in epochs], marker="o")
+    ax_l.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key in sorted({k for e in epochs for k in e if k.endswith("acc") or k.endswith("accuracy")}):
+        ax_a.plot(xs, [e.get(key, float("nan")) for e in epochs], marker="o", label=key)
+    ax_a.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
+    ax_a.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_robustness(
+    curves: dict[str, list[tuple[float, float]]],
+    transfer: dict[str, list[tuple[float, float]]],
+    clean_accuracy: float,
+    path: str | Path,
+    title: str = "",
+    gate: tuple[float, float] | None = None,
+) -> None:
+    """Accuracy against ε (in /255 units) per attack; transfer sets dashed; the gate as a marker."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, pts in sorted(curves.items()):
+        pts = [(0.0, clean_accuracy), *sorted(pts)]
+        ax.plot([e * 255 for e, _ in pts], [a for _, a in pts], marker="o", label=f"white-box {name}")
+    for name, pts in sorted(transfer.items()):
+        pts = [(0.0, clean_accuracy), *sorted(pts)]
+        ax.plot([e * 255 for e, _ in pts], [a for _, a in pts], ls="--", marker="x", label=f"transfer {name}")
+    if gate is not None:
+        ax.scatter([gate[0] * 255], [gate[1]], marker="*", s=180, c="red", zorder=5, label="gate minimum")
+    ax.set(xlabel="ε (×1/255, L∞)", ylabel="accuracy", ylim=(0, 1.02), title=title or "robustness curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+

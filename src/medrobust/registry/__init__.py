@@ -1,0 +1,1 @@
+"""Model registry: robustness gates and promotion with MLflow aliases (``@champion``)."""

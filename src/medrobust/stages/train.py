@@ -1,0 +1,90 @@
+"""Stage 3 — train: a model with the training method named in ``train.method``.
+
+The method comes from :data:`medrobust.defenses.DEFENSES`, the backbone from
+:data:`medrobust.models.MODELS`. One MLflow run is opened here and re-used by evaluate and register:
+it holds the params, per-epoch metrics, the model, and later the robustness results.
+
+Outputs (in ``out_dir``, written atomically):
+
+* ``model.pt`` + ``model.json`` — the final weights (a state dict) and the model spec;
+* ``checkpoints/epoch_NNN.pt`` — model and optimiser state after every epoch;
+* ``history.json`` + ``training.png`` — per-epoch metrics;
+* ``run.json`` — the MLflow run id and the logged model's URI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medrobust import tracking
+from medrobust.config import Params
+from medrobust.data.shards import load_split
+from medrobust.defenses import get_defense
+from medrobust.evaluation.plots import plot_history
+from medrobust.models import ModelSpec, build_model, save_model
+from medrobust.training import train_model
+from medrobust.utils import atomic_output_dir, seed_everything, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    run_id: str
+    model_uri: str
+    final_val_accuracy: float
+
+
+def method_params(params: Params) -> dict:
+    """The chosen method's hyper-parameters from ``train.methods.<method>`` (empty if none)."""
+    section = getattr(params.train.methods, params.train.method, None)
+    return dataclasses.asdict(section) if section is not None else {}
+
+
+def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
+    """Train, checkpoint every epoch, log to MLflow."""
+    import mlflow
+
+    cfg = params.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(params.seed)
+    train, val = load_split(dataset_dir, "train"), load_split(dataset_dir, "val")
+    spec = ModelSpec(backbone=cfg.model.backbone, num_classes=len(params.data.classes),
+                     width=cfg.model.width, image_size=params.data.image_size)
+    model = build_model(spec)
+    mparams = method_params(params)
+    defense = get_defense(cfg.method, **mparams)
+    tracking.configure(params)
+    with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
+        mlflow.log_params(tracking.flatten(params.to_dict()))
+        mlflow.set_tags({"medrobust.method": cfg.method, "medrobust.backbone": cfg.model.backbone,
+                         "medrobust.stage": "train"})
+        history = train_model(
+            model, defense, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
+            seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
+            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), desc=cfg.method,
+        )
+        save_model(model, spec, tmp)
+        write_json(tmp / "history.json", history.epochs)
+        plot_history(history.epochs, tmp / "training.png", title=f"{cfg.method} / {cfg.model.backbone}")
+        example = train.x[:2].numpy()
+        info = mlflow.pytorch.log_model(
+            model, name="model", input_example=example, pip_requirements=tracking.MODEL_PIP_REQUIREMENTS,
+        )
+        mlflow.log_artifact(str(tmp / "training.png"))
+        mlflow.log_dict(dataclasses.asdict(spec), "model_spec.json")
+        final_val = history.epochs[-1].get("val_accuracy", float("nan"))
+        run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
+                    "model_uri": info.model_uri, "model_sha256": sha256_file(tmp / "model.pt"),
+                    "method": cfg.method, "backbone": cfg.model.backbone}
+        write_json(tmp / "run.json", run_info)
+    log.info("trained %s/%s: val accuracy %.3f; MLflow run %s", cfg.method, cfg.model.backbone,
+             final_val, run_info["run_id"])
+    return TrainResult(Path(out_dir), run_info["run_id"], info.model_uri, final_val)

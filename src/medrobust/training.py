@@ -1,0 +1,117 @@
+"""The training loop shared by every method (and by advgen's surrogate).
+
+It owns data order (a seeded generator), the optimiser, per-epoch validation, checkpoints and a
+per-epoch callback (the train stage logs to MLflow through it). The method decides the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medrobust.config import OptimConfig
+from medrobust.data.shards import ArraySplit
+from medrobust.defenses import Defense
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits for ``x`` in eval mode (the caller's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    return float((predict_logits(model, x, batch_size).argmax(1) == y).float().mean())
+
+
+def train_model(
+    model: nn.Module,
+    defense: Defense,
+    train: ArraySplit,
+    val: ArraySplit | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    optim: OptimConfig,
+    seed: int,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    hflip: bool = False,
+    desc: str = "train",
+) -> History:
+    """Train ``model`` in place with ``defense``'s loss.
+
+    Args:
+        checkpoint_dir: if given, ``epoch_NNN.pt`` (model + optimiser state) is written every epoch.
+        on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch.
+
+    Returns:
+        Per-epoch metrics (mean loss, the method's stats, validation accuracy).
+    """
+    opt = make_optimizer(model, optim)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    gen = torch.Generator().manual_seed(seed)
+    history = History()
+    n = len(train)
+    for epoch in range(epochs):
+        defense.start_epoch(epoch, epochs)
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        sums: dict[str, float] = {}
+        batches = range(0, n, batch_size)
+        for start in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:  # batch norm needs > 1 sample
+                continue
+            x, y = train.x[idx], train.y[idx]
+            if hflip:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss, stats = defense.loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in {"loss": loss.item(), **stats}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+        sched.step()
+        metrics = {f"train_{k}" if not k.startswith("train_") else k: v / n for k, v in sums.items()}
+        if val is not None:
+            metrics["val_accuracy"] = accuracy(model, val.x, val.y)
+        history.epochs.append(metrics)
+        log.info("%s epoch %d/%d: %s", desc, epoch + 1, epochs,
+                 ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if checkpoint_dir is not None:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict()},
+                       checkpoint_dir / f"epoch_{epoch + 1:03d}.pt")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+    model.eval()
+    return history
