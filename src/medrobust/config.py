@@ -385,6 +385,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def params_as_text(path: str | Path) -> str:
+    """params.yaml as one line of JSON (valid YAML), validated first: what Kubeflow tasks receive.
+
+    One line because kfp copies a parameter's default into a YAML comment header, which a
+    multi-line value breaks.
+    """
+    import json
+
+    load_params(path)
+    return json.dumps(yaml.safe_load(Path(path).read_text()), separators=(",", ":"))
+
+
 def params_from_text(text: str) -> Params:
     """Parse params.yaml given as text (how Kubeflow components receive it)."""
     return parse_params(yaml.safe_load(text))

@@ -1,0 +1,152 @@
+"""``medrobust <stage>``: parse arguments, read params.yaml, call ``stages.<stage>.run``. Nothing else.
+
+    medrobust synthesize            # default data: a synthetic DICOM tree
+    medrobust ingest                # DICOM folder + labels CSV -> validated shards
+    medrobust advgen                # surrogate + adversarial test sets
+    medrobust train                 # the method named in params.yaml
+    medrobust evaluate              # clean / white-box / transfer robustness, gates
+    medrobust register              # MLflow registry, @champion if the gates pass
+    medrobust pipeline compile      # Kubeflow pipeline -> YAML
+    medrobust pipeline run-local    # the Kubeflow DAG with kfp.local's SubprocessRunner
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medrobust import paths
+from medrobust.config import ConfigError, Params, load_params
+from medrobust.utils import setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Adversarially robust medical-image classifiers.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow Pipelines: compile and run the DAG.")
+app.add_typer(pipeline_app, name="pipeline")
+log = logging.getLogger("medrobust.cli")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
+
+
+def _params(path: Path) -> Params:
+    setup_logging()
+    for noisy in ("great_expectations", "alembic", "mlflow", "urllib3", "matplotlib", "kfp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return load_params(path)
+
+
+@app.command()
+def synthesize(
+    params: ParamsOpt = Path("params.yaml"), out: Path = typer.Option(paths.RAW_SYNTHETIC, help="output folder")
+) -> None:
+    """Write the embedded default dataset: a synthetic mammography-like DICOM tree + labels.csv."""
+    from medrobust.stages import synthesize as stage
+
+    stage.run(_params(params), out)
+
+
+@app.command()
+def ingest(
+    params: ParamsOpt = Path("params.yaml"),
+    dicom_dir: Path = typer.Option(None, help="DICOM folder (default: data.dicom_dir)"),
+    labels_csv: Path = typer.Option(None, help="labels CSV (default: data.labels_csv)"),
+    out: Path = typer.Option(paths.INGESTED, help="output folder"),
+) -> None:
+    """Decode, de-identify, split by patient, validate (Great Expectations) and shard a DICOM folder."""
+    from medrobust.stages import ingest as stage
+
+    stage.run(_params(params), out, dicom_dir, labels_csv)
+
+
+@app.command()
+def advgen(
+    params: ParamsOpt = Path("params.yaml"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
+    out: Path = typer.Option(paths.ADVGEN, help="output folder"),
+) -> None:
+    """Train (or load) a surrogate and write adversarial versions of the test split."""
+    from medrobust.stages import advgen as stage
+
+    stage.run(_params(params), dataset, out)
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
+    out: Path = typer.Option(paths.MODEL, help="output folder"),
+) -> None:
+    """Train with the method named in train.method; log to MLflow."""
+    from medrobust.stages import train as stage
+
+    stage.run(_params(params), dataset, out)
+
+
+@app.command()
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
+    model: Path = typer.Option(paths.MODEL, help="train stage output"),
+    advgen: Path = typer.Option(paths.ADVGEN, help="advgen stage output"),
+    out: Path = typer.Option(paths.EVALUATION, help="output folder"),
+) -> None:
+    """Clean, white-box and transfer robustness; metrics.json, plot, report."""
+    from medrobust.stages import evaluate as stage
+
+    stage.run(_params(params), dataset, model, advgen, out)
+
+
+@app.command()
+def register(
+    params: ParamsOpt = Path("params.yaml"),
+    model: Path = typer.Option(paths.MODEL, help="train stage output"),
+    evaluation: Path = typer.Option(paths.EVALUATION, help="evaluate stage output"),
+    out: Path = typer.Option(paths.DECISION, help="decision JSON"),
+) -> None:
+    """Register the model; promote to @champion only if it passes the gates."""
+    from medrobust.stages import register as stage
+
+    stage.run(_params(params), model, evaluation, out)
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Path = typer.Option(paths.PIPELINE_YAML, help="compiled pipeline YAML"),
+) -> None:
+    """Compile the Kubeflow pipeline to YAML (the committed snapshot lives at pipelines/)."""
+    from medrobust.pipelines.dag import compile_pipeline
+
+    setup_logging()
+    compile_pipeline(out)
+    log.info("compiled pipeline -> %s", out)
+
+
+@pipeline_app.command("run-local")
+def pipeline_run_local(
+    params: ParamsOpt = Path("params.yaml"),
+    pipeline_root: Path = typer.Option(paths.KFP_LOCAL_ROOT, help="where kfp.local keeps artifacts"),
+) -> None:
+    """Run the whole DAG on this machine with kfp.local's SubprocessRunner."""
+    from medrobust.pipelines.local import run_local
+
+    p = _params(params)
+    run_dir = run_local(p, params, pipeline_root)
+    log.info("kfp.local run finished: artifacts in %s", run_dir)
+
+
+def main() -> None:
+    """Entry point: known user errors exit 2 with one clear message, not a traceback."""
+    from medrobust.stages.ingest import IngestError, IngestValidationError
+
+    try:
+        app()
+    except (ConfigError, IngestError, IngestValidationError, FileNotFoundError) as exc:
+        logging.getLogger("medrobust").error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

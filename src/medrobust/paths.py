@@ -1,0 +1,12 @@
+"""Default locations of each stage's outputs, relative to the repository root (as in dvc.yaml)."""
+
+from pathlib import Path
+
+RAW_SYNTHETIC = Path("data/raw/synthetic")
+INGESTED = Path("data/ingested")
+ADVGEN = Path("data/advgen")
+MODEL = Path("models/classifier")
+EVALUATION = Path("reports/evaluation")
+DECISION = Path("reports/decision.json")
+PIPELINE_YAML = Path("pipelines/medrobust_pipeline.yaml")
+KFP_LOCAL_ROOT = Path(".kfp")

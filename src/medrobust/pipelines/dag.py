@@ -1,0 +1,88 @@
+"""The Kubeflow pipeline: synthesize -> ingest -> advgen -> train -> evaluate -> register.
+
+* ``dsl.If`` gates registration on the evaluation outcome: when the absolute gates pass, the
+  ``register`` task may promote the version to ``@champion`` (it still checks the champion
+  comparison); otherwise ``register-rejected`` records the version with its rejection tags, so the
+  registry always shows what was tried.
+* advgen, train and evaluate ask for one NVIDIA GPU on the GPU node pool (accelerator type and
+  limit, a node selector and a toleration through kfp-kubernetes).
+* Deterministic stages are cached and retried; register is never cached (it has side effects).
+* MLflow's address and credentials come from the optional Kubernetes secret ``medrobust-mlflow``.
+
+The pipeline takes params.yaml (as one line of JSON) as its one parameter (defaulting to the repository's
+file at compile time), so it reads exactly the keys DVC reads.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from medrobust import components as c
+
+PIPELINE_NAME = "medrobust"
+GPU_NODE_SELECTOR = ("medrobust.io/node-pool", "gpu")
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+MLFLOW_SECRET = "medrobust-mlflow"
+MLFLOW_ENV = {
+    "tracking_uri": "MLFLOW_TRACKING_URI",
+    "username": "MLFLOW_TRACKING_USERNAME",
+    "password": "MLFLOW_TRACKING_PASSWORD",
+    "s3_endpoint_url": "MLFLOW_S3_ENDPOINT_URL",
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+}
+DEFAULT_PARAMS = Path(__file__).resolve().parents[3] / "params.yaml"
+
+
+def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    task.set_cpu_limit("8").set_memory_limit("32G")
+    kubernetes.add_node_selector(task, label_key=GPU_NODE_SELECTOR[0], label_value=GPU_NODE_SELECTOR[1])
+    kubernetes.add_toleration(task, **GPU_TOLERATION)
+    return task
+
+
+def _mlflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_ENV, optional=True)
+    return task
+
+
+def _cached(task: dsl.PipelineTask, retries: int = 2) -> dsl.PipelineTask:
+    task.set_caching_options(True)
+    task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+    return task
+
+
+def build_pipeline(default_params_yaml: str):
+    """The pipeline function, with ``params_yaml`` defaulting to the given text."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Train, attack, gate and register a robust medical-image classifier.")
+    def medrobust_pipeline(params_yaml: str = default_params_yaml):
+        raw = _cached(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"))
+        ing = _cached(c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"]))
+        adv = _gpu(_cached(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"])))
+        trn = _mlflow(_gpu(_cached(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]))))
+        ev = _mlflow(_gpu(_cached(c.evaluate(
+            params_yaml=params_yaml, dataset=ing.outputs["dataset"],
+            adversarial=adv.outputs["adversarial"], model=trn.outputs["model"],
+        ))))
+        ev.set_caching_options(False)  # logs to the (uncached) MLflow run of this execution
+        with dsl.If(ev.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 - a KFP condition
+            reg = c.register(params_yaml=params_yaml, model=trn.outputs["model"], evaluation=ev.outputs["evaluation"])
+            _mlflow(reg.set_caching_options(False).set_retry(num_retries=2, backoff_duration="30s"))
+        with dsl.Else(name="gates-failed"):
+            rej = c.register(params_yaml=params_yaml, model=trn.outputs["model"], evaluation=ev.outputs["evaluation"])
+            _mlflow(rej.set_display_name("register-rejected").set_caching_options(False))
+
+    return medrobust_pipeline
+
+
+def compile_pipeline(out: str | Path, params_path: str | Path = DEFAULT_PARAMS) -> Path:
+    """Compile to YAML (two documents: PipelineSpec and PlatformSpec)."""
+    from medrobust.config import params_as_text
+
+    text = params_as_text(params_path)  # validated: never compile an invalid configuration
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(text), package_path=str(out))
+    return out

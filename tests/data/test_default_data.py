@@ -1,0 +1,60 @@
+"""The embedded default data is learnable and attackable (issue #2's numbers), with default params."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from medrobust.attacks import get_attack
+from medrobust.config import load_params
+from medrobust.data.shards import load_split
+from medrobust.defenses import get_defense
+from medrobust.models import ModelSpec, build_model
+from medrobust.stages import ingest, synthesize
+from medrobust.stages.train import method_params
+from medrobust.training import accuracy, train_model
+from medrobust.utils import seed_everything
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def default_data(tmp_path_factory):
+    params = load_params(REPO / "params.yaml")
+    root = tmp_path_factory.mktemp("default")
+    synthesize.run(params, root / "raw")
+    ingest.run(params, root / "ingested", root / "raw" / "dicom", root / "raw" / "labels.csv")
+    return params, root / "ingested"
+
+
+def _train(params, dataset, method: str):
+    seed_everything(params.seed)
+    cfg = params.train
+    model = build_model(ModelSpec(cfg.model.backbone, len(params.data.classes), width=cfg.model.width,
+                                  image_size=params.data.image_size))
+    kwargs = method_params(dataclasses.replace(params, train=dataclasses.replace(cfg, method=method)))
+    train_model(model, get_defense(method, **kwargs), load_split(dataset, "train"), None, epochs=cfg.epochs,
+                batch_size=cfg.batch_size, optim=cfg.optim, seed=params.seed, hflip=cfg.hflip)
+    return model
+
+
+@pytest.mark.integration
+def test_standard_model_learns_and_pgd_breaks_it(default_data):
+    params, dataset = default_data
+    test = load_split(dataset, "test")
+    assert len(test) >= 80
+    model = _train(params, dataset, "standard")
+    clean = accuracy(model, test.x, test.y)
+    adv = get_attack("pgd", model, eps=8 / 255, steps=20, seed=0)(test.x, test.y)
+    robust = accuracy(model, adv, test.y)
+    assert clean >= 0.90
+    assert clean - robust >= 0.30, f"PGD-20 at 8/255 only drops {clean:.3f} -> {robust:.3f}"
+
+
+@pytest.mark.integration
+def test_default_defended_model_reaches_090_clean(default_data):
+    params, dataset = default_data
+    assert params.train.method == "pgd_at"
+    test = load_split(dataset, "test")
+    model = _train(params, dataset, params.train.method)
+    assert accuracy(model, test.x, test.y) >= 0.90

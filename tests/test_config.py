@@ -1,0 +1,61 @@
+"""params.yaml is validated when read: errors name the key and the allowed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from medrobust.config import ConfigError, Params, load_params, parse_eps, parse_params
+from tests.conftest import REPO, write_params
+
+
+def test_repository_params_are_valid_and_equal_the_documented_defaults():
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"methd": "pgd_at"}})
+    msg = str(err.value)
+    assert "train.methd" in msg and "method" in msg and "epochs" in msg
+
+
+def test_bad_choice_lists_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"method": "magic"}})
+    assert "train.method" in str(err.value)
+    assert "'standard'" in str(err.value) and "'pgd_at'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"train": {"epochs": "ten"}}, "train.epochs"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"data": {"split": {"train": 0.5, "val": 0.2, "test": 0.2}}}, "data.split"),
+        ({"train": {"methods": {"pgd_at": {"eps": "8/0"}}}}, "train.methods.pgd_at.eps"),
+        ({"train": {"methods": {"pgd_at": {"eps": "-1/255"}}}}, "train.methods.pgd_at.eps"),
+        ({"register": {"gates": {"gate_eps": "16/255"}}}, "register.gates.gate_eps"),
+        ({"register": {"gates": {"gate_attack": "cw_l2"}}}, "register.gates.gate_attack"),
+        ({"evaluate": {"attacks": [{"name": "pgd", "norm": "l3"}]}}, "evaluate.attacks[0].norm"),
+        ({"train": {"hflip": "yes"}}, "train.hflip"),
+    ],
+)
+def test_bad_values_name_their_key(raw, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        parse_params(raw)
+
+
+def test_eps_fractions():
+    assert parse_eps("8/255") == pytest.approx(8 / 255)
+    assert parse_eps(0.5) == 0.5
+    p = parse_params({"evaluate": {"attacks": [{"name": "pgd", "eps": "8/255"}]}})
+    assert p.evaluate.attacks[0].eps == (pytest.approx(8 / 255),)
+
+
+def test_load_params_reports_file_and_key(tmp_path):
+    path = write_params(tmp_path / "params.yaml", {"seed": 1, "bogus": 2})
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and "'bogus'" in str(err.value)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
