@@ -228,6 +228,7 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
     advgen: AdvgenConfig = AdvgenConfig()

@@ -38,17 +38,18 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits for ``x`` in eval mode (the caller's mode is restored)."""
+    """Logits (on the CPU) for ``x`` in eval mode, batched on the model's device; mode restored."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    return float((predict_logits(model, x, batch_size).argmax(1) == y).float().mean())
+    return float((predict_logits(model, x, batch_size).argmax(1) == y.cpu()).float().mean())
 
 
 def train_model(
@@ -75,6 +76,7 @@ def train_model(
     Returns:
         Per-epoch metrics (mean loss, the method's stats, validation accuracy).
     """
+    device = next(model.parameters()).device
     opt = make_optimizer(model, optim)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     gen = torch.Generator().manual_seed(seed)
@@ -90,9 +92,9 @@ def train_model(
             idx = order[start : start + batch_size]
             if len(idx) < 2:  # batch norm needs > 1 sample
                 continue
-            x, y = train.x[idx], train.y[idx]
+            x, y = train.x[idx].to(device), train.y[idx].to(device)
             if hflip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             loss, stats = defense.loss(model, x, y)
             opt.zero_grad(set_to_none=True)

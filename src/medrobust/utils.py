@@ -39,6 +39,17 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def resolve_device(name: str) -> "torch.device":
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested in params.yaml but no CUDA GPU is available; use auto or cpu")
+    return torch.device(name)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

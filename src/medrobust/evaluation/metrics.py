@@ -34,9 +34,10 @@ def robust_accuracy(
     Points the model already misclassifies count as errors either way; they are attacked too, so
     the number is the plain accuracy on the adversarial set.
     """
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         x_adv = attack(xb, yb)
-        correct += int((predict_logits(model, x_adv, batch_size).argmax(1) == yb).sum())
+        correct += int((predict_logits(model, x_adv, batch_size).argmax(1) == yb.cpu()).sum())
     return correct / max(len(x), 1)

@@ -44,7 +44,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path, name: str = "model") -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / f"{name}.pt")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / f"{name}.pt")
     (out_dir / f"{name}.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out_dir / f"{name}.pt"
 

@@ -30,7 +30,7 @@ from medrobust.data.shards import load_split, write_shards
 from medrobust.defenses import get_defense
 from medrobust.models import ModelSpec, build_model, load_model, save_model
 from medrobust.training import accuracy, train_model
-from medrobust.utils import atomic_output_dir, seed_everything, sha256_file, write_json
+from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,12 @@ def set_id(attack_key: str, eps: float) -> str:
     return f"{attack_key}@{eps:.6f}"
 
 
-def attack_dataset(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([attack(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def attack_dataset(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Adversarial versions of ``x`` (returned on the CPU), attacked batch by batch on ``device``."""
+    return torch.cat([
+        attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(x), batch_size)
+    ])
 
 
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenResult:
@@ -56,6 +60,7 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenR
     seed_everything(params.seed + 101)
     train, val, test = (load_split(dataset_dir, s) for s in ("train", "val", "test"))
     num_classes = len(params.data.classes)
+    device = resolve_device(params.device)
     with atomic_output_dir(out_dir) as tmp:
         spec = ModelSpec(backbone=cfg.surrogate.model.backbone, num_classes=num_classes,
                          width=cfg.surrogate.model.width, image_size=params.data.image_size)
@@ -63,10 +68,11 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenR
             model, spec = load_model(Path(cfg.surrogate.weights).parent, Path(cfg.surrogate.weights).stem)
             log.info("surrogate loaded from %s", cfg.surrogate.weights)
         else:
-            model = build_model(spec)
+            model = build_model(spec).to(device)
             train_model(model, get_defense("standard"), train, val, epochs=cfg.surrogate.epochs,
                         batch_size=cfg.surrogate.batch_size, optim=cfg.surrogate.optim,
                         seed=params.seed + 101, desc="surrogate")
+        model = model.to(device)
         save_model(model, spec, tmp / "surrogate")
         digest = sha256_file(tmp / "surrogate" / "model.pt")
         clean_acc = accuracy(model, test.x, test.y)
@@ -76,7 +82,7 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenR
         for spec_a, eps in tqdm(jobs, desc="advgen", mininterval=5):
             sid = set_id(spec_a.key, eps)
             attack = from_spec(spec_a, model, eps, seed=params.seed)
-            x_adv = attack_dataset(attack, test.x, test.y, cfg.batch_size)
+            x_adv = attack_dataset(attack, test.x, test.y, cfg.batch_size, device)
             sets[sid] = accuracy(model, x_adv, test.y)
             refs = write_shards(tmp, "test", list(x_adv.numpy()), params.data.shard_size,
                                 prefix=sid.replace("@", "-eps"))

@@ -31,7 +31,7 @@ from medrobust.evaluation.plots import plot_robustness
 from medrobust.models import load_model
 from medrobust.registry.gates import absolute_gates, eps_label
 from medrobust.training import accuracy
-from medrobust.utils import atomic_output_dir, read_json, seed_everything, write_json
+from medrobust.utils import atomic_output_dir, read_json, resolve_device, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def run(
     seed_everything(params.seed)
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     model, _ = load_model(model_dir)
+    model = model.to(resolve_device(params.device))
     run_info = read_json(model_dir / "run.json")
     metrics = evaluate_model(params, model, dataset_dir, Path(advgen_dir) if advgen_dir else None)
     gates = absolute_gates(metrics, params.register.gates)

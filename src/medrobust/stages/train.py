@@ -28,7 +28,7 @@ from medrobust.defenses import get_defense
 from medrobust.evaluation.plots import plot_history
 from medrobust.models import ModelSpec, build_model, save_model
 from medrobust.training import train_model
-from medrobust.utils import atomic_output_dir, seed_everything, sha256_file, write_json
+from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
     train, val = load_split(dataset_dir, "train"), load_split(dataset_dir, "val")
     spec = ModelSpec(backbone=cfg.model.backbone, num_classes=len(params.data.classes),
                      width=cfg.model.width, image_size=params.data.image_size)
-    model = build_model(spec)
+    device = resolve_device(params.device)
+    model = build_model(spec).to(device)
     mparams = method_params(params)
     defense = get_defense(cfg.method, **mparams)
     tracking.configure(params)
@@ -71,6 +72,7 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
             seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
             on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), desc=cfg.method,
         )
+        model = model.cpu()  # saved and logged as a CPU model
         save_model(model, spec, tmp)
         write_json(tmp / "history.json", history.epochs)
         plot_history(history.epochs, tmp / "training.png", title=f"{cfg.method} / {cfg.model.backbone}")
