@@ -45,7 +45,7 @@ def plot_robustness(
         ax.plot([e * 255 for e, _ in pts], [a for _, a in pts], ls="--", marker="x", label=f"transfer {name}")
     if gate is not None:
         ax.scatter([gate[0] * 255], [gate[1]], marker="*", s=180, c="red", zorder=5, label="gate minimum")
-    ax.set(xlabel="ε (×1/255, L∞)", ylabel="accuracy", ylim=(0, 1.02), title=title or "robustness curve")
+    ax.set(xlabel="ε (×1/255; the norm is in each curve's name)", ylabel="accuracy", ylim=(0, 1.02), title=title or "robustness curve")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
