@@ -65,7 +65,7 @@ class IngestResult:
     validation_success: bool
 
 
-def read_labels(path: Path, classes: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Labels CSV -> (SOPInstanceUID -> label, SOPInstanceUID -> problem).
 
     Raises:
@@ -147,7 +147,7 @@ def run(
     out_dir = Path(out_dir)
     if not dicom_dir.is_dir():
         raise IngestError(f"DICOM folder not found: {dicom_dir} (set data.dicom_dir in params.yaml)")
-    labels, label_problems = read_labels(labels_csv, cfg.classes)
+    labels, label_problems = read_labels(labels_csv)
     key = load_key()
 
     files = _list_files(dicom_dir)

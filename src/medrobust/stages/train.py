@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medrobust import tracking
@@ -76,7 +77,8 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
         save_model(model, spec, tmp)
         write_json(tmp / "history.json", history.epochs)
         plot_history(history.epochs, tmp / "training.png", title=f"{cfg.method} / {cfg.model.backbone}")
-        example = train.x[:2].numpy()
+        # a noise image of the right shape: no patient pixels in the model's input example
+        example = np.random.default_rng(0).random((2, *train.x.shape[1:]), dtype=np.float32)
         info = mlflow.pytorch.log_model(
             model, name="model", input_example=example, pip_requirements=tracking.MODEL_PIP_REQUIREMENTS,
         )
