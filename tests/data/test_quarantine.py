@@ -98,6 +98,8 @@ def _bad_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
 def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
     dicom, labels_csv, expected = _bad_tree(tmp_path / "src")
     params = tiny_params(validation={"max_quarantine_fraction": 0.5})
+    (dicom / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (dicom / "DICOMDIR").write_bytes(b"\0" * 132)
     n_files = len([p for p in dicom.rglob("*") if p.is_file()])
     result = ingest.run(params, tmp_path / "out", dicom, labels_csv)
 
@@ -107,8 +109,9 @@ def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
     assert q["message"].str.len().min() > 10  # every entry says why
     # nothing silently dropped: every file is either ingested or quarantined
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
-    assert len(manifest) + len(q) == n_files == result.n_images + result.n_quarantined
     summary = pd.read_json(tmp_path / "out" / "ingest.json", typ="series")
+    assert sorted(summary["skipped_files"]) == [".DS_Store", "DICOMDIR"]  # not images: listed, not lost
+    assert len(manifest) + len(q) + 2 == n_files == result.n_images + result.n_quarantined + 2
     assert summary["quarantine_reasons"]["unsupported_dimensions"] == 2
 
 

@@ -93,11 +93,16 @@ def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return labels, problems
 
 
-def _list_files(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.name not in SKIP_NAMES and not p.name.startswith(".")
-    )
+def _list_files(root: Path) -> tuple[list[Path], list[str]]:
+    """(candidate image files, skipped files): DICOMDIR indexes and hidden files are not images."""
+    files, skipped = [], []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            if p.name in SKIP_NAMES or p.name.startswith("."):
+                skipped.append(str(p.relative_to(root)))
+            else:
+                files.append(p)
+    return files, skipped
 
 
 def _sample_grid(images: list[np.ndarray], labels: list[str], classes: tuple[str, ...], path: Path) -> None:
@@ -150,7 +155,9 @@ def run(
     labels, label_problems = read_labels(labels_csv)
     key = load_key()
 
-    files = _list_files(dicom_dir)
+    files, skipped = _list_files(dicom_dir)
+    if skipped:
+        log.info("skipped %d index/hidden files (DICOMDIR, dot-files); listed in ingest.json", len(skipped))
     if not files:
         raise IngestError(f"no files under {dicom_dir}")
     quarantine: list[dict[str, str]] = []
@@ -243,6 +250,7 @@ def run(
             "quarantine_fraction": q_frac,
             "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine)),
             "labels_without_image": len(missing_images),
+            "skipped_files": skipped,
             "patients": int(manifest["patient_id"].nunique()),
             "splits": split_counts,
             "classes": {c: int((manifest["label"] == c).sum()) for c in cfg.classes},
