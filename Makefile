@@ -22,6 +22,9 @@ help:
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	@# torchattacks (the reference for the exactness tests and `medrobust bench attacks`) pins
+	@# requests~=2.25 in its metadata, which would break MLflow; its real needs are all installed above
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from medrobust.config import Params, parse_params
@@ -33,9 +34,12 @@ TINY: dict[str, Any] = {
     "train": {"method": "pgd_at", "epochs": 2, "model": {"width": 4},
               "methods": {"pgd_at": {"steps": 2, "warmup_epochs": 1}}},
     "evaluate": {"attacks": [{"name": "fgsm", "norm": "linf", "eps": ["4/255", "8/255"]},
-                             {"name": "pgd", "norm": "linf", "eps": ["4/255", "8/255"], "steps": 3}]},
+                             {"name": "pgd", "norm": "linf", "eps": ["4/255", "8/255"], "steps": 3},
+                             {"name": "autoattack", "norm": "linf", "eps": ["8/255"], "steps": 5, "n_queries": 20}],
+                 "masking": {"n_points": 16, "square_queries": 20},
+                 "shifts": {"severities": [1, 5]}},
     "register": {"gates": {"min_clean_accuracy": 0.0, "min_robust_accuracy": 0.0, "gate_attack": "pgd_linf",
-                           "gate_eps": "8/255"}},
+                           "gate_eps": "8/255", "require_masking_checks": False}},
 }
 
 
@@ -108,3 +112,33 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
     return run
+
+
+# --------------------------------------------------------------------------------------------------
+# a small CNN trained on a toy task the attacks can break (attack and masking tests)
+# --------------------------------------------------------------------------------------------------
+def toy_task(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images; class 1 carries a faint bright square."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.5
+    y = torch.randint(0, 2, (n,), generator=g)
+    x[y == 1, :, 4:10, 4:10] += 0.15
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """(model, x_test, y_test): a standard small CNN with clean accuracy 1.0 and little robustness."""
+    from medrobust.config import OptimConfig
+    from medrobust.data.shards import ArraySplit
+    from medrobust.defenses import get_defense
+    from medrobust.models import ModelSpec, build_model
+    from medrobust.training import train_model
+
+    x, y = toy_task()
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("small_cnn", 2, width=8, image_size=16))
+    train_model(model, get_defense("standard"), ArraySplit(x[:192], y[:192], manifest=None), None, epochs=15,
+                batch_size=32, optim=OptimConfig(lr=3e-3), seed=0)
+    model.eval()
+    return model, x[192:], y[192:]

@@ -117,14 +117,20 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of a suite: the threat model (norm) always travels with the epsilons."""
+    """One attack of a suite: the threat model (norm) always travels with the epsilons.
 
-    name: Literal["fgsm", "pgd"]
+    ``name`` is any key of :data:`medrobust.attacks.ATTACKS`; options left out (null) take the
+    attack's own documented default, and an option the attack does not take is an error.
+    """
+
+    name: str
     norm: Norm = "linf"
     eps: tuple[float, ...] = (8 / 255,)
-    steps: int = _bounds(1, 10_000, default=10)
-    step_size: float | None = None  # default: 2.5 * eps / steps (Madry et al.)
-    random_start: bool = True
+    steps: int | None = _bounds(0, 100_000, default=None)
+    step_size: float | None = None
+    random_start: bool | None = None
+    n_restarts: int | None = _bounds(1, 1000, default=None)
+    n_queries: int | None = _bounds(1, 1_000_000, default=None)
 
     @property
     def key(self) -> str:
@@ -196,12 +202,37 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class MaskingConfig:
+    """Gradient-masking checks (:mod:`medrobust.evaluation.masking`)."""
+
+    enabled: bool = True
+    n_points: int = _bounds(8, 1_000_000, default=128)
+    large_eps: float = 1.0  # an L∞ budget that must drive accuracy to about 0
+    large_eps_max_accuracy: float = _bounds(0.0, 1.0, default=0.1)
+    tolerance: float = _bounds(0.0, 1.0, default=0.03)
+    square_queries: int = _bounds(1, 1_000_000, default=500)
+
+
+@dataclass(frozen=True)
+class ShiftsConfig:
+    """Natural shifts (MedMNIST-C style); an empty ``names`` takes the modality's default set."""
+
+    enabled: bool = True
+    names: tuple[str, ...] = ()
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     attacks: tuple[AttackSpec, ...] = (
         AttackSpec(name="fgsm", eps=(2 / 255, 4 / 255, 8 / 255)),
-        AttackSpec(name="pgd", eps=(2 / 255, 4 / 255, 8 / 255), steps=20),
+        AttackSpec(name="pgd", eps=(2 / 255, 4 / 255, 8 / 255), steps=20, random_start=True),
+        AttackSpec(name="autoattack", eps=(8 / 255,), steps=50, n_queries=500),
     )
     batch_size: int = _bounds(1, 100_000, default=128)
+    early_stop: bool = True  # attack only points still classified correctly (same numbers, faster)
+    masking: MaskingConfig = MaskingConfig()
+    shifts: ShiftsConfig = ShiftsConfig()
 
 
 @dataclass(frozen=True)
@@ -211,6 +242,7 @@ class GatesConfig:
     gate_attack: str = "pgd_linf"
     gate_eps: float = 8 / 255
     champion_tolerance: float = _bounds(0.0, 1.0, default=0.02)
+    require_masking_checks: bool = True  # every gradient-masking check must pass
 
 
 @dataclass(frozen=True)
@@ -244,7 +276,7 @@ class Params:
 # ----------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------
-_EPS_FIELDS = {"eps", "step_size", "gate_eps"}
+_EPS_FIELDS = {"eps", "step_size", "gate_eps", "large_eps"}
 
 
 def _type_name(tp: Any) -> str:
@@ -320,7 +352,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         key = ".".join(filter(None, [prefix, name]))
         val = _coerce(raw[name], hints[name], key, name)
         lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-        if lo is not None and val < lo or hi is not None and val > hi:
+        if val is not None and (lo is not None and val < lo or hi is not None and val > hi):
             raise ConfigError(f"{key}: {val!r} is out of range; allowed: [{lo}, {hi}]")
         kwargs[name] = val
     return cls(**kwargs)
@@ -341,6 +373,9 @@ def _check_semantics(p: Params) -> None:
         )
     if p.validation.min_class_fraction > p.validation.max_class_fraction:
         raise ConfigError("validation.min_class_fraction must be <= max_class_fraction")
+    _check_attacks(p.advgen.attacks, "advgen.attacks")
+    _check_attacks(p.evaluate.attacks, "evaluate.attacks")
+    _check_shifts(p.evaluate.shifts)
     gate_keys = {a.key for a in p.evaluate.attacks}
     g = p.register.gates
     if g.gate_attack not in gate_keys:
@@ -354,6 +389,34 @@ def _check_semantics(p: Params) -> None:
             f"register.gates.gate_eps: {g.gate_eps:.6g} is not among the evaluated epsilons of "
             f"{g.gate_attack}; allowed values: {', '.join(f'{e:.6g}' for e in evaluated)}"
         )
+
+
+def _check_attacks(specs: tuple[AttackSpec, ...], where: str) -> None:
+    from medrobust.attacks import ATTACKS, attack_params
+
+    for i, spec in enumerate(specs):
+        key = f"{where}[{i}]"
+        if spec.name not in ATTACKS:
+            raise ConfigError(f"{key}.name: {spec.name!r} is not allowed; allowed values: {', '.join(sorted(ATTACKS))}")
+        norms = ATTACKS[spec.name].norms
+        if spec.norm not in norms:
+            raise ConfigError(f"{key}.norm: {spec.name} does not support {spec.norm!r}; allowed values: {', '.join(norms)}")
+        allowed = set(attack_params(spec.name))
+        for opt in ("steps", "step_size", "random_start", "n_restarts", "n_queries"):
+            if getattr(spec, opt) is not None and opt not in allowed:
+                raise ConfigError(f"{key}.{opt}: {spec.name} takes no {opt!r}; it takes: "
+                                  f"{', '.join(sorted(allowed - {'norm', 'eps', 'targeted', 'seed'}))}")
+
+
+def _check_shifts(cfg: ShiftsConfig) -> None:
+    from medrobust.evaluation.shifts import SEVERITIES, SHIFTS
+
+    for name in cfg.names:
+        if name not in SHIFTS:
+            raise ConfigError(f"evaluate.shifts.names: {name!r} is not allowed; allowed values: {', '.join(sorted(SHIFTS))}")
+    for s in cfg.severities:
+        if s not in SEVERITIES:
+            raise ConfigError(f"evaluate.shifts.severities: {s!r} is not allowed; allowed values: {SEVERITIES}")
 
 
 def parse_params(raw: dict[str, Any] | None) -> Params:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medrobust.attacks import ATTACKS, get_attack
+from medrobust.attacks import ATTACKS, eval_mode, get_attack
 from medrobust.defenses import get_defense
 from medrobust.models import ModelSpec, build_model
 from medrobust.training import accuracy, train_model
@@ -15,36 +15,34 @@ from medrobust.config import OptimConfig
 EPS = 8 / 255
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A small CNN trained on a toy task (bright square present or not), and a test batch."""
-    g = torch.Generator().manual_seed(0)
-    n = 256
-    x = torch.rand(n, 1, 16, 16, generator=g) * 0.5
-    y = torch.randint(0, 2, (n,), generator=g)
-    x[y == 1, :, 4:10, 4:10] += 0.15
-    x = x.clamp(0, 1)
-    torch.manual_seed(0)
-    model = build_model(ModelSpec("small_cnn", 2, width=8, image_size=16))
-    split = ArraySplit(x[:192], y[:192], manifest=None)
-    train_model(model, get_defense("standard"), split, None, epochs=15, batch_size=32,
-                optim=OptimConfig(lr=3e-3), seed=0)
-    return model, x[192:], y[192:]
+FAST = {"steps": 5, "n_queries": 60}  # small budgets: the contract, not the strength, is tested here
 
 
 def _kwargs(name: str, norm: str) -> dict:
+    from medrobust.attacks import attack_params
+
     kw = {"eps": EPS if norm == "linf" else 0.5, "norm": norm, "seed": 3}
-    if name != "fgsm":
-        kw["steps"] = 5
+    allowed = attack_params(name)
+    kw.update({k: v for k, v in FAST.items() if k in allowed})
     return kw
 
 
 CASES = [(name, norm) for name, cls in sorted(ATTACKS.items()) for norm in cls.norms]
 
 
+def test_registry_has_every_required_attack():
+    required = {"fgsm", "bim", "pgd", "pgdl2", "mifgsm", "cw", "apgd_ce", "apgd_dlr", "apgd_margin", "square",
+                "autoattack"}
+    assert required <= set(ATTACKS)
+
+
 @pytest.mark.parametrize(("name", "norm"), CASES)
 def test_attack_contract(trained, name, norm):
     model, x, y = trained
+    if name == "apgd_dlr":  # DLR needs >= 3 classes: contract-test it on a 3-class head
+        model = _three_class(model)
+        y = y.clone()
+        y[::3] = 2
     model.train()  # the caller's mode must come back
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for p in model.parameters():
@@ -67,7 +65,28 @@ def test_attack_contract(trained, name, norm):
     assert robust <= clean
     again = get_attack(name, model, **kw)(x, y)
     assert torch.equal(adv, again)
+    # run(): the evaluation path agrees on which points it fooled, within the budget too
+    x_run, fooled = get_attack(name, model, **kw).run(x, y, early_stop=True)
+    assert x_run.min() >= 0 and x_run.max() <= 1
+    with torch.no_grad(), eval_mode(model):
+        pred = model(x_run).argmax(1)
+    assert torch.equal(fooled, pred != y)
     model.eval()
+
+
+def _three_class(model: torch.nn.Module) -> torch.nn.Module:
+    """The binary model with a third, weaker logit appended (still differentiable)."""
+
+    class ThreeClass(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            z = self.inner(x)
+            return torch.cat([z, z.mean(1, keepdim=True) - 1.0], dim=1)
+
+    return ThreeClass(model)
 
 
 def test_pgd_breaks_the_standard_model_and_beats_fgsm(trained):

@@ -1,11 +1,13 @@
 """FGSM — Goodfellow et al., "Explaining and Harnessing Adversarial Examples", ICLR 2015.
 
-L∞, one step: ``x' = clip_[0,1](x + ε · sign(∇ₓ CE(f(x), y)))``. Convention of torchattacks 3.5.
+L∞, one step: ``x' = clip_[0,1](x + ε · sign(∇ₓ CE(f(x), y)))`` (targeted: minus the gradient of the
+CE towards the target). Identical to torchattacks 3.5.1's ``FGSM``. Default ``eps=8/255``.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from medrobust.attacks.base import Attack
 
@@ -14,6 +16,10 @@ class FGSM(Attack):
     name = "fgsm"
     norms = ("linf",)
 
+    def __init__(self, model: nn.Module, eps: float = 8 / 255, norm: str = "linf", targeted: bool = False,
+                 seed: int | None = None) -> None:
+        super().__init__(model, eps, norm, targeted, seed)
+
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        grad = self.loss_grad(images, labels)
+        grad, _ = self.loss_grad(images, labels)
         return torch.clamp(images + self.eps * grad.sign(), 0.0, 1.0)

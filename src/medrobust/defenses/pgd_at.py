@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrobust.attacks import PGD
+from medrobust.attacks import PGD, PGDL2
 from medrobust.defenses.base import Defense
 
 
@@ -44,8 +44,9 @@ class PGDAT(Defense):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         eps = self.current_eps()
         scale = eps / self.eps if self.eps > 0 else 1.0
-        attack = PGD(model, eps=eps, norm=self.norm, steps=self.steps,
-                     step_size=self.step_size * scale, random_start=self.random_start)
+        cls = PGD if self.norm == "linf" else PGDL2
+        attack = cls(model, eps=eps, steps=self.steps, step_size=self.step_size * scale,
+                     random_start=self.random_start)
         x_adv = attack(x, y)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)

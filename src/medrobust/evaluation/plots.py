@@ -27,6 +27,20 @@ def plot_history(epochs: list[dict[str, float]], path: str | Path, title: str = 
     plt.close(fig)
 
 
+def plot_shifts(shifts: dict[str, dict[str, float]], clean_accuracy: float, path: str | Path) -> None:
+    """Accuracy against severity, one line per natural shift."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, by_sev in sorted(shifts.items()):
+        sev = sorted(by_sev, key=int)
+        ax.plot([0] + [int(s) for s in sev], [clean_accuracy] + [by_sev[s] for s in sev], marker="o", label=name)
+    ax.set(xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1.02), title="natural shifts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_robustness(
     curves: dict[str, list[tuple[float, float]]],
     transfer: dict[str, list[tuple[float, float]]],

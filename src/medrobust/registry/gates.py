@@ -48,9 +48,21 @@ def gate_metrics(metrics: dict[str, Any], gates: GatesConfig) -> tuple[float, fl
     return clean, robust
 
 
+def masking_gate(metrics: dict[str, Any]) -> GateResult:
+    """Every gradient-masking check passed (fails when they were not run)."""
+    checks = metrics.get("masking_checks")
+    if not checks:
+        return GateResult("masking_checks", False, None, None,
+                          "require_masking_checks is set but no masking checks were run (evaluate.masking.enabled)")
+    failed = [c["name"] for c in checks if not c["passed"]]
+    return GateResult("masking_checks", not failed, float(len(failed)), 0.0,
+                      "all gradient-masking checks passed" if not failed else f"failed: {', '.join(failed)}")
+
+
 def absolute_gates(metrics: dict[str, Any], gates: GatesConfig) -> list[GateResult]:
     clean, robust = gate_metrics(metrics, gates)
     where = f"{gates.gate_attack} at ε={eps_label(gates.gate_eps)}"
+    masking = [masking_gate(metrics)] if gates.require_masking_checks else []
     return [
         GateResult("min_clean_accuracy", clean >= gates.min_clean_accuracy, clean, gates.min_clean_accuracy,
                    f"clean accuracy {clean:.3f} {'>=' if clean >= gates.min_clean_accuracy else '<'} "
@@ -59,7 +71,7 @@ def absolute_gates(metrics: dict[str, Any], gates: GatesConfig) -> list[GateResu
                    gates.min_robust_accuracy,
                    f"robust accuracy ({where}) {robust:.3f} "
                    f"{'>=' if robust >= gates.min_robust_accuracy else '<'} {gates.min_robust_accuracy:.3f}"),
-    ]
+    ] + masking
 
 
 def champion_gate(

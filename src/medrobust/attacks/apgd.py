@@ -1,0 +1,251 @@
+"""APGD — Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020 (Algorithm 1, Sec. 3).
+
+Step-size-free projected gradient ascent with momentum:
+
+* ``z = P(x⁽ᵏ⁾ + η⁽ᵏ⁾·s(∇f(x⁽ᵏ⁾)))``, ``x⁽ᵏ⁺¹⁾ = P(x⁽ᵏ⁾ + α(z - x⁽ᵏ⁾) + (1-α)(x⁽ᵏ⁾ - x⁽ᵏ⁻¹⁾))`` with
+  ``α = 0.75`` (first step: ``x⁽¹⁾ = P(x⁽⁰⁾ + η·s(∇f))``); ``s`` is the sign (L∞) or the
+  L2-normalised gradient (L2); ``P`` projects onto the ε-ball, then clips to [0, 1].
+* ``η⁽⁰⁾ = 2ε``. At checkpoints ``w_j = ⌈p_j·N⌉`` with ``p₀ = 0``, ``p₁ = 0.22``,
+  ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` the step size of a point is halved and the point
+  restarts from its best iterate if (1) the loss increased in fewer than ``ρ = 0.75`` of the steps
+  since the last checkpoint, or (2) neither its step size nor its best loss changed since then.
+  On such a restart the momentum is reset too (``x⁽ᵏ⁾ = x⁽ᵏ⁺¹⁾ = x_max``).
+* Random start ``x + ε·t/‖t‖`` (``t ~ U(-1, 1)`` for L∞, ``N(0, I)`` for L2), clipped to [0, 1];
+  ``n_restarts`` restarts, each only on the points not fooled yet.
+
+Losses (maximised, per point):
+
+* ``ce``: cross-entropy (targeted: minus the CE of the target).
+* ``dlr``: ``-(z_y - max_{i≠y} z_i) / (z_π1 - z_π3 + 1e-12)`` — needs ≥ 3 classes; targeted
+  ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4)/2 + 1e-12)`` — needs ≥ 4 classes.
+* ``margin``: the CW margin ``max_{i≠y} z_i - z_y`` (targeted ``z_t - max_{i≠t} z_i``): scale
+  dependent, unlike DLR, but defined for 2 classes. This is what we use on binary tasks.
+
+Targeted mode (``targeted=True``) follows APGD-T: it runs once per target class, the targets being
+the classes with the 2nd, 3rd, … highest clean logits, ``n_target_classes`` of them
+(default ``min(9, C-1)``); ``labels`` are then the true labels, not targets.
+
+Returned per point: the first iterate that fooled the model if any, else the iterate with the
+highest loss. Defaults: ``steps=100``, ``n_restarts=1``, ``rho=0.75``, ``momentum=0.75``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medrobust.attacks.base import Attack, eval_mode
+from medrobust.attacks.pgdl2 import l2_norms
+
+LOSSES = ("ce", "dlr", "margin")
+
+
+def checkpoints(n_iter: int) -> list[int]:
+    """The iterations ``w_j = ⌈p_j·N⌉`` at which step sizes are checked (``w₀ = 0`` excluded)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    w = {math.ceil(round(q * n_iter, 9)) for q in p[1:]}  # round: 0.57 * 100 is 57.000000000000007
+    return sorted(k for k in w if k < n_iter)
+
+
+def _other_max(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """max_{i ≠ cls} z_i per row."""
+    masked = z.clone()
+    masked.scatter_(1, cls.view(-1, 1), float("-inf"))
+    return masked.max(1).values
+
+
+def per_point_loss(kind: str, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """The loss APGD maximises, one value per point (see the module docstring)."""
+    if kind == "ce":
+        return -F.cross_entropy(z, target, reduction="none") if target is not None else F.cross_entropy(
+            z, y, reduction="none")
+    z_y = z.gather(1, y.view(-1, 1)).squeeze(1)
+    if kind == "margin":
+        if target is None:
+            return _other_max(z, y) - z_y
+        z_t = z.gather(1, target.view(-1, 1)).squeeze(1)
+        return z_t - _other_max(z, target)
+    # DLR
+    zs = z.sort(dim=1, descending=True).values
+    if target is None:
+        return -(z_y - _other_max(z, y)) / (zs[:, 0] - zs[:, 2] + 1e-12)
+    z_t = z.gather(1, target.view(-1, 1)).squeeze(1)
+    return -(z_y - z_t) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3]) + 1e-12)
+
+
+class APGD(Attack):
+    """APGD with a chosen loss; registered as ``apgd_ce``, ``apgd_dlr`` and ``apgd_margin``."""
+
+    name = "apgd"
+    norms = ("linf", "l2")
+    loss_kind = "ce"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 8 / 255,
+        norm: str = "linf",
+        steps: int = 100,
+        n_restarts: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        targeted: bool = False,
+        n_target_classes: int | None = None,
+        loss: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(model, eps, norm, targeted, seed)
+        self.loss = loss or self.loss_kind
+        if self.loss not in LOSSES:
+            raise ValueError(f"{self.name}: loss {self.loss!r} not supported; allowed: {', '.join(LOSSES)}")
+        if steps < 1 or n_restarts < 1:
+            raise ValueError(f"{self.name}: steps and n_restarts must be >= 1")
+        self.steps, self.n_restarts, self.rho, self.alpha = int(steps), int(n_restarts), rho, momentum
+        self.n_target_classes = n_target_classes
+
+    # -- the projection and the steepest-ascent direction of the threat model ----------------------
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            delta = delta * torch.clamp(self.eps / (l2_norms(delta) + 1e-12), max=1.0)
+        return torch.clamp(x + delta, 0.0, 1.0)
+
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.sign() if self.norm == "linf" else grad / (l2_norms(grad) + 1e-12)
+
+    def _random_start(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        if self.norm == "linf":
+            t = 2 * torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) - 1
+            t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        else:
+            t = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+            t = t / (l2_norms(t) + 1e-12)
+        return torch.clamp(x + self.eps * t, 0.0, 1.0)
+
+    def _loss_grad(self, x_adv, y, target):
+        x_adv = x_adv.detach().requires_grad_(True)
+        z = self.model(x_adv)
+        loss = per_point_loss(self.loss, z, y, target)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return loss.detach(), grad.detach(), z.detach()
+
+    def _fooled(self, z, y, target):
+        pred = z.argmax(1)
+        return pred == target if target is not None else pred != y
+
+    # -- one APGD run from a given start ------------------------------------------------------------
+    def _apgd(self, x, y, x0, target):
+        n = len(x)
+        shape = (n,) + (1,) * (x.dim() - 1)
+        eta = torch.full(shape, 2 * self.eps, device=x.device, dtype=x.dtype)
+        loss, grad, z = self._loss_grad(x0, y, target)
+        fooled = self._fooled(z, y, target)
+        x_adv_best = x0.clone()  # first fooling iterate (or, if none, replaced by x_max at the end)
+        x_max, loss_max = x0.clone(), loss.clone()
+        x_prev, x_cur = x0.clone(), self._project(x0 + eta * self._direction(grad), x)
+        loss_prev = loss
+        ckpts = set(checkpoints(self.steps))
+        last_ckpt = 0
+        increases = torch.zeros(n, device=x.device)
+        eta_at_ckpt, loss_max_at_ckpt = eta.clone(), loss_max.clone()
+        for k in range(1, self.steps + 1):
+            loss, grad, z = self._loss_grad(x_cur, y, target)
+            now = self._fooled(z, y, target) & ~fooled
+            x_adv_best[now] = x_cur[now]
+            fooled |= now
+            increases += (loss > loss_prev).float()
+            better = loss > loss_max
+            x_max[better], loss_max[better] = x_cur[better], loss[better]
+            loss_prev = loss
+            if k == self.steps:
+                break
+            zk = self._project(x_cur + eta * self._direction(grad), x)
+            x_next = self._project(x_cur + self.alpha * (zk - x_cur) + (1 - self.alpha) * (x_cur - x_prev), x)
+            x_prev, x_cur = x_cur, x_next
+            if k in ckpts:
+                cond1 = increases < self.rho * (k - last_ckpt)
+                cond2 = (eta.view(-1) == eta_at_ckpt.view(-1)) & (loss_max == loss_max_at_ckpt)
+                reduce = cond1 | cond2
+                eta[reduce] /= 2
+                x_cur[reduce] = x_max[reduce]
+                x_prev[reduce] = x_max[reduce]
+                increases.zero_()
+                eta_at_ckpt, loss_max_at_ckpt, last_ckpt = eta.clone(), loss_max.clone(), k
+        out = torch.where(fooled.view(shape), x_adv_best, x_max)
+        return out, fooled
+
+    def _targets(self, z_clean: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
+        if not self.targeted:
+            return [None]
+        n_classes = z_clean.shape[1]
+        if self.loss == "dlr" and n_classes < 4:
+            raise ValueError(f"targeted DLR needs >= 4 classes, got {n_classes}; use loss 'margin'")
+        k = self.n_target_classes or min(9, n_classes - 1)
+        order = z_clean.sort(dim=1, descending=True).indices
+        return [order[:, i] for i in range(1, min(k, n_classes - 1) + 1)]
+
+    def run(self, images, labels, active=None, early_stop=True):
+        self._check(images)
+        x, y = images.detach(), labels.detach()
+        n = len(x)
+        todo = torch.ones(n, dtype=torch.bool, device=x.device) if active is None or not early_stop else active.clone()
+        out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+        with eval_mode(self.model):
+            with torch.no_grad():
+                z_clean = self.model(x)
+            if self.loss == "dlr" and not self.targeted and z_clean.shape[1] < 3:
+                raise ValueError(f"DLR needs >= 3 classes, got {z_clean.shape[1]}; use apgd_margin")
+            # a point the model already gets wrong counts as fooled by its clean image (AutoAttack)
+            fooled = z_clean.argmax(1) != y
+            if self.eps == 0:
+                return x.clone(), fooled
+            g = self.generator(x.device)
+            for target in self._targets(z_clean, y):
+                for _ in range(self.n_restarts):
+                    x0 = self._random_start(x, g)  # drawn for the whole batch, used for the live points
+                    idx = (todo & ~fooled).nonzero().squeeze(1) if early_stop else todo.nonzero().squeeze(1)
+                    if idx.numel() == 0:
+                        break
+                    t = None if target is None else target[idx]
+                    adv, hit = self._apgd(x[idx], y[idx], x0[idx], t)
+                    # targeted success still has to be checked against the true label
+                    with torch.no_grad():
+                        hit = self.model(adv).argmax(1) != y[idx]
+                    newly = hit & ~fooled[idx]
+                    write = newly | ~fooled[idx]  # keep the first success; else the latest best
+                    out[idx[write]] = adv[write]
+                    fooled[idx[newly]] = True
+        return out.detach(), fooled
+
+    def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.run(images, labels, early_stop=True)[0]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check(images)
+        return self.run(images.detach(), labels.detach(), early_stop=True)[0]
+
+    def is_fooled(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1) != labels  # APGD-T: labels are true labels; success = misclassified
+
+
+class APGDCE(APGD):
+    name = "apgd_ce"
+    loss_kind = "ce"
+
+
+class APGDDLR(APGD):
+    name = "apgd_dlr"
+    loss_kind = "dlr"
+
+
+class APGDMargin(APGD):
+    name = "apgd_margin"
+    loss_kind = "margin"

@@ -1,0 +1,131 @@
+"""Gradient-masking checks: signs that a robustness number comes from broken gradients, not from
+robustness (Athalye et al., ICML 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019;
+Croce & Hein 2020's flags).
+
+Each check has a name, a pass/fail result and a message. They appear in ``metrics.json`` and
+``report.md``, and ``register.gates.require_masking_checks`` makes them a gate.
+
+| check | fails when |
+|---|---|
+| ``deterministic_outputs`` | two forward passes in eval mode differ (randomised defence) |
+| ``logits_not_probabilities`` | every output row is non-negative and sums to 1 (a softmax at the end) |
+| ``nonzero_input_gradients`` | more than 10% of points have an all-zero input gradient |
+| ``whitebox_beats_blackbox`` | Square (black box) finds more adversarials than the strongest white-box attack at that ε |
+| ``accuracy_falls_with_eps`` | robust accuracy rises with ε for some attack (beyond ``tolerance``) |
+| ``large_eps_breaks_model`` | PGD at a huge L∞ ε (default 1.0: any image is reachable) leaves accuracy above ``large_eps_max_accuracy`` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medrobust.attacks import PGD, eval_mode
+from medrobust.config import MaskingConfig
+from medrobust.evaluation.metrics import evaluate_attack
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    message: str
+    value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_deterministic(model: nn.Module, x: torch.Tensor) -> CheckResult:
+    with eval_mode(model), torch.no_grad():
+        a, b = model(x), model(x)
+    diff = float((a - b).abs().max())
+    ok = diff <= 1e-5 * max(1.0, float(a.abs().max()))
+    return CheckResult("deterministic_outputs", ok, "repeated forward passes agree" if ok else
+                       f"outputs differ by up to {diff:.3g} across repeated passes: a randomised model needs "
+                       "EOT attacks before its robustness can be trusted", diff)
+
+
+def check_logits(model: nn.Module, x: torch.Tensor) -> CheckResult:
+    with eval_mode(model), torch.no_grad():
+        z = model(x)
+    looks_like_probs = bool((z >= 0).all()) and bool(torch.allclose(z.sum(1), torch.ones(len(z), device=z.device),
+                                                                    atol=1e-4))
+    return CheckResult("logits_not_probabilities", not looks_like_probs,
+                       "outputs are logits" if not looks_like_probs else
+                       "outputs are non-negative and sum to 1: the model ends in a softmax, so attacks on the "
+                       "cross-entropy of probabilities see vanishing gradients; return logits")
+
+
+def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
+    with eval_mode(model):
+        xg = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xg), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xg)
+    zero = float((grad.flatten(1).abs().amax(1) == 0).float().mean())
+    ok = zero <= 0.1
+    return CheckResult("nonzero_input_gradients", ok, f"{zero:.0%} of points have an all-zero input gradient"
+                       + ("" if ok else ": a non-differentiable or saturating input path masks gradients (use BPDA)"),
+                       zero)
+
+
+def check_blackbox(whitebox_best: float, square: float, tol: float, eps_label: str) -> CheckResult:
+    ok = square >= whitebox_best - tol
+    return CheckResult("whitebox_beats_blackbox", ok,
+                       f"at ε={eps_label}: best white-box robust accuracy {whitebox_best:.3f}, Square {square:.3f}"
+                       + ("" if ok else ": a black box beats the gradients, so the gradients are not trustworthy"),
+                       whitebox_best - square)
+
+
+def check_monotone(whitebox: dict[str, dict[str, float]], tol: float) -> CheckResult:
+    worst, where = 0.0, ""
+    for attack, by_eps in whitebox.items():
+        pts = sorted((float(Fraction(e)), a) for e, a in by_eps.items())
+        for (e0, a0), (e1, a1) in zip(pts, pts[1:]):
+            if a1 - a0 > worst:
+                worst, where = a1 - a0, f"{attack}: {a0:.3f} at ε={e0:.4g} -> {a1:.3f} at ε={e1:.4g}"
+    ok = worst <= tol
+    return CheckResult("accuracy_falls_with_eps", ok, "robust accuracy never rises with ε" if worst == 0 else
+                       f"largest rise with ε: {where}" + ("" if ok else " (beyond the tolerance)"), worst)
+
+
+def check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, max_acc: float) -> CheckResult:
+    attack = PGD(model, eps=eps, steps=20, step_size=eps / 8, random_start=True, seed=0)
+    acc = evaluate_attack(model, attack, x, y).accuracy
+    ok = acc <= max_acc
+    return CheckResult("large_eps_breaks_model", ok, f"PGD-20 at L∞ ε={eps:g} leaves accuracy {acc:.3f}"
+                       + ("" if ok else f" > {max_acc:.2f}: an unbounded attack should reach ~0, so gradients are "
+                          "masked or the attack is broken"), acc)
+
+
+def run_masking_checks(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, whitebox: dict[str, dict[str, float]],
+    cfg: MaskingConfig, gate_eps: float, eps_label: str, seed: int = 0,
+) -> list[CheckResult]:
+    """Every check on the first ``cfg.n_points`` points (``whitebox``: attack -> ε label -> accuracy)."""
+    from medrobust.attacks import get_attack
+
+    device = _device(model)
+    xs, ys = x[: cfg.n_points].to(device), y[: cfg.n_points].to(device)
+    checks = [check_deterministic(model, xs), check_logits(model, xs), check_gradients(model, xs, ys)]
+    linf_at_gate = [by_eps[eps_label] for key, by_eps in whitebox.items()
+                    if key.endswith("_linf") and eps_label in by_eps]
+    if linf_at_gate:
+        square = get_attack("square", model, eps=gate_eps, n_queries=cfg.square_queries, seed=seed)
+        # compare on the same points: re-run the strongest white-box number on this subset too
+        sq = evaluate_attack(model, square, xs, ys).accuracy
+        wb = min(evaluate_attack(model, PGD(model, eps=gate_eps, steps=20, seed=seed), xs, ys).accuracy,
+                 min(linf_at_gate) if len(xs) == len(x) else 1.0)
+        checks.append(check_blackbox(wb, sq, cfg.tolerance, eps_label))
+    checks.append(check_monotone(whitebox, cfg.tolerance))
+    checks.append(check_large_eps(model, xs, ys, cfg.large_eps, cfg.large_eps_max_accuracy))
+    return checks
