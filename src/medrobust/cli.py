@@ -26,6 +26,8 @@ from medrobust.utils import setup_logging
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Adversarially robust medical-image classifiers.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow Pipelines: compile and run the DAG.")
 app.add_typer(pipeline_app, name="pipeline")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured within one run.")
+app.add_typer(bench_app, name="bench")
 log = logging.getLogger("medrobust.cli")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
@@ -135,6 +137,23 @@ def pipeline_run_local(
     p = _params(params)
     run_dir = run_local(p, params, pipeline_root)
     log.info("kfp.local run finished: artifacts in %s", run_dir)
+
+
+@bench_app.command("attacks")
+def bench_attacks(
+    params: ParamsOpt = Path("params.yaml"),
+    repeats: int = typer.Option(3, help="timed rounds per attack (median kept)"),
+    n_images: int = typer.Option(64, help="batch size: the same batch for every attack"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (built if missing)"),
+    out: Path = typer.Option(None, help="also write the numbers as JSON"),
+) -> None:
+    """Attack throughput vs torchattacks; robust evaluation with and without early stopping."""
+    from medrobust.bench import bench_attacks as run_bench
+    from medrobust.utils import write_json
+
+    report = run_bench(_params(params), repeats=repeats, dataset_dir=dataset, n_images=n_images)
+    if out is not None:
+        write_json(out, report)
 
 
 def main() -> None:

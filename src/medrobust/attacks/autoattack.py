@@ -78,9 +78,10 @@ class AutoAttack(Attack):
         self.last_log = []
         for attack in self.components(logits.shape[1]):
             live = ~fooled if active is None else (~fooled & active)
-            if not live.any():
+            if not live.any() and early_stop:
                 break
-            adv, hit = attack.run(x, y, active=live, early_stop=True)
+            # without early stop every component attacks every point (the slow reference way)
+            adv, hit = attack.run(x, y, active=live, early_stop=early_stop)
             newly = hit & live
             out[newly] = adv[newly]
             fooled |= newly
