@@ -12,7 +12,7 @@ Each check has a name, a pass/fail result and a message. They appear in ``metric
 | ``nonzero_input_gradients`` | more than 10% of points have an all-zero input gradient |
 | ``whitebox_beats_blackbox`` | Square (black box) finds more adversarials than the strongest white-box attack at that ε |
 | ``accuracy_falls_with_eps`` | robust accuracy rises with ε for some attack (beyond ``tolerance``) |
-| ``large_eps_breaks_model`` | PGD at a huge L∞ ε (default 1.0: any image is reachable) leaves accuracy above ``large_eps_max_accuracy`` |
+| ``large_eps_breaks_model`` | PGD-50 from the data (no random start) at a huge L∞ ε (default 1.0: any image is reachable) leaves accuracy above ``large_eps_max_accuracy`` |
 """
 
 from __future__ import annotations
@@ -99,10 +99,16 @@ def check_monotone(whitebox: dict[str, dict[str, float]], tol: float) -> CheckRe
 
 
 def check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, max_acc: float) -> CheckResult:
-    attack = PGD(model, eps=eps, steps=20, step_size=eps / 8, random_start=True, seed=0)
+    """PGD-50 from the clean images (no random start) at a huge ε.
+
+    No random start on purpose: at ε≈1 a uniform start replaces the image by noise, where a
+    confident model's cross-entropy saturates — measured here, a PGD-AT model kept 45% accuracy
+    from such starts and 0% from the data. That is an artefact of the start, not masking.
+    """
+    attack = PGD(model, eps=eps, steps=50, step_size=eps / 20, random_start=False)
     acc = evaluate_attack(model, attack, x, y).accuracy
     ok = acc <= max_acc
-    return CheckResult("large_eps_breaks_model", ok, f"PGD-20 at L∞ ε={eps:g} leaves accuracy {acc:.3f}"
+    return CheckResult("large_eps_breaks_model", ok, f"PGD-50 at L∞ ε={eps:g} leaves accuracy {acc:.3f}"
                        + ("" if ok else f" > {max_acc:.2f}: an unbounded attack should reach ~0, so gradients are "
                           "masked or the attack is broken"), acc)
 
