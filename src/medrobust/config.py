@@ -167,7 +167,7 @@ class AdvgenConfig:
     surrogate: SurrogateConfig = SurrogateConfig()
     attacks: tuple[AttackSpec, ...] = (
         AttackSpec(name="fgsm", eps=(4 / 255, 8 / 255)),
-        AttackSpec(name="pgd", eps=(4 / 255, 8 / 255), steps=10),
+        AttackSpec(name="pgd", eps=(4 / 255, 8 / 255), steps=10, random_start=True),
     )
     batch_size: int = _bounds(1, 100_000, default=128)
 
