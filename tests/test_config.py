@@ -38,6 +38,13 @@ def test_bad_choice_lists_allowed_values():
         ({"register": {"gates": {"gate_attack": "cw_l2"}}}, "register.gates.gate_attack"),
         ({"evaluate": {"attacks": [{"name": "pgd", "norm": "l3"}]}}, "evaluate.attacks[0].norm"),
         ({"train": {"hflip": "yes"}}, "train.hflip"),
+        ({"evaluate": {"attacks": [{"name": "deepfool"}]}}, "evaluate.attacks[0].name"),
+        ({"evaluate": {"attacks": [{"name": "square", "norm": "l2"}]}}, "evaluate.attacks[0].norm"),
+        ({"evaluate": {"attacks": [{"name": "fgsm", "steps": 3}]}}, "evaluate.attacks[0].steps"),
+        ({"advgen": {"attacks": [{"name": "pgd", "n_queries": 3}]}}, "advgen.attacks[0].n_queries"),
+        ({"evaluate": {"shifts": {"names": ["fog"]}}}, "evaluate.shifts.names"),
+        ({"evaluate": {"shifts": {"severities": [6]}}}, "evaluate.shifts.severities"),
+        ({"evaluate": {"masking": {"n_points": 2}}}, "evaluate.masking.n_points"),
     ],
 )
 def test_bad_values_name_their_key(raw, key):
@@ -59,3 +66,12 @@ def test_load_params_reports_file_and_key(tmp_path):
     assert str(path) in str(err.value) and "'bogus'" in str(err.value)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_attack_errors_list_what_is_allowed():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"evaluate": {"attacks": [{"name": "deepfool"}]}})
+    assert "autoattack" in str(err.value) and "pgdl2" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_params({"evaluate": {"attacks": [{"name": "fgsm", "steps": 3}]}})
+    assert "takes no 'steps'" in str(err.value)
