@@ -106,3 +106,19 @@ def test_zero_eps_returns_inputs(trained):
 def test_unknown_attack_lists_available():
     with pytest.raises(KeyError, match="fgsm"):
         get_attack("deepfool", torch.nn.Identity(), eps=0.1)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "pgdl2", "mifgsm", "cw", "square"])
+def test_targeted_mode_reaches_the_target(trained, name):
+    model, x, y = trained
+    target = 1 - y  # binary: the other class
+    kw = {"eps": 16 / 255 if name not in ("pgdl2", "cw") else 2.0, "targeted": True}
+    if name in ("bim", "pgd", "pgdl2", "mifgsm", "cw"):
+        kw["steps"] = 20
+    if name == "square":
+        kw.update(n_queries=300, seed=0)
+    adv = get_attack(name, model, **kw)(x, target)
+    with torch.no_grad(), eval_mode(model):
+        hit = (model(adv).argmax(1) == target).float().mean().item()
+        before = (model(x).argmax(1) == target).float().mean().item()
+    assert before == 0.0 and hit >= 0.5, f"{name}: {hit:.2f} of points reach their target"
