@@ -185,13 +185,57 @@ class PGDATConfig:
 
 
 @dataclass(frozen=True)
+class TRADESConfig:
+    """Zhang et al. 2019: CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' maximising the KL (batch-mean)."""
+
+    eps: float = 8 / 255
+    steps: int = _bounds(1, 1000, default=10)
+    step_size: float = 2 / 255
+    beta: float = _bounds(0.0, 1000.0, default=6.0)
+
+
+@dataclass(frozen=True)
+class MARTConfig:
+    """Wang et al. 2020: BCE(p(x'), y) + λ·KL(p(x) ‖ p(x'))·(1 - p_y(x))."""
+
+    eps: float = 8 / 255
+    steps: int = _bounds(1, 1000, default=10)
+    step_size: float = 2 / 255
+    beta: float = _bounds(0.0, 1000.0, default=6.0)
+
+
+@dataclass(frozen=True)
+class DualATConfig:
+    """ARFL paper Eq. 4: (1 - r)·CE(f(x'), y) + r·CE(f(x), y); r is the share of clean data."""
+
+    r: float = _bounds(0.0, 1.0, default=0.5)
+    norm: Norm = "linf"
+    eps: float = 8 / 255
+    steps: int = _bounds(1, 1000, default=7)
+    step_size: float = 2 / 255
+    random_start: bool = True
+
+
+@dataclass(frozen=True)
+class FastATConfig:
+    """Wong et al. 2020: FGSM from a uniform random start, step α (null: 1.25·ε)."""
+
+    eps: float = 8 / 255
+    alpha: float | None = None
+
+
+@dataclass(frozen=True)
 class MethodsConfig:
     pgd_at: PGDATConfig = PGDATConfig()
+    trades: TRADESConfig = TRADESConfig()
+    mart: MARTConfig = MARTConfig()
+    dual_at: DualATConfig = DualATConfig()
+    fast_at: FastATConfig = FastATConfig()
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["standard", "pgd_at"] = "pgd_at"
+    method: Literal["standard", "pgd_at", "trades", "mart", "dual_at", "fast_at"] = "pgd_at"
     model: ModelConfig = ModelConfig()
     epochs: int = _bounds(1, 10_000, default=15)
     batch_size: int = _bounds(1, 100_000, default=32)
@@ -276,7 +320,7 @@ class Params:
 # ----------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------
-_EPS_FIELDS = {"eps", "step_size", "gate_eps", "large_eps"}
+_EPS_FIELDS = {"eps", "step_size", "gate_eps", "large_eps", "alpha"}
 
 
 def _type_name(tp: Any) -> str:

@@ -4,17 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import inspect
+
 from medrobust.defenses.base import Defense
+from medrobust.defenses.dual_at import DualAT
+from medrobust.defenses.fast_at import FastAT
+from medrobust.defenses.mart import MART
 from medrobust.defenses.pgd_at import PGDAT
 from medrobust.defenses.standard import Standard
+from medrobust.defenses.trades import TRADES
 
-DEFENSES: dict[str, type[Defense]] = {"standard": Standard, "pgd_at": PGDAT}
+DEFENSES: dict[str, type[Defense]] = {
+    "standard": Standard,
+    "pgd_at": PGDAT,
+    "trades": TRADES,
+    "mart": MART,
+    "dual_at": DualAT,
+    "fast_at": FastAT,
+}
 
 
-def get_defense(name: str, **params: Any) -> Defense:
+def get_defense(name: str, seed: int | None = None, **params: Any) -> Defense:
+    """Instantiate a training method; ``seed`` goes to methods that draw random numbers themselves."""
     if name not in DEFENSES:
         raise KeyError(f"unknown training method {name!r}; available: {', '.join(sorted(DEFENSES))}")
-    return DEFENSES[name](**params)
+    cls = DEFENSES[name]
+    if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
+        params["seed"] = seed
+    return cls(**params)
 
 
 __all__ = ["DEFENSES", "Defense", "get_defense"]

@@ -62,7 +62,7 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
     device = resolve_device(params.device)
     model = build_model(spec).to(device)
     mparams = method_params(params)
-    defense = get_defense(cfg.method, **mparams)
+    defense = get_defense(cfg.method, seed=params.seed, **mparams)
     tracking.configure(params)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
         mlflow.log_params(tracking.flatten(params.to_dict()))
