@@ -254,7 +254,7 @@ class MaskingConfig:
     large_eps: float = 1.0  # an L∞ budget that must drive accuracy to about 0
     large_eps_max_accuracy: float = _bounds(0.0, 1.0, default=0.1)
     tolerance: float = _bounds(0.0, 1.0, default=0.03)
-    square_queries: int = _bounds(1, 1_000_000, default=500)
+    square_queries: int = _bounds(1, 1_000_000, default=300)
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ class EvaluateConfig:
     attacks: tuple[AttackSpec, ...] = (
         AttackSpec(name="fgsm", eps=(2 / 255, 4 / 255, 8 / 255)),
         AttackSpec(name="pgd", eps=(2 / 255, 4 / 255, 8 / 255), steps=20, random_start=True),
-        AttackSpec(name="autoattack", eps=(8 / 255,), steps=50, n_queries=500),
+        AttackSpec(name="autoattack", eps=(8 / 255,), steps=30, n_queries=300),
     )
     batch_size: int = _bounds(1, 100_000, default=128)
     early_stop: bool = True  # attack only points still classified correctly (same numbers, faster)
