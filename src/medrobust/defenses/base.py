@@ -23,6 +23,23 @@ class Defense:
         self.epoch = 0
         self.total_epochs = 1
 
+    seed: int | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """A generator seeded once from ``self.seed`` that advances from batch to batch (None: global RNG)."""
+        if self.seed is None:
+            return None
+        gen = getattr(self, "_generator", None)
+        if gen is None or gen.device != device:
+            gen = torch.Generator(device=device).manual_seed(self.seed)
+            self._generator = gen
+        return gen
+
+    def attack_seed(self) -> int | None:
+        """A fresh seed per batch for an attack object that takes ``seed`` (None without a seed)."""
+        gen = self.generator(torch.device("cpu"))
+        return None if gen is None else int(torch.randint(0, 2**62, (1,), generator=gen))
+
     def start_epoch(self, epoch: int, total_epochs: int) -> None:
         self.epoch, self.total_epochs = epoch, total_epochs
 

@@ -60,12 +60,6 @@ class DualAT(Defense):
             raise ValueError(f"dual_at: norm must be 'linf' or 'l2', got {norm!r}")
         self.r, self.norm, self.eps, self.steps = float(r), norm, float(eps), int(steps)
         self.step_size, self.random_start, self.seed = float(step_size), random_start, seed
-        self._gen = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def _attack_seed(self) -> int | None:
-        if self._gen is None:
-            return None
-        return int(torch.randint(0, 2**62, (1,), generator=self._gen))
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         stats: dict[str, float] = {}
@@ -75,7 +69,7 @@ class DualAT(Defense):
             return F.cross_entropy(logits, y), stats
         cls = PGD if self.norm == "linf" else PGDL2
         attack = cls(model, eps=self.eps, steps=self.steps, step_size=self.step_size,
-                     random_start=self.random_start, seed=self._attack_seed())
+                     random_start=self.random_start, seed=self.attack_seed())
         x_adv = attack(x, y)
         if self.r <= 0.0:  # adversarial training only
             logits_adv = model(x_adv)

@@ -60,17 +60,9 @@ class FastAT(Defense):
         if eps < 0 or alpha < 0:
             raise ValueError("fast_at: eps and alpha must be >= 0")
         self.eps, self.alpha, self.seed = float(eps), float(alpha), seed
-        self._gen: torch.Generator | None = None
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if self._gen is None or self._gen.device != device:
-            self._gen = torch.Generator(device=device).manual_seed(self.seed)
-        return self._gen
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        x_adv = fast_at_perturbation(model, x, y, self.eps, self.alpha, self._generator(x.device))
+        x_adv = fast_at_perturbation(model, x, y, self.eps, self.alpha, self.generator(x.device))
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         return loss, {"train_adv_acc": (logits.argmax(1) == y).float().mean().item()}

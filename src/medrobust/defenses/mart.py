@@ -60,16 +60,10 @@ class MART(Defense):
             raise ValueError(f"mart: beta must be >= 0, got {beta}")
         self.eps, self.steps, self.step_size, self.beta = float(eps), int(steps), float(step_size), float(beta)
         self.seed = seed
-        self._gen = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def _attack_seed(self) -> int | None:
-        if self._gen is None:
-            return None
-        return int(torch.randint(0, 2**62, (1,), generator=self._gen))
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         attack = PGD(model, eps=self.eps, steps=self.steps, step_size=self.step_size, random_start=True,
-                     seed=self._attack_seed())
+                     seed=self.attack_seed())
         x_adv = attack(x, y)
         logits_clean = model(x)
         logits_adv = model(x_adv)

@@ -77,17 +77,9 @@ class TRADES(Defense):
             raise ValueError("trades: eps, steps, step_size and beta must be >= 0")
         self.eps, self.steps, self.step_size, self.beta = float(eps), int(steps), float(step_size), float(beta)
         self.seed = seed
-        self._gen: torch.Generator | None = None
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if self._gen is None or self._gen.device != device:
-            self._gen = torch.Generator(device=device).manual_seed(self.seed)
-        return self._gen
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        x_adv = trades_perturbation(model, x, self.eps, self.steps, self.step_size, self._generator(x.device))
+        x_adv = trades_perturbation(model, x, self.eps, self.steps, self.step_size, self.generator(x.device))
         logits_clean = model(x)
         logits_adv = model(x_adv)
         natural = F.cross_entropy(logits_clean, y)
