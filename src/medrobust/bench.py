@@ -54,7 +54,9 @@ def _time(fn: Callable[[], Any]) -> float:
 
 
 def _interleaved(a: Callable[[], Any], b: Callable[[], Any] | None, repeats: int) -> tuple[float, float | None]:
-    a(), b() if b else None  # warm-up (allocator, threads)
+    a()  # warm-up (allocator, threads)
+    if b is not None:
+        b()
     ta, tb = [], []
     for _ in range(repeats):
         ta.append(_time(a))

@@ -18,7 +18,6 @@ Each check has a name, a pass/fail result and a message. They appear in ``metric
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust.attacks import PGD, eval_mode
-from medrobust.config import MaskingConfig
+from medrobust.config import MaskingConfig, parse_eps
 from medrobust.evaluation.metrics import evaluate_attack
 
 
@@ -89,7 +88,7 @@ def check_blackbox(whitebox_best: float, square: float, tol: float, eps_label: s
 def check_monotone(whitebox: dict[str, dict[str, float]], tol: float) -> CheckResult:
     worst, where = 0.0, ""
     for attack, by_eps in whitebox.items():
-        pts = sorted((float(Fraction(e)), a) for e, a in by_eps.items())
+        pts = sorted((parse_eps(e), a) for e, a in by_eps.items())
         for (e0, a0), (e1, a1) in zip(pts, pts[1:]):
             if a1 - a0 > worst:
                 worst, where = a1 - a0, f"{attack}: {a0:.3f} at ε={e0:.4g} -> {a1:.3f} at ε={e1:.4g}"

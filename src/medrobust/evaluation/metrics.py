@@ -64,9 +64,3 @@ def evaluate_attack(
     return RobustResult(float(robust.float().mean()) if len(x) else 0.0, robust,
                         time.perf_counter() - start, attacked)
 
-
-def robust_accuracy(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128
-) -> float:
-    """Shorthand for ``evaluate_attack(...).accuracy`` with early stopping."""
-    return evaluate_attack(model, attack, x, y, batch_size).accuracy

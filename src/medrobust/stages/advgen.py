@@ -86,8 +86,9 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenR
             sets[sid] = accuracy(model, x_adv, test.y)
             refs = write_shards(tmp, "test", list(x_adv.numpy()), params.data.shard_size,
                                 prefix=sid.replace("@", "-eps"))
-            steps = 1 if spec_a.name == "fgsm" else spec_a.steps
-            step_size = eps if spec_a.name == "fgsm" else getattr(attack, "step_size", None)
+            # from the attack object: the spec leaves unset options to the attack's defaults
+            steps = getattr(attack, "steps", 1)
+            step_size = getattr(attack, "step_size", eps)
             for (shard, idx), (_, m) in zip(refs, test.manifest.iterrows(), strict=True):
                 rows.append({
                     "image_id": m["image_id"], "split": "test", "label": m["label"],

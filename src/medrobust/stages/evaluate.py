@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from medrobust import tracking
 from medrobust.attacks import from_spec
-from medrobust.config import Params
+from medrobust.config import Params, parse_eps
 from medrobust.data.shards import load_rows, load_split
 from medrobust.evaluation.masking import run_masking_checks
 from medrobust.evaluation.metrics import clean_metrics, evaluate_attack
@@ -96,9 +96,7 @@ def evaluate_model(
 
 
 def _curves(section: dict[str, dict[str, float]]) -> dict[str, list[tuple[float, float]]]:
-    from fractions import Fraction
-
-    return {k: [(float(Fraction(e)), a) for e, a in v.items()] for k, v in section.items()}
+    return {k: [(parse_eps(e), a) for e, a in v.items()] for k, v in section.items()}
 
 
 def _report(params: Params, metrics: dict[str, Any], gates: list, run_info: dict[str, Any]) -> str:
