@@ -147,8 +147,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["small_cnn", "resnet18"] = "small_cnn"
+    """The backbone (:data:`medrobust.models.MODELS`), its head, local ImageNet weights, trainable layers."""
+
+    backbone: str = "small_cnn"
     width: int = _bounds(1, 1024, default=16)
+    head: str = "default"  # default (the backbone's) | linear | binary | mlp | ... (medrobust.models.HEADS)
+    head_hidden: int = _bounds(0, 100_000, default=0)
+    pretrained: str = ""  # a local torchvision ImageNet state_dict file; empty: random init
+    trainable: str = "all"  # all | last_block | head | comma-separated parameter-name prefixes
 
 
 @dataclass(frozen=True)
@@ -173,74 +179,14 @@ class AdvgenConfig:
 
 
 @dataclass(frozen=True)
-class PGDATConfig:
-    """Madry et al. 2018: train on the PGD adversary's examples."""
-
-    norm: Norm = "linf"
-    eps: float = 8 / 255
-    steps: int = _bounds(1, 1000, default=7)
-    step_size: float = 2 / 255
-    random_start: bool = True
-    warmup_epochs: int = _bounds(0, 1000, default=4)  # ε ramps linearly from 0 over these epochs
-
-
-@dataclass(frozen=True)
-class TRADESConfig:
-    """Zhang et al. 2019: CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' maximising the KL (batch-mean)."""
-
-    eps: float = 8 / 255
-    steps: int = _bounds(1, 1000, default=10)
-    step_size: float = 2 / 255
-    beta: float = _bounds(0.0, 1000.0, default=6.0)
-
-
-@dataclass(frozen=True)
-class MARTConfig:
-    """Wang et al. 2020: BCE(p(x'), y) + λ·KL(p(x) ‖ p(x'))·(1 - p_y(x))."""
-
-    eps: float = 8 / 255
-    steps: int = _bounds(1, 1000, default=10)
-    step_size: float = 2 / 255
-    beta: float = _bounds(0.0, 1000.0, default=6.0)
-
-
-@dataclass(frozen=True)
-class DualATConfig:
-    """ARFL paper Eq. 4: (1 - r)·CE(f(x'), y) + r·CE(f(x), y); r is the share of clean data."""
-
-    r: float = _bounds(0.0, 1.0, default=0.5)
-    norm: Norm = "linf"
-    eps: float = 8 / 255
-    steps: int = _bounds(1, 1000, default=7)
-    step_size: float = 2 / 255
-    random_start: bool = True
-
-
-@dataclass(frozen=True)
-class FastATConfig:
-    """Wong et al. 2020: FGSM from a uniform random start, step α (null: 1.25·ε)."""
-
-    eps: float = 8 / 255
-    alpha: float | None = None
-
-
-@dataclass(frozen=True)
-class MethodsConfig:
-    pgd_at: PGDATConfig = PGDATConfig()
-    trades: TRADESConfig = TRADESConfig()
-    mart: MARTConfig = MARTConfig()
-    dual_at: DualATConfig = DualATConfig()
-    fast_at: FastATConfig = FastATConfig()
-
-
-@dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["standard", "pgd_at", "trades", "mart", "dual_at", "fast_at"] = "pgd_at"
+    method: str = "pgd_at"  # a name of medrobust.defenses.DEFENSES
     model: ModelConfig = ModelConfig()
     epochs: int = _bounds(1, 10_000, default=15)
     batch_size: int = _bounds(1, 100_000, default=32)
     optim: OptimConfig = OptimConfig()
-    methods: MethodsConfig = MethodsConfig()
+    # per-method hyper-parameters, ``{method: {param: value}}``; checked against the method's signature
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     hflip: bool = True  # random horizontal flips (label-preserving for the default data)
     num_threads: int = _bounds(0, 1024, default=0)  # 0: let torch decide
 
@@ -343,6 +289,13 @@ def _coerce(value: Any, tp: Any, key: str, fname: str) -> Any:
                 return None
             raise ConfigError(f"{key}: may not be null")
         return _coerce(value, args[0], key, fname)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _ktp, vtp = get_args(tp)
+        if vtp is Any:
+            return dict(value)
+        return {str(k): _coerce(v, vtp, f"{key}.{k}", fname) for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             value = [value] if fname == "eps" else value
@@ -417,6 +370,8 @@ def _check_semantics(p: Params) -> None:
         )
     if p.validation.min_class_fraction > p.validation.max_class_fraction:
         raise ConfigError("validation.min_class_fraction must be <= max_class_fraction")
+    _check_models(p)
+    _check_methods(p)
     _check_attacks(p.advgen.attacks, "advgen.attacks")
     _check_attacks(p.evaluate.attacks, "evaluate.attacks")
     _check_shifts(p.evaluate.shifts)
@@ -433,6 +388,56 @@ def _check_semantics(p: Params) -> None:
             f"register.gates.gate_eps: {g.gate_eps:.6g} is not among the evaluated epsilons of "
             f"{g.gate_attack}; allowed values: {', '.join(f'{e:.6g}' for e in evaluated)}"
         )
+
+
+def _check_models(p: Params) -> None:
+    from medrobust.models import HEADS, MODELS
+
+    for where, m in (("train.model", p.train.model), ("advgen.surrogate.model", p.advgen.surrogate.model)):
+        if m.backbone not in MODELS:
+            raise ConfigError(f"{where}.backbone: {m.backbone!r} is not allowed; allowed values: "
+                              f"{', '.join(sorted(MODELS))}")
+        if m.head != "default" and m.head not in HEADS:
+            raise ConfigError(f"{where}.head: {m.head!r} is not allowed; allowed values: default, "
+                              f"{', '.join(sorted(HEADS))}")
+
+
+def coerce_method_params(method: str, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    """Check ``raw`` against the training method's constructor: known names, right types, ε fractions.
+
+    Returns the coerced parameters; raises :class:`ConfigError` naming ``key.param``.
+    """
+    import inspect
+
+    from medrobust.defenses import DEFENSES
+
+    if method not in DEFENSES:
+        raise ConfigError(f"{key}: unknown training method {method!r}; allowed values: {', '.join(sorted(DEFENSES))}")
+    cls = DEFENSES[method]
+    sig = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    allowed = [n for n in sig.parameters if n not in ("self", "seed") and
+               sig.parameters[n].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    out: dict[str, Any] = {}
+    for name, value in (raw or {}).items():
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}: {method} takes no {name!r}; it takes: {', '.join(allowed) or 'nothing'}")
+        tp = hints.get(name, Any)
+        fname = "eps" if name.startswith("eps") or name in _EPS_FIELDS else name
+        out[name] = value if tp is Any else _coerce(value, tp, f"{key}.{name}", fname)
+    try:
+        cls(**out)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return out
+
+
+def _check_methods(p: Params) -> None:
+    methods = p.train.methods
+    for name in list(methods):
+        methods[name] = coerce_method_params(name, methods[name] or {}, f"train.methods.{name}")
+    if p.train.method not in methods:
+        coerce_method_params(p.train.method, {}, "train.method")
 
 
 def _check_attacks(specs: tuple[AttackSpec, ...], where: str) -> None:

@@ -17,6 +17,10 @@ class Defense:
     """Base class. ``loss`` returns the batch loss and a dict of float stats for logging."""
 
     name = "defense"
+    #: ModelSpec fields this method needs (e.g. ``{"dual_bn": True}``); the train stage applies them.
+    model_overrides: dict[str, Any] = {}
+    #: which layers train (``medrobust.models.set_trainable``); None: ``train.model.trainable``.
+    trainable: str | None = None
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -39,6 +43,10 @@ class Defense:
         """A fresh seed per batch for an attack object that takes ``seed`` (None without a seed)."""
         gen = self.generator(torch.device("cpu"))
         return None if gen is None else int(torch.randint(0, 2**62, (1,), generator=gen))
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modality: str = "default") -> None:
+        """Called once before training with the training images/labels and the data's DICOM modality
+        (e.g. to pick a per-modality ε or initialise class centroids). Default: nothing."""
 
     def start_epoch(self, epoch: int, total_epochs: int) -> None:
         self.epoch, self.total_epochs = epoch, total_epochs

@@ -1,10 +1,21 @@
-"""Backbones behind a registry. Every model takes [0, 1] images and normalises inside itself.
+"""Models: a backbone registry and one :class:`Classifier` shape every training method relies on.
 
-    >>> model = build_model("small_cnn", num_classes=2, in_channels=1)
-    >>> MODELS["resnet18"]
+    >>> model = build_model(ModelSpec("small_cnn", num_classes=2))
+    >>> logits = model(x)                         # x in [0, 1]; normalisation is inside the model
+    >>> fmap = model.forward_features(x)          # the last conv feature map (ARFL's L_robust)
+    >>> emb = model.embed(x)                      # the pooled feature vector (RAN's frozen features)
+
+A classifier is ``adapter → normalize → features → pool → head``:
+
+* ``adapter``: identity, or a learned module that maps 1-channel images to 3 channels (domain
+  assimilation, :data:`ADAPTERS`);
+* ``normalize``: ``(x − mean) / std`` as buffers, so attacks work in [0, 1] pixel space;
+* ``features`` / ``pool`` / ``head`` come from the backbone (:data:`MODELS`); ``head`` may be
+  replaced (:data:`HEADS`: ``linear``, ``binary`` — one logit, ``mlp``, ...).
 
 A model is saved as a ``state_dict`` plus a small JSON spec (:class:`ModelSpec`), so loading never
-unpickles code (``torch.load(..., weights_only=True)``).
+unpickles code (``torch.load(..., weights_only=True)``). ImageNet weights are read from a local
+file (``build_model(spec, pretrained=path)``), and :func:`set_trainable` picks which layers train.
 """
 
 from __future__ import annotations
@@ -17,9 +28,89 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medrobust.models.backbones import Normalize, resnet18, small_cnn
+from medrobust.models.backbones import BACKBONES, Normalize, Trunk
+from medrobust.models.dual_bn import DualBatchNorm, bn_route, convert_dual_bn, has_dual_bn
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"small_cnn": small_cnn, "resnet18": resnet18}
+MODELS: dict[str, Callable[..., Trunk]] = BACKBONES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BinaryHead(nn.Module):
+    """One logit ``z`` returned as two-class logits ``[−z/2, z/2]``: softmax gives ``sigmoid(z)`` for
+    class 1, so cross-entropy on these equals binary cross-entropy on ``z`` (e.g. ARFL's 2-10-10-1 MLP)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        return torch.cat([-z / 2, z / 2], dim=1)
+
+
+def _linear_head(dim: int, num_classes: int, hidden: int) -> nn.Module:
+    return nn.Linear(dim, num_classes)
+
+
+def _binary_head(dim: int, num_classes: int, hidden: int) -> nn.Module:
+    if num_classes != 2:
+        raise ValueError(f"the binary head needs 2 classes, got {num_classes}")
+    return BinaryHead(dim)
+
+
+def _mlp_head(dim: int, num_classes: int, hidden: int) -> nn.Module:
+    hidden = hidden or dim
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+#: head name -> ``build(feature_dim, num_classes, hidden)``; ``default`` keeps the backbone's own head.
+HEADS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "linear": _linear_head,
+    "binary": _binary_head,
+    "mlp": _mlp_head,
+}
+
+#: adapter name -> ``build(in_channels) -> (module, out_channels)``; ``none`` is the identity.
+ADAPTERS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
+    "none": lambda in_channels: (nn.Identity(), in_channels),
+}
+
+
+class Classifier(nn.Module):
+    """``head(pool(features(normalize(adapter(x)))))`` with each part reachable by name."""
+
+    def __init__(self, normalize: nn.Module, features: nn.Module, pool: nn.Module, head: nn.Module,
+                 adapter: nn.Module | None = None, last_block: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.adapter = adapter if adapter is not None else nn.Identity()
+        self.normalize = normalize
+        self.features = features
+        self.pool = pool
+        self.head = head
+        self.last_block = tuple(last_block)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional feature map ``[N, C, H, W]`` (the penultimate activations for an MLP)."""
+        return self.features(self.normalize(self.adapter(x)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature vector the head sees."""
+        return self.pool(self.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+    def train(self, mode: bool = True) -> Classifier:
+        """As ``nn.Module.train``, but frozen batch-norm layers stay in eval mode (their statistics
+        belong to the frozen backbone, see :func:`set_trainable`)."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if getattr(m, "_medrobust_frozen", False):
+                    m.eval()
+        return self
 
 
 @dataclass(frozen=True)
@@ -29,16 +120,83 @@ class ModelSpec:
     in_channels: int = 1
     width: int = 16
     image_size: int = 64
-    mean: float = 0.5
-    std: float = 0.25
+    mean: float | tuple[float, ...] = 0.5
+    std: float | tuple[float, ...] = 0.25
+    head: str = "default"
+    head_hidden: int = 0  # width of the mlp head's hidden layer (0: the feature width)
+    adapter: str = "none"
+    dual_bn: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        d = dict(d)
+        for k in ("mean", "std"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**d)
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """A backbone wrapped as ``Sequential(Normalize(mean, std), backbone)``."""
+def build_model(spec: ModelSpec, pretrained: str | Path | None = None) -> Classifier:
+    """Build the classifier ``spec`` describes; ``pretrained`` is a local ImageNet state_dict for the
+    torchvision backbones (nothing is downloaded)."""
     if spec.backbone not in MODELS:
         raise KeyError(f"unknown backbone {spec.backbone!r}; available: {', '.join(sorted(MODELS))}")
-    net = MODELS[spec.backbone](num_classes=spec.num_classes, in_channels=spec.in_channels, width=spec.width)
-    return nn.Sequential(Normalize(spec.mean, spec.std, spec.in_channels), net)
+    if spec.adapter not in ADAPTERS:
+        raise KeyError(f"unknown adapter {spec.adapter!r}; available: {', '.join(sorted(ADAPTERS))}")
+    if spec.head != "default" and spec.head not in HEADS:
+        raise KeyError(f"unknown head {spec.head!r}; available: default, {', '.join(sorted(HEADS))}")
+    adapter, channels = ADAPTERS[spec.adapter](spec.in_channels)
+    builder = MODELS[spec.backbone]
+    kwargs = {"pretrained": pretrained} if pretrained else {}
+    trunk = builder(num_classes=spec.num_classes, in_channels=channels, width=spec.width, **kwargs)
+    head = trunk.head if spec.head == "default" else HEADS[spec.head](trunk.feature_dim, spec.num_classes,
+                                                                       spec.head_hidden)
+    model = Classifier(Normalize(spec.mean, spec.std, channels), trunk.features, trunk.pool, head,
+                       adapter=adapter, last_block=tuple(f"features.{n}" for n in trunk.last_block))
+    if spec.dual_bn:
+        convert_dual_bn(model)
+    return model
+
+
+TRAINABLE_CHOICES = ("all", "last_block", "head")
+
+
+def set_trainable(model: Classifier, which: str = "all") -> list[str]:
+    """Choose which parameters train; returns the trainable parameter names.
+
+    ``which``: ``all``; ``last_block`` (the backbone's last block + the head, as ARFL fine-tunes VGG16);
+    ``head`` (the head only: a frozen encoder, e.g. linear probing / RAN); or a comma-separated list of
+    parameter-name prefixes (``features.layer4,head``). A learned adapter always trains. Batch-norm
+    layers whose parameters are all frozen stay in eval mode while the model trains.
+    """
+    if which == "all":
+        prefixes: tuple[str, ...] = ("",)
+    elif which == "last_block":
+        prefixes = (*model.last_block, "head", "adapter")
+    elif which == "head":
+        prefixes = ("head", "adapter")
+    else:
+        prefixes = tuple(p.strip() for p in which.split(",") if p.strip())
+        names = [n for n, _ in model.named_parameters()]
+        for p in prefixes:
+            if not any(n == p or n.startswith(p + ".") for n in names):
+                raise ValueError(f"trainable: no parameter starts with {p!r}; choose from {TRAINABLE_CHOICES} "
+                                 f"or prefixes such as {sorted({n.rsplit('.', 2)[0] for n in names})[:6]}")
+
+    def keep(name: str) -> bool:
+        return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes)
+
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(keep(name))
+        if p.requires_grad:
+            trainable.append(name)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters())
+            m._medrobust_frozen = bool(params) and not any(p.requires_grad for p in params)
+    model.train(model.training)
+    return trainable
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path, name: str = "model") -> Path:
@@ -49,10 +207,10 @@ def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path, name: str
     return out_dir / f"{name}.pt"
 
 
-def load_model(model_dir: str | Path, name: str = "model") -> tuple[nn.Module, ModelSpec]:
+def load_model(model_dir: str | Path, name: str = "model") -> tuple[Classifier, ModelSpec]:
     """Load a model saved by :func:`save_model` (weights only: no code is unpickled)."""
     model_dir = Path(model_dir)
-    spec = ModelSpec(**json.loads((model_dir / f"{name}.json").read_text()))
+    spec = ModelSpec.from_dict(json.loads((model_dir / f"{name}.json").read_text()))
     model = build_model(spec)
     state = torch.load(model_dir / f"{name}.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
@@ -60,4 +218,6 @@ def load_model(model_dir: str | Path, name: str = "model") -> tuple[nn.Module, M
     return model, spec
 
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "load_model", "save_model", "Normalize"]
+__all__ = ["ADAPTERS", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "TRAINABLE_CHOICES", "BinaryHead",
+           "Classifier", "DualBatchNorm", "ModelSpec", "Normalize", "bn_route", "build_model", "convert_dual_bn",
+           "has_dual_bn", "load_model", "save_model", "set_trainable"]

@@ -1,50 +1,170 @@
-"""Backbone definitions: a small CNN (fast on CPU, the default) and ResNet18 with 1-channel input."""
+"""Backbone definitions, each split into the parts every training method can rely on.
+
+A builder returns a :class:`Trunk`: ``features`` (input → the last convolutional feature map
+``[N, C, H, W]``, or a feature vector for the MLP), ``pool`` (feature map → vector), ``head``
+(vector → logits), ``feature_dim`` (the pooled width), and ``last_block`` (the module names inside
+``features`` that make up its last block: what ARFL fine-tunes together with the head).
+
+torchvision backbones (ResNet18/50, DenseNet121, VGG16) are built without downloading anything;
+ImageNet weights come from a local file (a torchvision ``state_dict``) through ``pretrained``.
+With 1-channel input the first convolution's RGB kernels are summed, so a grey image gives the
+same activations as that grey image repeated on three channels.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` with mean/std as buffers: the model's first layer, so attacks see [0, 1]."""
+    """``(x - mean) / std`` with mean/std as buffers: the model's first layer, so attacks see [0, 1].
 
-    def __init__(self, mean: float | list[float], std: float | list[float], channels: int = 1) -> None:
+    ``mean``/``std`` are scalars or one value per channel; they broadcast over ``[N, C, H, W]``
+    images and over ``[N, D]`` vectors alike.
+    """
+
+    def __init__(self, mean: float | list[float] | tuple[float, ...], std: float | list[float] | tuple[float, ...],
+                 channels: int = 1) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).expand(channels).reshape(1, channels)
+        std_t = torch.as_tensor(std, dtype=torch.float32).expand(channels).reshape(1, channels)
         self.register_buffer("mean", mean_t.clone())
         self.register_buffer("std", std_t.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
-def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> nn.Module:
+@dataclass
+class Trunk:
+    features: nn.Module
+    pool: nn.Module
+    head: nn.Module
+    feature_dim: int
+    last_block: list[str] = field(default_factory=list)  # names inside ``features``
+
+
+def _gap() -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> Trunk:
     """Four conv blocks (conv-BN-ReLU, stride-2 downsampling) + global average pooling + linear."""
 
-    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(inplace=True))
 
     w = width
-    return nn.Sequential(
-        *block(in_channels, w, 1),
-        *block(w, 2 * w, 2),
-        *block(2 * w, 4 * w, 2),
-        *block(4 * w, 8 * w, 2),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8 * w, num_classes),
-    )
+    features = nn.Sequential(block(in_channels, w, 1), block(w, 2 * w, 2), block(2 * w, 4 * w, 2),
+                             block(4 * w, 8 * w, 2))
+    return Trunk(features, _gap(), nn.Linear(8 * w, num_classes), 8 * w, last_block=["3"])
 
 
-def resnet18(num_classes: int, in_channels: int = 1, width: int = 64) -> nn.Module:
-    """torchvision ResNet18 whose first convolution takes ``in_channels`` channels.
+def mlp(num_classes: int, in_channels: int = 2, width: int = 10) -> Trunk:
+    """A multi-layer perceptron for vector data (the ARFL two-moon net is ``in 2, width 10``:
+    2-10-10-1 with the ``binary`` head). The "feature map" is the penultimate layer's activations."""
+    features = nn.Sequential(nn.Linear(in_channels, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+    return Trunk(features, nn.Identity(), nn.Linear(width, num_classes), width, last_block=["2"])
 
-    ``width`` is accepted for a uniform signature; ResNet18 keeps its standard widths.
-    """
-    from torchvision.models import resnet18 as tv_resnet18
 
-    net = tv_resnet18(weights=None, num_classes=num_classes)
-    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+def _load_state(net: nn.Module, pretrained: str | Path | None) -> None:
+    """Load a torchvision ``state_dict`` from a local file (weights only)."""
+    if not pretrained:
+        return
+    path = Path(pretrained)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {path} not found: give a local torchvision state_dict file "
+                                "(nothing is downloaded at run time)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"pretrained weights {path} do not fit {type(net).__name__}: "
+                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A copy of ``conv`` taking ``in_channels`` inputs; 1 channel sums the RGB kernels."""
+    if in_channels == conv.in_channels:
+        return conv
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    bias=conv.bias is not None)
+    with torch.no_grad():
+        if in_channels == 1:
+            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def _resnet(name: str) -> Callable[..., Trunk]:
+    def build(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: str | Path | None = None) -> Trunk:
+        import torchvision.models as tvm
+
+        net = getattr(tvm, name)(weights=None)
+        _load_state(net, pretrained)
+        net.conv1 = _adapt_first_conv(net.conv1, in_channels)
+        features = nn.Sequential()
+        for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            features.add_module(part, getattr(net, part))
+        dim = net.fc.in_features
+        return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim, last_block=["layer4"])
+
+    build.__doc__ = f"torchvision {name} (``width`` ignored); ``features`` ends at layer4."
+    return build
+
+
+def densenet121(num_classes: int, in_channels: int = 1, width: int = 64,
+                pretrained: str | Path | None = None) -> Trunk:
+    """torchvision DenseNet121; ``features`` ends with the final norm + ReLU (as torchvision's forward)."""
+    import torchvision.models as tvm
+
+    net = tvm.densenet121(weights=None)
+    _load_state(net, pretrained)
+    net.features.conv0 = _adapt_first_conv(net.features.conv0, in_channels)
+    features = nn.Sequential(net.features, nn.ReLU(inplace=False))
+    dim = net.classifier.in_features
+    return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim, last_block=["0.denseblock4", "0.norm5"])
+
+
+def vgg16(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: str | Path | None = None) -> Trunk:
+    """torchvision VGG16: ``features`` = the conv stack, the head = its three FC layers (fc6, fc7 and a
+    new fc8 for ``num_classes``), so ImageNet fc6/fc7 weights are kept (ARFL fine-tunes them)."""
+    import torchvision.models as tvm
+
+    net = tvm.vgg16(weights=None)
+    _load_state(net, pretrained)
+    net.features[0] = _adapt_first_conv(net.features[0], in_channels)
+    head = net.classifier
+    head[6] = nn.Linear(head[6].in_features, num_classes)
+    pool = nn.Sequential(net.avgpool, nn.Flatten())
+    return Trunk(net.features, pool, head, 512 * 7 * 7, last_block=["28", "29", "30"])
+
+
+def _no_pretrained(builder: Callable[..., Trunk]) -> Callable[..., Trunk]:
+    def build(num_classes: int, in_channels: int = 1, width: int = 16, pretrained: str | Path | None = None) -> Trunk:
+        if pretrained:
+            raise ValueError(f"{builder.__name__} has no ImageNet weights; leave model.pretrained empty")
+        return builder(num_classes, in_channels, width)
+
+    build.__doc__ = builder.__doc__
+    build.__name__ = builder.__name__
+    return build
+
+
+BACKBONES: dict[str, Callable[..., Trunk]] = {
+    "small_cnn": _no_pretrained(small_cnn),
+    "mlp": _no_pretrained(mlp),
+    "resnet18": _resnet("resnet18"),
+    "resnet50": _resnet("resnet50"),
+    "densenet121": densenet121,
+    "vgg16": vgg16,
+}
