@@ -19,7 +19,7 @@ def test_bad_params_exit_2_naming_the_key(tmp_path):
     write_params(tmp_path / "params.yaml", {"train": {"method": "magic"}})
     res = _cli("train", cwd=tmp_path)
     assert res.returncode == 2
-    assert "train.method" in res.stderr and "'pgd_at'" in res.stderr
+    assert "train.method" in res.stderr and "pgd_at" in res.stderr and "'magic'" in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from medrobust.attacks import get_attack
 from medrobust.config import load_params
 from medrobust.data.shards import load_split
-from medrobust.defenses import get_defense
-from medrobust.models import ModelSpec, build_model
 from medrobust.stages import ingest, synthesize
-from medrobust.stages.train import method_params
+from medrobust.stages.train import build_method
 from medrobust.training import accuracy, train_model
 from medrobust.utils import seed_everything
 from tests.conftest import REPO
@@ -30,10 +26,9 @@ def default_data(tmp_path_factory):
 def _train(params, dataset, method: str):
     seed_everything(params.seed)
     cfg = params.train
-    model = build_model(ModelSpec(cfg.model.backbone, len(params.data.classes), width=cfg.model.width,
-                                  image_size=params.data.image_size))
-    kwargs = method_params(dataclasses.replace(params, train=dataclasses.replace(cfg, method=method)))
-    train_model(model, get_defense(method, **kwargs), load_split(dataset, "train"), None, epochs=cfg.epochs,
+    train = load_split(dataset, "train")
+    model, defense, _ = build_method(params, method, train)
+    train_model(model, defense, train, None, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, optim=cfg.optim, seed=params.seed, hflip=cfg.hflip)
     return model
 

@@ -140,3 +140,18 @@ def test_normalize_is_the_first_layer_and_uses_buffers():
 def test_unknown_backbone_lists_available():
     with pytest.raises(KeyError, match="small_cnn"):
         build_model(ModelSpec("vit_huge", 2))
+
+
+@pytest.mark.parametrize("backbone", sorted(MODELS))
+def test_last_block_names_real_modules(backbone):
+    model = build_model(ModelSpec(backbone, 2, in_channels=2 if backbone == "mlp" else 1, width=4))
+    names = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
+    assert model.last_block and all(b in names for b in model.last_block)
+    trainable = set_trainable(model, "last_block")
+    assert trainable and len(trainable) < len(list(model.parameters()))
+
+
+def test_vgg16_pooled_feature_is_fc7():
+    model = build_model(ModelSpec("vgg16", 2)).eval()
+    assert model.embed(torch.rand(1, 1, 32, 32)).shape == (1, 4096)
+    assert isinstance(model.head, nn.Linear) and model.head.in_features == 4096

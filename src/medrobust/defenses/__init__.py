@@ -6,11 +6,19 @@ from typing import Any
 
 import inspect
 
+from medrobust.defenses.arfl import ARFL
+from medrobust.defenses.augmix import AugMix, RobustAugMix
 from medrobust.defenses.base import Defense
+from medrobust.defenses.domain_assimilation import DomainAssimilation
+from medrobust.defenses.dpaat import DPAAT
+from medrobust.defenses.dsbn import DSBN
 from medrobust.defenses.dual_at import DualAT
 from medrobust.defenses.fast_at import FastAT
 from medrobust.defenses.mart import MART
 from medrobust.defenses.pgd_at import PGDAT
+from medrobust.defenses.probes import LinearProbe, MLPTuning
+from medrobust.defenses.ran import RAN
+from medrobust.defenses.rtda import RTDA
 from medrobust.defenses.standard import Standard
 from medrobust.defenses.trades import TRADES
 
@@ -21,6 +29,16 @@ DEFENSES: dict[str, type[Defense]] = {
     "mart": MART,
     "dual_at": DualAT,
     "fast_at": FastAT,
+    "domain_assimilation": DomainAssimilation,
+    "dpaat": DPAAT,
+    "arfl": ARFL,
+    "augmix": AugMix,
+    "robust_augmix": RobustAugMix,
+    "rtda": RTDA,
+    "dsbn": DSBN,
+    "ran": RAN,
+    "linear_probe": LinearProbe,
+    "mlp_tuning": MLPTuning,
 }
 
 

@@ -19,6 +19,9 @@ class Defense:
     name = "defense"
     #: ModelSpec fields this method needs (e.g. ``{"dual_bn": True}``); the train stage applies them.
     model_overrides: dict[str, Any] = {}
+    #: True for methods that only make sense on images (augmentations, a texture module): they refuse
+    #: vector data (the 2-D ``mlp`` backbone) with a clear error.
+    image_only: bool = False
     #: which layers train (``medrobust.models.set_trainable``); None: ``train.model.trainable``.
     trainable: str | None = None
 
@@ -46,7 +49,11 @@ class Defense:
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modality: str = "default") -> None:
         """Called once before training with the training images/labels and the data's DICOM modality
-        (e.g. to pick a per-modality ε or initialise class centroids). Default: nothing."""
+        (e.g. to pick a per-modality ε or initialise class centroids). The base class refuses vector
+        data for ``image_only`` methods; subclasses that override this call ``super().prepare``."""
+        if self.image_only and x.ndim != 4:
+            raise ValueError(f"training method {self.name!r} needs images [N, C, H, W]; got data of shape "
+                             f"{tuple(x.shape)} (vector data: use a method without image augmentations)")
 
     def start_epoch(self, epoch: int, total_epochs: int) -> None:
         self.epoch, self.total_epochs = epoch, total_epochs

@@ -28,13 +28,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medrobust.models.assimilation import build_assimilation_adapter
 from medrobust.models.backbones import BACKBONES, Normalize, Trunk
+from medrobust.models.clip import CLIP_BACKBONES, CLIP_SPEC_DEFAULTS
 from medrobust.models.dual_bn import DualBatchNorm, bn_route, convert_dual_bn, has_dual_bn
+from medrobust.models.ran_head import build_ran_head
 
 MODELS: dict[str, Callable[..., Trunk]] = BACKBONES
+MODELS.update(CLIP_BACKBONES)  # clip_vit_b32: an open_clip ViT, local weights (models/clip.py)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def spec_defaults(backbone: str, in_channels: int = 1, pretrained: bool = False) -> dict:
+    """The normalisation a backbone expects (timm-style default config), as ModelSpec fields.
+
+    CLIP encoders normalise inside themselves (mean 0, std 1 here). ImageNet-pretrained torchvision
+    backbones get the ImageNet mean/std; with 1-channel input (RGB kernels summed) the grey
+    equivalents, the means of the three channels' values. Otherwise {} (the spec's own values).
+    """
+    if backbone.startswith("clip_"):
+        return dict(CLIP_SPEC_DEFAULTS)
+    if pretrained and backbone in ("resnet18", "resnet50", "densenet121", "vgg16"):
+        if in_channels == 3:
+            return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        return {"mean": round(sum(IMAGENET_MEAN) / 3, 4), "std": round(sum(IMAGENET_STD) / 3, 4)}
+    return {}
 
 
 class BinaryHead(nn.Module):
@@ -70,11 +90,13 @@ HEADS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "linear": _linear_head,
     "binary": _binary_head,
     "mlp": _mlp_head,
+    "ran": build_ran_head,  # transform + classifier + class centroids (defenses/ran.py)
 }
 
 #: adapter name -> ``build(in_channels) -> (module, out_channels)``; ``none`` is the identity.
 ADAPTERS: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
     "none": lambda in_channels: (nn.Identity(), in_channels),
+    "assimilation": build_assimilation_adapter,  # texture → colour modules (domain assimilation)
 }
 
 
@@ -152,9 +174,12 @@ def build_model(spec: ModelSpec, pretrained: str | Path | None = None) -> Classi
     head = trunk.head if spec.head == "default" else HEADS[spec.head](trunk.feature_dim, spec.num_classes,
                                                                        spec.head_hidden)
     model = Classifier(Normalize(spec.mean, spec.std, channels), trunk.features, trunk.pool, head,
-                       adapter=adapter, last_block=tuple(f"features.{n}" for n in trunk.last_block))
+                       adapter=adapter, last_block=tuple(trunk.last_block))
     if spec.dual_bn:
         convert_dual_bn(model)
+        if not has_dual_bn(model):
+            raise ValueError(f"dual_bn: backbone {spec.backbone!r} has no batch-norm layers to duplicate "
+                             "(dual batch norm / dsbn needs a backbone with batch norm, e.g. small_cnn, resnet18)")
     return model
 
 
@@ -218,6 +243,6 @@ def load_model(model_dir: str | Path, name: str = "model") -> tuple[Classifier, 
     return model, spec
 
 
-__all__ = ["ADAPTERS", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "TRAINABLE_CHOICES", "BinaryHead",
+__all__ = ["ADAPTERS", "HEADS", "spec_defaults", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "TRAINABLE_CHOICES", "BinaryHead",
            "Classifier", "DualBatchNorm", "ModelSpec", "Normalize", "bn_route", "build_model", "convert_dual_bn",
            "has_dual_bn", "load_model", "save_model", "set_trainable"]

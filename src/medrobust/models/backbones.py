@@ -2,8 +2,8 @@
 
 A builder returns a :class:`Trunk`: ``features`` (input → the last convolutional feature map
 ``[N, C, H, W]``, or a feature vector for the MLP), ``pool`` (feature map → vector), ``head``
-(vector → logits), ``feature_dim`` (the pooled width), and ``last_block`` (the module names inside
-``features`` that make up its last block: what ARFL fine-tunes together with the head).
+(vector → logits), ``feature_dim`` (the pooled width), and ``last_block`` (the module names, in the
+classifier, that make up its last block: what ARFL fine-tunes together with the head).
 
 torchvision backbones (ResNet18/50, DenseNet121, VGG16) are built without downloading anything;
 ImageNet weights come from a local file (a torchvision ``state_dict``) through ``pretrained``.
@@ -47,7 +47,7 @@ class Trunk:
     pool: nn.Module
     head: nn.Module
     feature_dim: int
-    last_block: list[str] = field(default_factory=list)  # names inside ``features``
+    last_block: list[str] = field(default_factory=list)  # module names in the Classifier (features.…, pool)
 
 
 def _gap() -> nn.Module:
@@ -64,14 +64,14 @@ def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> Trunk:
     w = width
     features = nn.Sequential(block(in_channels, w, 1), block(w, 2 * w, 2), block(2 * w, 4 * w, 2),
                              block(4 * w, 8 * w, 2))
-    return Trunk(features, _gap(), nn.Linear(8 * w, num_classes), 8 * w, last_block=["3"])
+    return Trunk(features, _gap(), nn.Linear(8 * w, num_classes), 8 * w, last_block=["features.3"])
 
 
 def mlp(num_classes: int, in_channels: int = 2, width: int = 10) -> Trunk:
     """A multi-layer perceptron for vector data (the ARFL two-moon net is ``in 2, width 10``:
     2-10-10-1 with the ``binary`` head). The "feature map" is the penultimate layer's activations."""
     features = nn.Sequential(nn.Linear(in_channels, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
-    return Trunk(features, nn.Identity(), nn.Linear(width, num_classes), width, last_block=["2"])
+    return Trunk(features, nn.Identity(), nn.Linear(width, num_classes), width, last_block=["features.2"])
 
 
 def _load_state(net: nn.Module, pretrained: str | Path | None) -> None:
@@ -116,7 +116,7 @@ def _resnet(name: str) -> Callable[..., Trunk]:
         for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             features.add_module(part, getattr(net, part))
         dim = net.fc.in_features
-        return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim, last_block=["layer4"])
+        return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim, last_block=["features.layer4"])
 
     build.__doc__ = f"torchvision {name} (``width`` ignored); ``features`` ends at layer4."
     return build
@@ -132,21 +132,24 @@ def densenet121(num_classes: int, in_channels: int = 1, width: int = 64,
     net.features.conv0 = _adapt_first_conv(net.features.conv0, in_channels)
     features = nn.Sequential(net.features, nn.ReLU(inplace=False))
     dim = net.classifier.in_features
-    return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim, last_block=["0.denseblock4", "0.norm5"])
+    return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim,
+                 last_block=["features.0.denseblock4", "features.0.norm5"])
 
 
 def vgg16(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: str | Path | None = None) -> Trunk:
-    """torchvision VGG16: ``features`` = the conv stack, the head = its three FC layers (fc6, fc7 and a
-    new fc8 for ``num_classes``), so ImageNet fc6/fc7 weights are kept (ARFL fine-tunes them)."""
+    """torchvision VGG16: ``features`` = the conv stack; ``pool`` = avgpool + fc6 + fc7 (ImageNet weights
+    kept), so the pooled feature is the 4096-d fc7 output, the usual frozen VGG feature; the head is a
+    new fc8 for ``num_classes``. ``last_block`` = the last conv layer + fc6/fc7 (what ARFL fine-tunes
+    together with the head)."""
     import torchvision.models as tvm
 
     net = tvm.vgg16(weights=None)
     _load_state(net, pretrained)
     net.features[0] = _adapt_first_conv(net.features[0], in_channels)
-    head = net.classifier
-    head[6] = nn.Linear(head[6].in_features, num_classes)
-    pool = nn.Sequential(net.avgpool, nn.Flatten())
-    return Trunk(net.features, pool, head, 512 * 7 * 7, last_block=["28", "29", "30"])
+    fc = net.classifier  # fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8
+    pool = nn.Sequential(net.avgpool, nn.Flatten(), *list(fc.children())[:6])
+    return Trunk(net.features, pool, nn.Linear(fc[6].in_features, num_classes), fc[6].in_features,
+                 last_block=["features.28", "features.29", "features.30", "pool"])
 
 
 def _no_pretrained(builder: Callable[..., Trunk]) -> Callable[..., Trunk]:

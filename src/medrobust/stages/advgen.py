@@ -28,7 +28,7 @@ from medrobust.attacks import from_spec
 from medrobust.config import Params
 from medrobust.data.shards import load_split, write_shards
 from medrobust.defenses import get_defense
-from medrobust.models import ModelSpec, build_model, load_model, save_model
+from medrobust.models import ModelSpec, build_model, load_model, save_model, set_trainable, spec_defaults
 from medrobust.training import accuracy, train_model
 from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
@@ -63,12 +63,16 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenR
     device = resolve_device(params.device)
     with atomic_output_dir(out_dir) as tmp:
         spec = ModelSpec(backbone=cfg.surrogate.model.backbone, num_classes=num_classes,
-                         width=cfg.surrogate.model.width, image_size=params.data.image_size)
+                         width=cfg.surrogate.model.width, image_size=params.data.image_size,
+                         head=cfg.surrogate.model.head, head_hidden=cfg.surrogate.model.head_hidden,
+                         **spec_defaults(cfg.surrogate.model.backbone, 1,
+                                         pretrained=bool(cfg.surrogate.model.pretrained)))
         if cfg.surrogate.weights:
             model, spec = load_model(Path(cfg.surrogate.weights).parent, Path(cfg.surrogate.weights).stem)
             log.info("surrogate loaded from %s", cfg.surrogate.weights)
         else:
-            model = build_model(spec).to(device)
+            model = build_model(spec, pretrained=cfg.surrogate.model.pretrained or None).to(device)
+            set_trainable(model, cfg.surrogate.model.trainable)
             train_model(model, get_defense("standard"), train, val, epochs=cfg.surrogate.epochs,
                         batch_size=cfg.surrogate.batch_size, optim=cfg.surrogate.optim,
                         seed=params.seed + 101, desc="surrogate")

@@ -24,10 +24,10 @@ import torch
 
 from medrobust import tracking
 from medrobust.config import Params
-from medrobust.data.shards import load_split
+from medrobust.data.shards import ArraySplit, load_split
 from medrobust.defenses import Defense, get_defense
 from medrobust.evaluation.plots import plot_history
-from medrobust.models import ModelSpec, build_model, save_model, set_trainable
+from medrobust.models import Classifier, ModelSpec, build_model, save_model, set_trainable, spec_defaults
 from medrobust.training import train_model
 from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
@@ -42,20 +42,38 @@ class TrainResult:
     final_val_accuracy: float
 
 
-def method_params(params: Params) -> dict:
-    """The chosen method's hyper-parameters from ``train.methods.<method>`` (empty if none)."""
-    return dict(params.train.methods.get(params.train.method) or {})
-
-
 def model_spec(params: Params, defense: Defense, in_channels: int = 1) -> ModelSpec:
     """The model spec from ``train.model``, with the fields the training method requires."""
     m = params.train.model
     spec = ModelSpec(backbone=m.backbone, num_classes=len(params.data.classes), in_channels=in_channels,
-                     width=m.width, image_size=params.data.image_size, head=m.head, head_hidden=m.head_hidden)
+                     width=m.width, image_size=params.data.image_size, head=m.head, head_hidden=m.head_hidden,
+                     **spec_defaults(m.backbone, in_channels, pretrained=bool(m.pretrained)))
     if defense.model_overrides:
         log.info("method %s sets the model's %s", defense.name, defense.model_overrides)
         spec = dataclasses.replace(spec, **defense.model_overrides)
     return spec
+
+
+def build_method(params: Params, method: str, train: ArraySplit,
+                 device: torch.device | str = "cpu") -> tuple[Classifier, Defense, ModelSpec]:
+    """The model and the training method ``method`` as params.yaml configures them, ready to train.
+
+    Applies the method's model requirements (e.g. dual BN, a RAN head), loads local pretrained
+    weights, freezes what ``trainable`` says, and calls the method's ``prepare`` hook with the
+    training data and its DICOM modality.
+    """
+    cfg = params.train
+    defense = get_defense(method, seed=params.seed, **dict(cfg.methods.get(method) or {}))
+    spec = model_spec(params, defense, in_channels=int(train.x.shape[1]))
+    model = build_model(spec, pretrained=cfg.model.pretrained or None)
+    trainable = defense.trainable or cfg.model.trainable
+    n_train = len(set_trainable(model, trainable))
+    log.info("%s/%s: %d of %d parameter tensors train (%s)", method, spec.backbone, n_train,
+             len(list(model.parameters())), trainable)
+    model = model.to(device)
+    modality = str(train.manifest["modality"].mode().iloc[0]) if "modality" in train.manifest else "default"
+    defense.prepare(model, train.x.to(device), train.y.to(device), modality=modality)
+    return model, defense, spec
 
 
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
@@ -67,18 +85,8 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
         torch.set_num_threads(cfg.num_threads)
     seed_everything(params.seed)
     train, val = load_split(dataset_dir, "train"), load_split(dataset_dir, "val")
-    mparams = method_params(params)
-    defense = get_defense(cfg.method, seed=params.seed, **mparams)
-    spec = model_spec(params, defense, in_channels=int(train.x.shape[1]))
     device = resolve_device(params.device)
-    model = build_model(spec, pretrained=cfg.model.pretrained or None)
-    trainable = defense.trainable or cfg.model.trainable
-    n_train = len(set_trainable(model, trainable))
-    log.info("%s/%s: %d of %d parameter tensors train (%s)", cfg.method, cfg.model.backbone, n_train,
-             len(list(model.parameters())), trainable)
-    model = model.to(device)
-    modality = str(train.manifest["modality"].mode().iloc[0]) if "modality" in train.manifest else "default"
-    defense.prepare(model, train.x, train.y, modality=modality)
+    model, defense, spec = build_method(params, cfg.method, train, device)
     tracking.configure(params)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
         mlflow.log_params(tracking.flatten(params.to_dict()))

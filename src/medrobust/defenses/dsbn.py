@@ -1,0 +1,98 @@
+"""Dual (domain-specific) batch normalisation for adversarial training — the "batch
+normalization-based method" the ARFL paper (shared/seeds/004, Sections 1 and 4.2) compares with:
+DSBN, Chang et al., "Domain-Specific Batch Normalization for Unsupervised Domain Adaptation",
+CVPR 2019, applied to clean vs adversarial data as in Han et al., Nature Communications 2021 and
+AdvProp (Xie et al., "Adversarial Examples Improve Image Recognition", CVPR 2020).
+
+Every batch-norm layer holds two copies (:class:`medrobust.models.DualBatchNorm`): the clean
+branch normalises clean data, the adversarial branch adversarial data, with separate running
+statistics and affine parameters; every other weight is shared. Per batch (AdvProp's objective,
+:func:`dsbn_loss`)::
+
+    L = CE(f_clean-BN(x), y) + w · CE(f_adv-BN(x'), y),    x' = PGD_{adv-BN}(x)
+
+* ``x'`` maximises the cross-entropy of the model *routed through the adversarial BN* (as AdvProp
+  generates its auxiliary examples), in eval mode with input gradients only, so the attack reads
+  but never updates the running statistics.
+* The two forward passes are separate, so each BN branch's batch statistics come from its own
+  data only (the point of the method; one concatenated batch would mix them).
+* Routing is explicit (:func:`medrobust.models.bn_route`), never by batch position; after the loss
+  the model routes to the clean BN again, so evaluation, attacks and deployment use the clean
+  branch (the ARFL paper notes that choosing the BN at test time is this method's weak point; we
+  deploy the clean one, as AdvProp does).
+
+The model must be built with ``ModelSpec(dual_bn=True)``: ``model_overrides`` asks the train stage
+for it. A model without batch norm (e.g. the ``mlp`` backbone) has nothing to split (the paper also
+leaves DSBN out of its two-moon MLP experiment) and is refused with a clear error.
+
+Defaults: w = 1 (AdvProp), PGD L∞ with the ARFL paper's mammography budget ε = 0.01 (the paper
+replaces Han et al.'s FGSM by its own PGD for this baseline), 7 steps of 2.5·ε/7
+(``step_size=None``), random start.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medrobust.attacks import PGD, PGDL2
+from medrobust.defenses.base import Defense
+from medrobust.models.dual_bn import bn_route, has_dual_bn
+
+
+def dsbn_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, adv_weight: float) -> torch.Tensor:
+    """``CE(logits_clean, y) + adv_weight · CE(logits_adv, y)`` (each CE averaged over the batch)."""
+    return F.cross_entropy(logits_clean, y) + adv_weight * F.cross_entropy(logits_adv, y)
+
+
+class DSBN(Defense):
+    """Clean data through the clean BN, PGD data through the adversarial BN; see the module docstring."""
+
+    name = "dsbn"
+    model_overrides = {"dual_bn": True}
+
+    def __init__(
+        self,
+        adv_weight: float = 1.0,
+        norm: str = "linf",
+        eps: float = 0.01,
+        steps: int = 7,
+        step_size: float | None = None,
+        random_start: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(adv_weight=adv_weight, norm=norm, eps=eps, steps=steps, step_size=step_size,
+                         random_start=random_start, seed=seed)
+        if adv_weight < 0:
+            raise ValueError(f"dsbn: adv_weight must be >= 0, got {adv_weight}")
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"dsbn: norm must be 'linf' or 'l2', got {norm!r}")
+        if eps < 0 or steps < 1 or (step_size is not None and step_size <= 0):
+            raise ValueError("dsbn: eps must be >= 0, steps >= 1 and step_size > 0 (or null)")
+        self.adv_weight, self.norm, self.eps, self.steps = float(adv_weight), norm, float(eps), int(steps)
+        self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / self.steps
+        self.random_start, self.seed = random_start, seed
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """PGD on the model routed through the adversarial BN (eval mode: statistics untouched)."""
+        cls = PGD if self.norm == "linf" else PGDL2
+        attack = cls(model, eps=self.eps, steps=self.steps, step_size=self.step_size,
+                     random_start=self.random_start, seed=self.attack_seed())
+        with bn_route(model, "adv"):
+            return attack(x, y)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if not has_dual_bn(model):
+            raise ValueError("dsbn: the model has no dual batch-norm layers; build it with ModelSpec(dual_bn=True) "
+                             "(the train stage does so from DSBN.model_overrides) and a backbone with batch norm")
+        x_adv = self.perturb(model, x, y)
+        with bn_route(model, "adv"):
+            logits_adv = model(x_adv)
+        with bn_route(model, "clean"):
+            logits_clean = model(x)
+        loss = dsbn_loss(logits_clean, logits_adv, y, self.adv_weight)
+        return loss, {
+            "train_acc": (logits_clean.argmax(1) == y).float().mean().item(),
+            "train_adv_acc": (logits_adv.argmax(1) == y).float().mean().item(),
+        }
