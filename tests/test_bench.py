@@ -21,3 +21,29 @@ def test_bench_attacks_reports_every_attack_and_identical_early_stop(tmp_path):
         assert e["identical"] and e["accuracy_early_stop"] == e["accuracy_all_points"]
     text = format_report(report)
     assert "torchattacks" in text and "speedup" in text
+
+
+def test_bench_train_times_every_variant_against_standard():
+    from medrobust.bench_train import PGD_STEPS, bench_train, to_markdown
+
+    report = bench_train(tiny_params(), methods=["pgd_at", "trades"], n_batches=1, repeats=1)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"standard", "trades", *(f"pgd_at (k={k})" for k in PGD_STEPS)}
+    assert rows["standard"]["ratio"] == 1.0
+    assert all(rows[f"pgd_at (k={k})"]["bound"] == pytest.approx(1.05 * (k + 1)) for k in PGD_STEPS)
+    assert "bound" not in rows["trades"] and "| trades |" in to_markdown(report, "cmd")
+    with pytest.raises(KeyError, match="unknown training method"):
+        bench_train(tiny_params(), methods=["magic"])
+
+
+@pytest.mark.integration
+def test_bench_methods_trains_and_attacks_each_method(pipeline_run):
+    from medrobust.bench_methods import bench_methods, to_markdown
+
+    report = bench_methods(tiny_params(), methods=["standard", "pgd_at"], dataset_dir=pipeline_run.dataset, epochs=1)
+    assert [r["method"] for r in report["rows"]] == ["standard", "pgd_at"]
+    for r in report["rows"]:
+        assert 0.0 <= r["pgd_accuracy"] <= r["clean_accuracy"] and r["fgsm_accuracy"] <= r["clean_accuracy"]
+        assert r["model"]["backbone"] == "small_cnn" and r["train_seconds"] > 0
+    md = to_markdown(report, "medrobust bench methods")
+    assert "| pgd_at |" in md and "PGD-20" in md

@@ -117,3 +117,23 @@ def bench_train(params: Params, methods: list[str] | None = None, n_batches: int
         lines.append(f"{r['method']:<22}{r['seconds_per_epoch']:>9.3f}{r['ratio']:>12.2f}  {bound}")
     log.info("\n%s", "\n".join(lines))
     return report
+
+
+def to_markdown(report: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Training cost per method",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"One epoch = {report['batches']} batches of {report['batch_size']} images, {report['image_size']}×"
+        f"{report['image_size']}, backbone `{report['backbone']}`, {report['threads']} torch threads; methods timed in "
+        f"interleaved rounds, median of {report['repeats']}; ratio = epoch time / standard training's epoch time "
+        "in the same run. PGD-k adversarial training is bounded by 1.05·(k + 1).",
+        "",
+        "| method | s / epoch | × standard | bound |",
+        "|---|---:|---:|---|",
+    ]
+    for r in report["rows"]:
+        bound = f"≤ {r['bound']:.2f} ({'ok' if r['within_bound'] else 'exceeded'})" if "bound" in r else ""
+        lines.append(f"| {r['method']} | {r['seconds_per_epoch']:.3f} | {r['ratio']:.2f} | {bound} |")
+    return "\n".join(lines) + "\n"

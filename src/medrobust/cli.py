@@ -163,16 +163,21 @@ def bench_train(
     n_batches: int = typer.Option(6, help="batches per timed epoch"),
     repeats: int = typer.Option(3, help="timed rounds (median kept)"),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)"),
-    out: Path = typer.Option(None, help="also write the numbers as JSON"),
+    out: Path = typer.Option(None, help="also write <out>.json and <out>.md (e.g. benchmarks/train_cost)"),
 ) -> None:
     """Epoch time of every training method as a ratio to standard training, in one run."""
     from medrobust.bench_train import bench_train as run_bench
+    from medrobust.bench_train import to_markdown
     from medrobust.utils import write_json
 
     names = [m.strip() for m in methods.split(",") if m.strip()] or None
     report = run_bench(_params(params), methods=names, n_batches=n_batches, repeats=repeats, threads=threads or None)
     if out is not None:
-        write_json(out, report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out.with_suffix(".json"), report)
+        command = "medrobust bench train" + (f" --methods {methods}" if methods else "") + (
+            f" --n-batches {n_batches}" if n_batches != 6 else "") + (f" --repeats {repeats}" if repeats != 3 else "")
+        out.with_suffix(".md").write_text(to_markdown(report, command + f" --out {out}"))
 
 
 @bench_app.command("methods")
