@@ -9,6 +9,7 @@ attacks: FGSM and PGD-20 (L∞, random start) at ``eps``. The table is written a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -22,6 +23,7 @@ from medrobust.config import Params
 from medrobust.data.shards import load_split
 from medrobust.defenses import DEFENSES
 from medrobust.evaluation.metrics import clean_metrics, evaluate_attack
+from medrobust.models import save_model
 from medrobust.stages.train import build_method
 from medrobust.training import train_model
 from medrobust.utils import seed_everything
@@ -52,22 +54,35 @@ def bench_methods(params: Params, methods: list[str] | None = None, dataset_dir:
     train, val, test = (load_split(dataset, s) for s in ("train", "val", "test"))
     cfg = params.train
     epochs = epochs or cfg.epochs
+    # frozen-encoder methods need a pre-trained encoder; without local ImageNet/CLIP weights they start
+    # from the encoder of this run's standard model (trained first)
+    frozen = [m for m in methods if DEFENSES[m].trainable == "head"]
+    if frozen and not cfg.model.pretrained:
+        methods = ["standard", *[m for m in methods if m != "standard"]]
+    encoder_file: Path | None = None
     rows = []
     for method in methods:
         seed_everything(params.seed)
         start = time.perf_counter()
-        model, defense, spec = build_method(params, method, train)
+        run_params, note = params, ""
+        if method in frozen and encoder_file is not None:
+            run_params = dataclasses.replace(params, train=dataclasses.replace(
+                cfg, model=dataclasses.replace(cfg.model, pretrained=str(encoder_file))))
+            note = "encoder: this run's standard model (frozen)"
+        model, defense, spec = build_method(run_params, method, train)
         train_model(model, defense, train, val, epochs=epochs, batch_size=cfg.batch_size, optim=cfg.optim,
-                    seed=params.seed, hflip=cfg.hflip, desc=method)
+                    seed=params.seed, hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs, desc=method)
         train_s = time.perf_counter() - start
         model.eval()
+        if method == "standard" and frozen and not cfg.model.pretrained:
+            encoder_file = save_model(model, spec, Path(tempfile.mkdtemp(prefix="medrobust-encoder-")))
         clean = clean_metrics(model, test.x, test.y)
         fgsm = evaluate_attack(model, get_attack("fgsm", model, eps=eps), test.x, test.y)
         pgd = evaluate_attack(model, get_attack("pgd", model, eps=eps, steps=pgd_steps, random_start=True,
                                                 seed=params.seed), test.x, test.y)
         row = {"method": method, "clean_accuracy": clean["accuracy"], "clean_auc": clean["auc"],
                "fgsm_accuracy": fgsm.accuracy, "pgd_accuracy": pgd.accuracy, "train_seconds": train_s,
-               "settings": {k: v for k, v in (cfg.methods.get(method) or {}).items()},
+               "settings": {k: v for k, v in (cfg.methods.get(method) or {}).items()}, "note": note,
                "model": {"backbone": spec.backbone, "head": spec.head, "adapter": spec.adapter,
                          "dual_bn": spec.dual_bn, "trainable": defense.trainable or cfg.model.trainable}}
         rows.append(row)
@@ -76,6 +91,7 @@ def bench_methods(params: Params, methods: list[str] | None = None, dataset_dir:
     report = {"dataset": "built-in synthetic (params.yaml data.synthetic)", "n_test": len(test),
               "backbone": cfg.model.backbone, "epochs": epochs, "batch_size": cfg.batch_size,
               "optimizer": {"name": cfg.optim.name, "lr": cfg.optim.lr}, "seed": params.seed,
+              "clean_warmup_epochs": cfg.clean_warmup_epochs,
               "attack": {"eps": eps, "pgd_steps": pgd_steps, "norm": "linf"}, "rows": rows,
               "threads": torch.get_num_threads()}
     return report
@@ -93,10 +109,12 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         f"each method with its `train.methods` settings from params.yaml. Test split: {report['n_test']} images. "
         f"White-box L∞ attacks at ε = {a['eps'] * 255:.0f}/255: FGSM and PGD-{a['pgd_steps']} with a random start.",
         "",
-        "| method | clean acc | clean AUC | FGSM acc | PGD acc | train s |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"Clean warm-up epochs (clean CE before the method): {report.get('clean_warmup_epochs', 0)}.",
+        "",
+        "| method | clean acc | clean AUC | FGSM acc | PGD acc | train s | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         lines.append(f"| {r['method']} | {r['clean_accuracy']:.3f} | {r['clean_auc']:.3f} | {r['fgsm_accuracy']:.3f} | "
-                     f"{r['pgd_accuracy']:.3f} | {r['train_seconds']:.0f} |")
+                     f"{r['pgd_accuracy']:.3f} | {r['train_seconds']:.0f} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from medrobust.config import OptimConfig
 from medrobust.data.shards import ArraySplit
 from medrobust.defenses import Defense
+from medrobust.defenses.standard import Standard
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     on_epoch: EpochCallback | None = None,
     hflip: bool = False,
+    clean_warmup_epochs: int = 0,
     desc: str = "train",
 ) -> History:
     """Train ``model`` in place with ``defense``'s loss.
@@ -72,6 +74,9 @@ def train_model(
     Args:
         checkpoint_dir: if given, ``epoch_NNN.pt`` (model + optimiser state) is written every epoch.
         on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch.
+        clean_warmup_epochs: the first epochs minimise clean cross-entropy (a warm start: adversarial
+            objectives at full ε can stall a network trained from scratch at the constant predictor);
+            the method's own loss takes over afterwards, and its epoch counter starts there.
 
     Returns:
         Per-epoch metrics (mean loss, the method's stats, validation accuracy).
@@ -82,8 +87,12 @@ def train_model(
     gen = torch.Generator().manual_seed(seed)
     history = History()
     n = len(train)
+    warmup = min(clean_warmup_epochs, epochs)
+    clean = Standard()
     for epoch in range(epochs):
-        defense.start_epoch(epoch, epochs)
+        method = clean if epoch < warmup else defense
+        if method is defense:
+            defense.start_epoch(epoch - warmup, epochs - warmup)
         model.train()
         order = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
@@ -96,7 +105,7 @@ def train_model(
             if hflip:
                 flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            loss, stats = defense.loss(model, x, y)
+            loss, stats = method.loss(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

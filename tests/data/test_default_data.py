@@ -29,7 +29,8 @@ def _train(params, dataset, method: str):
     train = load_split(dataset, "train")
     model, defense, _ = build_method(params, method, train)
     train_model(model, defense, train, None, epochs=cfg.epochs,
-                batch_size=cfg.batch_size, optim=cfg.optim, seed=params.seed, hflip=cfg.hflip)
+                batch_size=cfg.batch_size, optim=cfg.optim, seed=params.seed, hflip=cfg.hflip,
+                clean_warmup_epochs=cfg.clean_warmup_epochs)
     return model
 
 

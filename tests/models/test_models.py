@@ -155,3 +155,17 @@ def test_vgg16_pooled_feature_is_fc7():
     model = build_model(ModelSpec("vgg16", 2)).eval()
     assert model.embed(torch.rand(1, 1, 32, 32)).shape == (1, 4096)
     assert isinstance(model.head, nn.Linear) and model.head.in_features == 4096
+
+
+def test_pretrained_from_a_medrobust_model_loads_the_encoder_not_the_head(tmp_path):
+    torch.manual_seed(0)
+    source = build_model(ModelSpec("small_cnn", 2, width=4))
+    save_model(source, ModelSpec("small_cnn", 2, width=4), tmp_path)
+    torch.manual_seed(1)
+    model = build_model(ModelSpec("small_cnn", 3, width=4), pretrained=tmp_path / "model.pt")
+    for k, v in source.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(model.state_dict()[k], v), k
+    assert model.head.out_features == 3
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        build_model(ModelSpec("small_cnn", 2, width=8), pretrained=tmp_path / "model.pt")

@@ -167,6 +167,9 @@ def build_model(spec: ModelSpec, pretrained: str | Path | None = None) -> Classi
         raise KeyError(f"unknown adapter {spec.adapter!r}; available: {', '.join(sorted(ADAPTERS))}")
     if spec.head != "default" and spec.head not in HEADS:
         raise KeyError(f"unknown head {spec.head!r}; available: default, {', '.join(sorted(HEADS))}")
+    encoder_state = _medrobust_state(pretrained) if pretrained else None
+    if encoder_state is not None:
+        pretrained = None  # a medrobust model: its encoder is loaded below
     adapter, channels = ADAPTERS[spec.adapter](spec.in_channels)
     builder = MODELS[spec.backbone]
     kwargs = {"pretrained": pretrained} if pretrained else {}
@@ -175,12 +178,38 @@ def build_model(spec: ModelSpec, pretrained: str | Path | None = None) -> Classi
                                                                        spec.head_hidden)
     model = Classifier(Normalize(spec.mean, spec.std, channels), trunk.features, trunk.pool, head,
                        adapter=adapter, last_block=tuple(trunk.last_block))
+    if encoder_state is not None:
+        _load_encoder(model, encoder_state)
     if spec.dual_bn:
         convert_dual_bn(model)
         if not has_dual_bn(model):
             raise ValueError(f"dual_bn: backbone {spec.backbone!r} has no batch-norm layers to duplicate "
                              "(dual batch norm / dsbn needs a backbone with batch norm, e.g. small_cnn, resnet18)")
     return model
+
+
+def _medrobust_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The state dict at ``path`` if it is a medrobust model's (``model.pt`` of the train stage), else None."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {path} not found: give a local file (nothing is downloaded "
+                                "at run time)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and any(str(k).startswith("features.") for k in state):
+        return state
+    return None
+
+
+def _load_encoder(model: Classifier, state: dict[str, torch.Tensor]) -> None:
+    """Load every non-head tensor of a medrobust model whose name and shape match (the head stays new)."""
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if not k.startswith("head.") and k in own and own[k].shape == v.shape}
+    encoder_keys = [k for k in own if not k.startswith(("head.", "adapter."))]
+    missing = [k for k in encoder_keys if k not in take]
+    if not take or missing:
+        raise ValueError(f"pretrained medrobust model does not fit this backbone: {len(missing)} encoder tensors "
+                         f"missing or of another shape, e.g. {missing[:3]}")
+    model.load_state_dict(take, strict=False)
 
 
 TRAINABLE_CHOICES = ("all", "last_block", "head")

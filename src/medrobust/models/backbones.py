@@ -155,7 +155,8 @@ def vgg16(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: s
 def _no_pretrained(builder: Callable[..., Trunk]) -> Callable[..., Trunk]:
     def build(num_classes: int, in_channels: int = 1, width: int = 16, pretrained: str | Path | None = None) -> Trunk:
         if pretrained:
-            raise ValueError(f"{builder.__name__} has no ImageNet weights; leave model.pretrained empty")
+            raise ValueError(f"{builder.__name__} has no ImageNet weights; give a medrobust model.pt as pretrained "
+                             "(its encoder is loaded) or leave model.pretrained empty")
         return builder(num_classes, in_channels, width)
 
     build.__doc__ = builder.__doc__

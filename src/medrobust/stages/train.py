@@ -94,7 +94,7 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
                          "medrobust.stage": "train"})
         history = train_model(
             model, defense, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
-            seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
+            seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs,
             on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), desc=cfg.method,
         )
         model = model.cpu()  # saved and logged as a CPU model
