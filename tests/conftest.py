@@ -31,7 +31,7 @@ TINY: dict[str, Any] = {
         "attacks": [{"name": "fgsm", "norm": "linf", "eps": ["8/255"]},
                     {"name": "pgd", "norm": "linf", "eps": ["8/255"], "steps": 2}],
     },
-    "train": {"method": "pgd_at", "epochs": 2, "model": {"width": 4},
+    "train": {"method": "pgd_at", "epochs": 2, "clean_warmup_epochs": 0, "model": {"width": 4},
               "methods": {"pgd_at": {"steps": 2, "warmup_epochs": 1}}},
     "evaluate": {"attacks": [{"name": "fgsm", "norm": "linf", "eps": ["4/255", "8/255"]},
                              {"name": "pgd", "norm": "linf", "eps": ["4/255", "8/255"], "steps": 3},
