@@ -117,4 +117,8 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
     for r in report["rows"]:
         lines.append(f"| {r['method']} | {r['clean_accuracy']:.3f} | {r['clean_auc']:.3f} | {r['fgsm_accuracy']:.3f} | "
                      f"{r['pgd_accuracy']:.3f} | {r['train_seconds']:.0f} | {r.get('note', '')} |")
+    l2 = [r["method"] for r in report["rows"] if (r.get("settings") or {}).get("norm") == "l2"]
+    if l2:
+        lines += ["", f"Trained against an L2 budget, as their papers do (see their `train.methods` settings): "
+                      f"{', '.join(l2)}; every method is attacked with the same L∞ attacks."]
     return "\n".join(lines) + "\n"
