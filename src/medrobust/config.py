@@ -188,7 +188,7 @@ class TrainConfig:
     # per-method hyper-parameters, ``{method: {param: value}}``; checked against the method's signature
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     hflip: bool = True  # random horizontal flips (label-preserving for the default data)
-    clean_warmup_epochs: int = _bounds(0, 10_000, default=0)  # first epochs with clean CE, then the method
+    clean_warmup_epochs: int = _bounds(0, 10_000, default=2)  # first epochs with clean CE, then the method
     num_threads: int = _bounds(0, 1024, default=0)  # 0: let torch decide
 
 

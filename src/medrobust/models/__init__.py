@@ -194,8 +194,12 @@ def _medrobust_state(path: str | Path) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {path} not found: give a local file (nothing is downloaded "
                                 "at run time)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and any(str(k).startswith("features.") for k in state):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except RuntimeError:  # e.g. a TorchScript archive (OpenAI CLIP): not a medrobust state dict
+        return None
+    # a medrobust Classifier's state always holds its Normalize buffers; torchvision/CLIP ones never do
+    if isinstance(state, dict) and "normalize.mean" in state and "normalize.std" in state:
         return state
     return None
 
