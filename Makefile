@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 2
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast compile run-local mlflow-ui clean help
+.PHONY: setup system-deps run test test-fast compile run-local mlflow-ui clean help
 
 help:
 	@echo "make run        set up, then run the whole pipeline on the embedded default data (dvc repro)"
@@ -29,12 +29,20 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
+# The PACS integration test starts a real Orthanc (Debian packages orthanc + orthanc-dicomweb)
+system-deps:
+	@command -v Orthanc >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null; }; }
+	@command -v Orthanc >/dev/null 2>&1 && echo "Orthanc: $$(command -v Orthanc)"
+
 run: setup
 	dvc repro
 	@echo; cat reports/evaluation/report.md; echo; echo "decision: $$(cat reports/decision.json | python -c 'import json,sys; d=json.load(sys.stdin); print(d["model_name"], "v"+d["version"], d["validation_status"], "failed:", d["failed_gates"])')"
 	@echo "MLflow UI: make mlflow-ui"
 
-test: setup
+test: setup system-deps
 	python -m pytest
 
 compile: setup

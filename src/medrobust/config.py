@@ -94,15 +94,111 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class DicomConfig:
+    """How DICOM pixel data is turned into one grey image (every DICOM source)."""
+
+    multiframe: Literal["reject", "first", "middle"] = "reject"  # 3-D volumes / cine: quarantine or take a frame
+    color: Literal["luma", "reject"] = "luma"                   # RGB/YBR (dermoscopy): ITU-R BT.601 luma, or quarantine
+    max_pixels: int = _bounds(64, 2**31, default=50_000_000)    # larger frames are quarantined (rows*columns*frames)
+
+
+@dataclass(frozen=True)
+class PacsConfig:
+    """A PACS: DICOMweb (QIDO-RS + WADO-RS) or DIMSE (C-FIND + C-MOVE/C-GET via pynetdicom).
+
+    Credentials never live here: DICOMweb reads ``MEDROBUST_PACS_USER`` / ``MEDROBUST_PACS_PASSWORD``
+    (HTTP basic) or ``MEDROBUST_PACS_TOKEN`` (bearer) from the environment.
+    """
+
+    protocol: Literal["dicomweb", "dimse"] = "dicomweb"
+    url: str = ""                                 # DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web
+    filters: dict[str, str] = field(default_factory=dict)  # QIDO / C-FIND study keys, e.g. {Modality: MG, StudyDate: 20200101-20201231}
+    host: str = "127.0.0.1"                       # DIMSE peer
+    port: int = _bounds(0, 65535, default=4242)
+    called_aet: str = "ORTHANC"
+    calling_aet: str = "MEDROBUST"
+    retrieve: Literal["move", "get"] = "move"     # DIMSE retrieval: C-MOVE to our own storage SCP, or C-GET
+    move_port: int = _bounds(0, 65535, default=0)  # our storage SCP's port for C-MOVE (0: a free port)
+    timeout_s: float = _bounds(1.0, 3600.0, default=60.0)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """An S3 bucket (AWS or any S3-compatible store). Credentials come from the environment
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` or a profile), never from here."""
+
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str = ""                        # empty: AWS; e.g. http://127.0.0.1:8333 for SeaweedFS/MinIO
+    region: str = "us-east-1"
+    labels_key: str = ""                          # a labels CSV inside the bucket; empty: data.labels_csv (local)
+    max_object_bytes: int = _bounds(1, None, default=512 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class MedmnistConfig:
+    """A MedMNIST ``.npz`` file as the medmnist package writes it (``<flag>[_<size>].npz``)."""
+
+    path: str = ""
+    flag: str = ""                                # pneumoniamnist | breastmnist | dermamnist | chestmnist | organamnist; empty: from the file name
+    multilabel: str = "any"                       # ChestMNIST: any (normal vs finding) or one finding's name (absent vs present)
+
+
+@dataclass(frozen=True)
+class HamConfig:
+    """HAM10000: image folder(s) plus ``HAM10000_metadata.csv``; splits are grouped by lesion_id."""
+
+    images_dir: str = ""
+    metadata_csv: str = ""
+
+
+@dataclass(frozen=True)
+class CmmdConfig:
+    """CMMD (TCIA): the DICOM tree plus the clinical table (CSV or XLSX: ID1, LeftRight, classification)."""
+
+    dicom_dir: str = ""
+    clinical_table: str = ""
+
+
+@dataclass(frozen=True)
+class ImageFolderConfig:
+    """One sub-folder per class (PNG/JPEG/TIFF/BMP); an optional CSV ``file,group`` groups images (e.g. by patient)."""
+
+    root: str = ""
+    groups_csv: str = ""
+
+
+@dataclass(frozen=True)
+class TwoMoonsConfig:
+    """sklearn ``make_moons`` (the ARFL paper's toy data), scaled into [0, 1]."""
+
+    n_train: int = _bounds(10, 10_000_000, default=10_000)
+    n_test: int = _bounds(10, 10_000_000, default=1_000)
+    noise: float = _bounds(0.0, 10.0, default=0.2)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "dicom_folder"] = "synthetic"
+    source: Literal[
+        "synthetic", "dicom_folder", "pacs", "s3", "medmnist", "image_folder", "ham10000", "cmmd", "two_moons"
+    ] = "synthetic"
     dicom_dir: str = "data/raw/synthetic/dicom"
     labels_csv: str = "data/raw/synthetic/labels.csv"
     classes: tuple[str, ...] = ("normal", "lesion")
     image_size: int = _bounds(8, 1024, default=64)
     shard_size: int = _bounds(1, 1_000_000, default=256)
     split: SplitConfig = SplitConfig()
+    use_source_splits: bool = True               # keep a source's official train/val/test (MedMNIST, two_moons)
     synthetic: SyntheticConfig = SyntheticConfig()
+    dicom: DicomConfig = DicomConfig()
+    pacs: PacsConfig = PacsConfig()
+    s3: S3Config = S3Config()
+    medmnist: MedmnistConfig = MedmnistConfig()
+    ham10000: HamConfig = HamConfig()
+    cmmd: CmmdConfig = CmmdConfig()
+    image_folder: ImageFolderConfig = ImageFolderConfig()
+    two_moons: TwoMoonsConfig = TwoMoonsConfig()
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def _bad_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     vol = copy.deepcopy(template)
     vol.NumberOfFrames = 3
     vol.PixelData = template.PixelData * 3
-    save(vol, "volume.dcm", "unsupported_dimensions")
+    save(vol, "volume.dcm", "multiframe")
     # 4b. unsupported dimensions: a 4x4 image
     tiny = copy.deepcopy(template)
     tiny.Rows = tiny.Columns = 4
@@ -77,18 +77,18 @@ def _bad_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     expected["bad/scan.dcm"] = "not_dicom"
     # 7. label outside data.classes
     save(template, "maybe.dcm", "label_not_allowed", label="maybe")
-    # 8. duplicate SOPInstanceUID: a byte copy of a good file (sorted after it)
+    # 8. duplicate image: a byte copy of a good file (sorted after it)
     shutil.copy(good[0], dicom / "zz_duplicate.dcm")
-    expected["zz_duplicate.dcm"] = "duplicate_sop_uid"
+    expected["zz_duplicate.dcm"] = "duplicate_image"
     # 9. no PatientID
     anon = copy.deepcopy(template)
     anon.PatientID = ""
     save(anon, "no_patient.dcm", "missing_patient_id")
-    # 10. RGB
-    rgb = copy.deepcopy(template)
-    rgb.PhotometricInterpretation, rgb.SamplesPerPixel, rgb.PlanarConfiguration = "RGB", 3, 0
-    rgb.PixelData = template.PixelData * 3
-    save(rgb, "colour.dcm", "unsupported_photometric")
+    # 10. a retired colour model (HSV) no decoder maps to grey levels
+    hsv = copy.deepcopy(template)
+    hsv.PhotometricInterpretation, hsv.SamplesPerPixel, hsv.PlanarConfiguration = "HSV", 3, 0
+    hsv.PixelData = template.PixelData * 3
+    save(hsv, "colour.dcm", "unsupported_photometric")
 
     with open(labels_csv, "a", newline="") as fh:
         csv.writer(fh).writerows(rows)
@@ -112,7 +112,8 @@ def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
     summary = pd.read_json(tmp_path / "out" / "ingest.json", typ="series")
     assert sorted(summary["skipped_files"]) == [".DS_Store", "DICOMDIR"]  # not images: listed, not lost
     assert len(manifest) + len(q) + 2 == n_files == result.n_images + result.n_quarantined + 2
-    assert summary["quarantine_reasons"]["unsupported_dimensions"] == 2
+    assert summary["quarantine_reasons"]["unsupported_dimensions"] == 1
+    assert summary["quarantine_reasons"]["multiframe"] == 1
 
 
 def test_too_many_bad_files_fail_the_stage_and_keep_previous_outputs(tmp_path):

@@ -49,3 +49,48 @@ def pseudonym(key: bytes, kind: str, value: str, length: int = 16) -> str:
     """A stable pseudonym for ``value`` of a given ``kind`` (e.g. ``patient``, ``image``)."""
     digest = hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
     return f"{kind[:3]}-{digest[:length]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# DICOM PS3.15 Annex E, Table E.1-1: the Basic Application Level Confidentiality Profile.
+# Action codes: D dummy value, Z zero-length/dummy, X remove, K keep, C clean, U replace UID
+# (combinations such as "X/Z" mean: whichever the IOD allows; for data we *keep* the strictest
+# applies: X). Only attributes that could ever reach a medrobust output need an entry here, but
+# the table is the profile's, so a new kept tag is filtered correctly without more code.
+# ----------------------------------------------------------------------------------------------
+ANNEX_E_BASIC: dict[str, str] = {
+    "PatientID": "Z",
+    "PatientName": "Z",
+    "PatientBirthDate": "Z",
+    "PatientSex": "Z",
+    "PatientAge": "X",
+    "AccessionNumber": "Z",
+    "StudyInstanceUID": "U",
+    "SeriesInstanceUID": "U",
+    "SOPInstanceUID": "U",
+    "StudyDate": "Z",
+    "InstitutionName": "X",
+}
+
+
+def _uid_pseudonym(key: bytes, uid: str) -> str:
+    """A keyed-hash replacement UID under the 2.25 root (PS3.5 B.2), at most 64 characters."""
+    digest = hmac.new(key, f"uid:{uid}".encode(), hashlib.sha256).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def deidentify_facts(facts: dict[str, str], key: bytes) -> dict[str, str]:
+    """Apply the basic profile to header attributes we keep (keyword -> value).
+
+    X, Z and D drop the value (an empty or dummy value carries no information worth keeping),
+    U replaces a UID with a keyed-hash UID, K and C keep it. Attributes not in the profile are
+    kept: the caller only passes technical attributes from an explicit allow-list.
+    """
+    out: dict[str, str] = {}
+    for tag, value in facts.items():
+        action = ANNEX_E_BASIC.get(tag, "K")
+        if action in ("K", "C"):
+            out[tag] = value
+        elif action == "U":
+            out[tag] = _uid_pseudonym(key, value)
+    return out

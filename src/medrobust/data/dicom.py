@@ -1,4 +1,5 @@
-"""Decode one DICOM file to a display-ready float image in [0, 1], or say precisely why not.
+"""Decode one DICOM object (or a plain image) to a display-ready float image in [0, 1], or say
+precisely why not.
 
 The chain follows the DICOM standard (PS3.3 C.11, C.7.6.3.1.2):
 
@@ -6,17 +7,24 @@ The chain follows the DICOM standard (PS3.3 C.11, C.7.6.3.1.2):
 2. modality values -> display values with the VOI window (C.11.2.1.2, ``LINEAR`` and
    ``LINEAR_EXACT``; the first window when several are given) or a VOI LUT sequence;
    without either, the image's own min/max;
-3. MONOCHROME1 is inverted so that, as in MONOCHROME2, bright means dense;
+3. MONOCHROME1 is inverted so that, as in MONOCHROME2, bright means dense; colour images (RGB,
+   YBR_*, PALETTE COLOR — dermoscopy, photographs) become ITU-R BT.601 luma;
 4. the image is padded to a square (with the background value 0) and resized with area averaging.
 
-Every failure raises :class:`DicomRejected` carrying a short machine-readable ``reason`` (the
-column of ``quarantine.csv``) and a human message saying what is wrong and how to fix it.
+Compressed transfer syntaxes (JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through
+pydicom's pixel-data plugins (pylibjpeg, Pillow). Multi-frame objects follow
+``data.dicom.multiframe``. Only one image is held in memory at a time and it is downscaled at once,
+so very large images never pile up.
+
+Every failure raises :class:`~medrobust.data.sources.base.Rejected` carrying a short machine-readable
+``reason`` (the column of ``quarantine.csv``) and a message saying what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,49 +33,64 @@ import torch
 import torch.nn.functional as F
 from pydicom.errors import InvalidDicomError
 
+from medrobust.config import DicomConfig
+from medrobust.data.sources.base import REASONS, Rejected
+
 log = logging.getLogger(__name__)
 
-#: The reasons a file can be quarantined for. Tests and reports rely on these names.
-REASONS = {
-    "unreadable": "the file could not be read as DICOM",
-    "truncated": "the file ends before its declared content",
-    "not_dicom": "no DICOM preamble/header (is this really a DICOM file?)",
-    "no_pixel_data": "a DICOM object without an image (e.g. a structured report)",
-    "unsupported_dimensions": "not a single 2-D grey-level frame of at least 8x8 pixels",
-    "unsupported_photometric": "PhotometricInterpretation other than MONOCHROME1/MONOCHROME2",
-    "corrupt_pixel_data": "the pixel data cannot be decoded to the declared shape",
-    "invalid_values": "NaN/inf or a constant image after rescale and windowing",
-    "missing_patient_id": "no PatientID: a patient-level split is impossible",
-    "missing_label": "no row for this SOPInstanceUID in the labels CSV",
-    "label_not_allowed": "the label is not one of data.classes",
-    "duplicate_sop_uid": "another file already has this SOPInstanceUID",
-}
+DicomRejected = Rejected  # the name earlier versions used
 
 MIN_SIDE = 8
 
+#: Header keys read for lookups (label tables, grouping, de-duplication). They identify people
+#: or objects: they are used inside ingest and never written anywhere.
+LOOKUP_KEYS = ("PatientID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "ImageLaterality",
+               "Laterality", "AccessionNumber")
 
-class DicomRejected(Exception):
-    """A file that must go to quarantine; ``reason`` is one of :data:`REASONS`."""
+#: Non-identifying technical attributes kept in the manifest. Each passes the PS3.15 Annex E basic
+#: profile filter in :mod:`medrobust.data.deid` before it is written.
+KEPT_TAGS = ("Modality", "PhotometricInterpretation", "BitsStored", "Rows", "Columns", "NumberOfFrames",
+             "SamplesPerPixel", "BodyPartExamined", "ViewPosition", "ImageLaterality", "TransferSyntaxUID")
 
-    def __init__(self, reason: str, message: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+COLOR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR"}
 
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A decoded image plus the header facts ingest needs. Holds identifiers: never persist it."""
+    """A decoded image plus header facts. ``header`` holds identifiers: never persist it."""
 
     pixels: np.ndarray  # float32, (size, size), in [0, 1]
-    patient_id: str
-    sop_instance_uid: str
-    modality: str
-    photometric: str
-    bits_stored: int
-    rows: int
-    columns: int
+    header: dict[str, str] = field(default_factory=dict)  # LOOKUP_KEYS present in the object
+    facts: dict[str, str] = field(default_factory=dict)   # KEPT_TAGS, raw (de-identified by ingest)
+
+    # the names earlier versions used
+    @property
+    def patient_id(self) -> str:
+        return self.header.get("PatientID", "")
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.header.get("SOPInstanceUID", "")
+
+    @property
+    def modality(self) -> str:
+        return self.facts.get("Modality", "")
+
+    @property
+    def photometric(self) -> str:
+        return self.facts.get("PhotometricInterpretation", "")
+
+    @property
+    def bits_stored(self) -> int:
+        return int(self.facts.get("BitsStored") or 0)
+
+    @property
+    def rows(self) -> int:
+        return int(self.facts.get("Rows") or 0)
+
+    @property
+    def columns(self) -> int:
+        return int(self.facts.get("Columns") or 0)
 
 
 def _window_linear(x: np.ndarray, center: float, width: float, exact: bool) -> np.ndarray:
@@ -75,7 +98,7 @@ def _window_linear(x: np.ndarray, center: float, width: float, exact: bool) -> n
         lo, hi = center - width / 2.0, center + width / 2.0
         return np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     if width < 1:
-        raise DicomRejected("invalid_values", f"WindowWidth {width} < 1 is not allowed (PS3.3 C.11.2.1.2)")
+        raise Rejected("invalid_values", f"WindowWidth {width} < 1 is not allowed (PS3.3 C.11.2.1.2)")
     y = ((x - (center - 0.5)) / (width - 1.0) + 0.5) if width > 1 else (x > center - 0.5).astype(float)
     return np.clip(y, 0.0, 1.0)
 
@@ -105,7 +128,7 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     if "WindowCenter" in ds and "WindowWidth" in ds:
         func = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
         if func not in ("LINEAR", "LINEAR_EXACT"):
-            raise DicomRejected(
+            raise Rejected(
                 "invalid_values", f"VOILUTFunction {func!r} is not supported (LINEAR, LINEAR_EXACT)"
             )
         y = _window_linear(x, _first(ds.WindowCenter), _first(ds.WindowWidth), func == "LINEAR_EXACT")
@@ -116,10 +139,10 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     else:
         lo, hi = float(np.min(x)), float(np.max(x))
         if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-            raise DicomRejected("invalid_values", "constant or non-finite image and no VOI window")
+            raise Rejected("invalid_values", "constant or non-finite image and no VOI window")
         y = (x - lo) / (hi - lo)
     if not np.all(np.isfinite(y)):
-        raise DicomRejected("invalid_values", "NaN or inf after rescale and windowing")
+        raise Rejected("invalid_values", "NaN or inf after rescale and windowing")
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
         y = 1.0 - y
     return y
@@ -141,75 +164,200 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return out.clamp_(0.0, 1.0).numpy()
 
 
-def decode_dicom(path: str | Path, size: int) -> DecodedImage:
-    """Read and decode one DICOM file.
+def _read(data: bytes | str | Path) -> pydicom.Dataset:
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    if len(data) == 0:
+        raise Rejected("empty_file", "the file has zero bytes; re-export it from the source")
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise Rejected("not_dicom", f"not a DICOM file (no 'DICM' preamble and no valid header): {exc}") from None
+    except (EOFError, OSError) as exc:
+        rej = Rejected("truncated", f"file ends early: {exc}")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
+        rej = Rejected("unreadable", f"{type(exc).__name__}: {exc}")
+    rej.uid = _uid_before_pixels(data)
+    raise rej
+
+
+def _uid_before_pixels(data: bytes) -> str | None:
+    """The SOPInstanceUID of a file whose pixel data is broken (so its label row is not "missing")."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.get("SOPInstanceUID", "") or "").strip() or None
+    except Exception:  # noqa: BLE001 - best effort only
+        return None
+
+
+def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        return ds.pixel_array
+    except NotImplementedError as exc:
+        raise Rejected(
+            "unsupported_transfer_syntax",
+            f"transfer syntax {ts} ({getattr(ts, 'name', '?')}) cannot be decoded here: {exc}; "
+            "install its decoder (pylibjpeg-*) or transcode the file",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+        msg = f"{type(exc).__name__}: {exc}"
+        low = msg.lower()
+        if any(k in low for k in ("no pixel data handlers", "unable to decode", "not supported",
+                                  "unknown transfer syntax", "no available plugins", "missing required dependencies")):
+            raise Rejected("unsupported_transfer_syntax", f"transfer syntax {ts}: {msg}") from None
+        raise Rejected("corrupt_pixel_data", msg) from None
+
+
+def _luma(rgb: np.ndarray, bits: int) -> np.ndarray:
+    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return y / float(2**bits - 1)
+
+
+def decode_dicom(data: bytes | str | Path, size: int, cfg: DicomConfig | None = None) -> DecodedImage:
+    """Read and decode one DICOM object.
 
     Args:
-        path: the file.
+        data: the file's bytes, or its path.
         size: output side length in pixels.
+        cfg: multi-frame / colour / size policy (``data.dicom``); defaults if None.
 
     Returns:
-        The decoded image and the header facts ingest needs.
+        The decoded image, lookup header and technical facts.
 
     Raises:
-        DicomRejected: with a specific ``reason`` (see :data:`REASONS`).
+        Rejected: with a specific ``reason`` (see :data:`REASONS`).
     """
-    path = Path(path)
+    cfg = cfg or DicomConfig()
+    ds = _read(data)
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise DicomRejected("not_dicom", f"not a DICOM file: {exc}") from None
-    except (EOFError, OSError) as exc:
-        raise DicomRejected("truncated", f"file ends early while reading the header: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
-        raise DicomRejected("unreadable", f"{type(exc).__name__}: {exc}") from None
+        return _decode_dataset(ds, size, cfg)
+    except Rejected as rej:
+        rej.uid = str(ds.get("SOPInstanceUID", "") or "").strip() or None
+        raise
 
+
+def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> DecodedImage:
     short = _short_element(ds)
     if short is not None:
-        raise DicomRejected("truncated", f"element {short} is shorter than its declared length: the file was cut off")
+        raise Rejected("truncated", f"element {short} is shorter than its declared length: the file was cut off")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if "Rows" in ds and "Columns" in ds:
-            raise DicomRejected(
+            raise Rejected(
                 "truncated", "image attributes (Rows/Columns) but no pixel data: the file was probably cut off"
             )
         kind = str(getattr(ds, "Modality", "?"))
-        raise DicomRejected("no_pixel_data", f"no PixelData element (Modality {kind}, SOPClass {getattr(ds, 'SOPClassUID', '?')})")
-    patient_id = str(getattr(ds, "PatientID", "") or "").strip()
-    sop_uid = str(getattr(ds, "SOPInstanceUID", "") or "").strip()
-    if not patient_id:
-        raise DicomRejected("missing_patient_id", "PatientID is empty; add it or drop the file")
+        raise Rejected("no_pixel_data", f"no PixelData element (Modality {kind}, SOPClass {getattr(ds, 'SOPClassUID', '?')})")
+    header = {k: str(ds.get(k, "") or "").strip() for k in LOOKUP_KEYS if k in ds}
+    if not header.get("SOPInstanceUID"):
+        raise Rejected("missing_instance_uid", "SOPInstanceUID is empty; the image cannot be matched to a label")
     photometric = str(getattr(ds, "PhotometricInterpretation", "") or "")
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomRejected(
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") and not (photometric in COLOR and cfg.color == "luma"):
+        raise Rejected(
             "unsupported_photometric",
-            f"PhotometricInterpretation {photometric!r}; supported: MONOCHROME1, MONOCHROME2",
+            f"PhotometricInterpretation {photometric!r}; supported: MONOCHROME1, MONOCHROME2"
+            + (", and colour (data.dicom.color: luma)" if cfg.color == "reject" else ", RGB, YBR_*, PALETTE COLOR"),
         )
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames != 1 or spp != 1 or rows < MIN_SIDE or cols < MIN_SIDE:
-        raise DicomRejected(
-            "unsupported_dimensions",
-            f"{frames} frame(s) of {rows}x{cols}x{spp}; need one 2-D frame >= {MIN_SIDE}x{MIN_SIDE}",
+    if rows == 0 or cols == 0:
+        raise Rejected("empty_image", f"Rows x Columns is {rows} x {cols}: there is no image")
+    if rows < MIN_SIDE or cols < MIN_SIDE:
+        raise Rejected("unsupported_dimensions", f"{rows}x{cols} pixels; need at least {MIN_SIDE}x{MIN_SIDE}")
+    if frames > 1 and cfg.multiframe == "reject":
+        raise Rejected(
+            "multiframe",
+            f"{frames} frames (a volume or cine); set data.dicom.multiframe to first or middle to take one frame",
         )
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        raise DicomRejected("corrupt_pixel_data", f"{type(exc).__name__}: {exc}") from None
-    if stored.shape != (rows, cols):
-        raise DicomRejected(
-            "unsupported_dimensions", f"decoded shape {stored.shape}, expected ({rows}, {cols})"
-        )
-    display = to_display(ds, stored)
+    if rows * cols * frames > cfg.max_pixels:
+        raise Rejected("too_large", f"{frames} x {rows} x {cols} pixels > data.dicom.max_pixels {cfg.max_pixels}")
+    stored = _decode_pixels(ds)
+    expected = (rows, cols) if spp == 1 else (rows, cols, spp)
+    if frames > 1:
+        if stored.ndim < 3 or stored.shape[0] != frames:
+            raise Rejected("corrupt_pixel_data", f"decoded shape {stored.shape}, expected {frames} frames")
+        stored = stored[0 if cfg.multiframe == "first" else frames // 2]
+    if photometric == "PALETTE COLOR":
+        stored = pydicom.pixels.apply_color_lut(stored, ds)
+        expected = (rows, cols, 3)
+    if stored.shape != expected:
+        raise Rejected("unsupported_dimensions", f"decoded shape {stored.shape}, expected {expected}")
+    if stored.ndim == 3:  # colour: pydicom returns RGB (YBR converted)
+        bits = 16 if photometric == "PALETTE COLOR" else int(getattr(ds, "BitsStored", 8) or 8)
+        display = _luma(stored.astype(np.float64), bits)
+        if not np.all(np.isfinite(display)) or float(display.max() - display.min()) <= 0.0:
+            raise Rejected("invalid_values", "constant or non-finite colour image")
+        display = np.clip(display, 0.0, 1.0)
+    else:
+        display = to_display(ds, stored)
     if float(display.max() - display.min()) <= 0.0:
-        raise DicomRejected("invalid_values", "constant image after windowing")
-    return DecodedImage(
-        pixels=resize_square(display, size),
-        patient_id=patient_id,
-        sop_instance_uid=sop_uid,
-        modality=str(getattr(ds, "Modality", "") or ""),
-        photometric=photometric,
-        bits_stored=int(getattr(ds, "BitsStored", 0) or 0),
-        rows=rows,
-        columns=cols,
-    )
+        raise Rejected("invalid_values", "constant image after windowing")
+    facts = {}
+    for k in KEPT_TAGS:
+        if k == "TransferSyntaxUID":
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            if ts is not None:
+                facts[k] = str(ts)
+        elif k in ds and ds.get(k) is not None:
+            facts[k] = str(ds.get(k))
+    return DecodedImage(pixels=resize_square(display, size), header=header, facts=facts)
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """A PNG/JPEG/TIFF/BMP file's bytes -> grey float image in [0, 1], resized (Pillow, no pickle)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) == 0:
+        raise Rejected("empty_file", "the file has zero bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            arr = _pil_to_float(im)
+    except UnidentifiedImageError:
+        raise Rejected("unreadable", "not an image Pillow can read (PNG, JPEG, TIFF, BMP)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise Rejected("truncated" if "truncated" in str(exc).lower() else "unreadable",
+                       f"{type(exc).__name__}: {exc}") from None
+    return array_to_image(arr, size)
+
+
+def _pil_to_float(im: object) -> np.ndarray:
+    from PIL import Image
+
+    assert isinstance(im, Image.Image)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        return a / (65535.0 if a.max() > 255 else 255.0)
+    if im.mode in ("F",):
+        return np.asarray(im, dtype=np.float64)
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64) / 255.0
+    return a
+
+
+def array_to_image(arr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 / float [0, 1] -> grey (size, size) float32 in [0, 1]."""
+    a = np.asarray(arr)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float64) / 255.0
+    elif a.dtype == np.uint16:
+        a = a.astype(np.float64) / 65535.0
+    else:
+        a = a.astype(np.float64)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
+    elif a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise Rejected("unsupported_dimensions", f"image array of shape {a.shape}; need (H, W) or (H, W, 3)")
+    if a.size == 0:
+        raise Rejected("empty_image", "zero-size image")
+    if min(a.shape) < MIN_SIDE:
+        raise Rejected("unsupported_dimensions", f"{a.shape[0]}x{a.shape[1]} pixels; need at least {MIN_SIDE}x{MIN_SIDE}")
+    if not np.all(np.isfinite(a)):
+        raise Rejected("invalid_values", "NaN or inf pixel values")
+    if a.min() < 0.0 or a.max() > 1.0 + 1e-6:
+        raise Rejected("invalid_values", f"float pixel values in [{a.min():.3g}, {a.max():.3g}], expected [0, 1]")
+    return resize_square(np.clip(a, 0.0, 1.0), size)

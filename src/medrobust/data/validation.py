@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -90,7 +91,8 @@ def _suites(gx: Any, classes: tuple[str, ...], cfg: ValidationConfig) -> dict[st
 
 
 def validate_manifest(
-    manifest: pd.DataFrame, classes: tuple[str, ...], cfg: ValidationConfig
+    manifest: pd.DataFrame, classes: tuple[str, ...], cfg: ValidationConfig,
+    source: str = "dicom_folder", docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Run the three GX suites on ``manifest`` and summarise the results."""
     import great_expectations as gx

@@ -1,51 +1,68 @@
-"""Stage 1 — ingest: a DICOM folder + labels CSV -> de-identified, validated array shards.
+"""Stage 1 — ingest: any source (``data.source``) -> de-identified, validated array shards.
+
+Sources (:mod:`medrobust.data.sources`) only find images; everything else happens here, the same
+way for every source, so a PACS, a bucket and a folder holding the same DICOM files give the same
+dataset (records are ordered by their pseudonymous image id, not by arrival order).
 
 Outputs (in ``out_dir``, written atomically):
 
 * ``manifest.csv`` — one row per image: pseudonymous ``image_id`` and ``patient_id``, split,
   label, shape, pixel range, shard reference, the source file's SHA-256, and non-identifying
-  technical facts (modality, photometric interpretation, bits stored);
+  technical facts (modality, photometric interpretation, bits stored...) that passed the
+  PS3.15 Annex E basic-profile filter;
 * ``shards/<split>-NNNN.npy`` — float32 (N, 1, S, S) images in [0, 1];
-* ``quarantine.csv`` — every file that was not ingested, with a reason and a message;
-* ``validation.json`` / ``validation.md`` — the Great Expectations results;
+* ``quarantine.csv`` — every item that was not ingested, with a reason and a message;
+* ``validation.json`` / ``validation.md`` / ``data_docs/`` — the Great Expectations results;
 * ``ingest.json`` — counts per split, class and quarantine reason;
 * ``samples.png`` — a few images per class, to look at.
 
 Patient identifiers never leave this function: the manifest holds keyed-hash pseudonyms only.
-If validation fails, or too many files are quarantined, the stage raises
+If validation fails, or too many items are quarantined, the stage raises
 :class:`IngestValidationError`; the previous outputs stay intact and the report is written to
 ``<out_dir>.rejected/``.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from medrobust.config import Params
-from medrobust.data.deid import load_key, pseudonym
-from medrobust.data.dicom import REASONS, DicomRejected, decode_dicom
+from medrobust.data.deid import deidentify_facts, load_key, pseudonym
+from medrobust.data.dicom import array_to_image, decode_dicom, decode_image
 from medrobust.data.shards import SPLITS, write_shards
+from medrobust.data.sources import REASONS, Item, Rejected, Source, SourceError, open_source
 from medrobust.data.split import split_patients
 from medrobust.data.validation import ValidationReport, validate_manifest
-from medrobust.utils import atomic_output_dir, sha256_file, write_json
+from medrobust.utils import atomic_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_COLUMNS = ["file", "reason", "message", "source_sha256"]
-SKIP_NAMES = {"DICOMDIR"}
+BASE_COLUMNS = [
+    "image_id", "patient_id", "split", "label", "label_index", "height", "width",
+    "pixel_min", "pixel_max", "shard", "shard_index", "source_sha256",
+    "modality", "photometric", "bits_stored", "source_rows", "source_columns",
+]
+FACT_COLUMNS = {
+    "Modality": "modality", "PhotometricInterpretation": "photometric", "BitsStored": "bits_stored",
+    "Rows": "source_rows", "Columns": "source_columns", "NumberOfFrames": "frames",
+    "SamplesPerPixel": "samples_per_pixel", "BodyPartExamined": "body_part", "ViewPosition": "view_position",
+    "ImageLaterality": "laterality", "TransferSyntaxUID": "transfer_syntax",
+}
 
 
-class IngestError(RuntimeError):
-    """Ingest cannot start: a missing folder, a malformed labels CSV."""
+class IngestError(SourceError):
+    """Ingest cannot start: a missing folder, a malformed labels CSV, refused credentials."""
 
 
 class IngestValidationError(RuntimeError):
@@ -63,46 +80,6 @@ class IngestResult:
     n_quarantined: int
     split_counts: dict[str, int]
     validation_success: bool
-
-
-def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """Labels CSV -> (SOPInstanceUID -> label, SOPInstanceUID -> problem).
-
-    Raises:
-        IngestError: if the file is missing or lacks the ``SOPInstanceUID`` / ``label`` columns.
-    """
-    if not path.is_file():
-        raise IngestError(f"labels CSV not found: {path} (set data.labels_csv in params.yaml)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "SOPInstanceUID" not in cols or "label" not in cols:
-            raise IngestError(
-                f"{path}: needs columns 'SOPInstanceUID' and 'label', found {cols}; "
-                "write one row per image keyed by its SOPInstanceUID"
-            )
-        labels: dict[str, str] = {}
-        problems: dict[str, str] = {}
-        for row in reader:
-            uid, label = (row["SOPInstanceUID"] or "").strip(), (row["label"] or "").strip()
-            if not uid:
-                continue
-            if uid in labels and labels[uid] != label:
-                problems[uid] = f"conflicting labels {labels[uid]!r} and {label!r} in the labels CSV"
-            labels[uid] = label
-    return labels, problems
-
-
-def _list_files(root: Path) -> tuple[list[Path], list[str]]:
-    """(candidate image files, skipped files): DICOMDIR indexes and hidden files are not images."""
-    files, skipped = [], []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            if p.name in SKIP_NAMES or p.name.startswith("."):
-                skipped.append(str(p.relative_to(root)))
-            else:
-                files.append(p)
-    return files, skipped
 
 
 def _sample_grid(images: list[np.ndarray], labels: list[str], classes: tuple[str, ...], path: Path) -> None:
@@ -128,114 +105,203 @@ def _sample_grid(images: list[np.ndarray], labels: list[str], classes: tuple[str
     plt.close(fig)
 
 
+@dataclass
+class _Decoded:
+    pixels: np.ndarray
+    group: str
+    uid: str
+    label: str
+    facts: dict[str, str]
+
+
+def decode_item(item: Item, source: Source, params: Params, raw: bytes | None) -> _Decoded:
+    """Decode one item and resolve its group, unique id and label. Raises :class:`Rejected`."""
+    cfg = params.data
+    header: dict[str, str] = {}
+    facts: dict[str, str] = {}
+    if item.kind == "dicom":
+        assert raw is not None
+        img = decode_dicom(raw, cfg.image_size, cfg.dicom)
+        pixels, header, facts = img.pixels, img.header, img.facts
+    elif item.kind == "image":
+        assert raw is not None
+        pixels = decode_image(raw, cfg.image_size)
+    else:
+        if item.array is None:
+            raise Rejected("unreadable", "an array item without an array")
+        if item.resize:
+            pixels = array_to_image(item.array, cfg.image_size)
+        else:
+            pixels = np.asarray(item.array, dtype=np.float32)
+            if not np.all(np.isfinite(pixels)):
+                raise Rejected("invalid_values", "NaN or inf values")
+    try:
+        return _resolve(item, source, pixels, header, facts)
+    except Rejected as rej:
+        rej.uid = rej.uid or header.get("SOPInstanceUID")
+        raise
+
+
+def _resolve(item: Item, source: Source, pixels: np.ndarray, header: dict[str, str],
+             facts: dict[str, str]) -> _Decoded:
+    group = header.get("PatientID") or item.group or ""
+    if not group:
+        raise Rejected(
+            "missing_patient_id",
+            "PatientID is empty; add it (DICOM) or a patient_id column (labels CSV) — a patient-level "
+            "split needs it" if item.kind != "array" else "the source gives no group for this item",
+        )
+    uid = header.get("SOPInstanceUID") or item.uid or ""
+    if not uid:
+        raise Rejected("missing_instance_uid", "the item has no unique id")
+    label = source.label(item, header)
+    return _Decoded(pixels=pixels, group=group, uid=uid, label=label, facts=facts)
+
+
 def run(
     params: Params,
     out_dir: str | Path,
     dicom_dir: str | Path | None = None,
     labels_csv: str | Path | None = None,
+    source: Source | None = None,
 ) -> IngestResult:
-    """Ingest a DICOM folder.
+    """Ingest the configured source (``data.source``).
 
     Args:
         params: validated params (``data``, ``validation``, ``seed`` are used).
         out_dir: the stage's output folder (replaced atomically on success).
-        dicom_dir: defaults to ``params.data.dicom_dir``.
-        labels_csv: defaults to ``params.data.labels_csv``.
+        dicom_dir: folder sources: overrides ``params.data.dicom_dir``.
+        labels_csv: overrides ``params.data.labels_csv``.
+        source: an already opened source (tests, benchmarks); default: :func:`open_source`.
 
     Raises:
-        IngestError: missing inputs or malformed labels CSV.
+        IngestError: the source cannot be read (missing inputs, malformed labels CSV, refused
+            credentials, an unreachable server).
         IngestValidationError: quarantine fraction too high or a GX expectation failed.
     """
     cfg = params.data
-    dicom_dir = Path(dicom_dir or cfg.dicom_dir)
-    labels_csv = Path(labels_csv or cfg.labels_csv)
     out_dir = Path(out_dir)
-    if not dicom_dir.is_dir():
-        raise IngestError(f"DICOM folder not found: {dicom_dir} (set data.dicom_dir in params.yaml)")
-    labels, label_problems = read_labels(labels_csv)
+    overrides: dict[str, Any] = {}
+    if dicom_dir is not None:
+        overrides["dicom_dir"] = dicom_dir
+    if labels_csv is not None:
+        overrides["labels_csv"] = labels_csv
+    try:
+        src = source or open_source(params, **overrides)
+    except IngestError:
+        raise
+    except SourceError as exc:
+        raise IngestError(str(exc)) from None
     key = load_key()
-
-    files, skipped = _list_files(dicom_dir)
-    if skipped:
-        log.info("skipped %d index/hidden files (DICOMDIR, dot-files); listed in ingest.json", len(skipped))
-    if not files:
-        raise IngestError(f"no files under {dicom_dir}")
+    classes = tuple(cfg.classes)
+    if src.classes is not None and not set(classes) <= set(src.classes):
+        raise IngestError(
+            f"data.classes {list(classes)} are not classes of the {src.name} source; "
+            f"allowed values: {list(src.classes)}"
+        )
     quarantine: list[dict[str, str]] = []
     records: list[dict[str, object]] = []
-    images: list[np.ndarray] = []
-    seen_sops: set[str] = set()
-    for path in tqdm(files, desc="ingest", mininterval=5):
-        rel = str(path.relative_to(dicom_dir))
-        digest = sha256_file(path)
-        try:
-            img = decode_dicom(path, cfg.image_size)
-            uid = img.sop_instance_uid
-            if uid in seen_sops:
-                raise DicomRejected("duplicate_sop_uid", "an earlier file has the same SOPInstanceUID")
-            if uid in label_problems:
-                raise DicomRejected("label_not_allowed", label_problems[uid])
-            if uid not in labels:
-                raise DicomRejected("missing_label", f"add a row for this image to {labels_csv.name}")
-            if labels[uid] not in cfg.classes:
-                raise DicomRejected(
-                    "label_not_allowed",
-                    f"label {labels[uid]!r} is not one of data.classes {list(cfg.classes)}",
-                )
-        except DicomRejected as rej:
-            quarantine.append({"file": rel, "reason": rej.reason, "message": rej.message, "source_sha256": digest})
-            continue
-        seen_sops.add(uid)
-        label = labels[uid]
-        records.append({
-            "image_id": pseudonym(key, "image", uid),
-            "patient_id": pseudonym(key, "patient", img.patient_id),
-            "label": label,
-            "label_index": cfg.classes.index(label),
-            "height": cfg.image_size,
-            "width": cfg.image_size,
-            "source_rows": img.rows,
-            "source_columns": img.columns,
-            "modality": img.modality,
-            "photometric": img.photometric,
-            "bits_stored": img.bits_stored,
-            "pixel_min": float(img.pixels.min()),
-            "pixel_max": float(img.pixels.max()),
-            "source_sha256": digest,
-        })
-        images.append(img.pixels)
-    # files named in the CSV that never showed up: reported, not silently ignored
-    missing_images = sorted(set(labels) - seen_sops - {u for u in label_problems})
-    n_total = len(files)
-    q_frac = len(quarantine) / n_total
-    log.info("decoded %d of %d files, %d quarantined (%.1f%%)", len(records), n_total, len(quarantine), 100 * q_frac)
+    images: dict[str, np.ndarray] = {}
+    seen_uids: set[str] = set()
+    seen_digests: set[str] = set()
+    excluded: Counter[str] = Counter()
+    n_items = 0
+    try:
+        for item in tqdm(src.items(), desc=f"ingest {src.name}", mininterval=5, unit="img"):
+            n_items += 1
+            digest = ""
+            try:
+                raw = item.read() if item.read is not None else None
+                if raw is not None:
+                    digest = hashlib.sha256(raw).hexdigest()
+                elif item.array is not None:
+                    digest = hashlib.sha256(np.ascontiguousarray(item.array).tobytes()).hexdigest()
+                if digest in seen_digests:
+                    raise Rejected("duplicate_image", "byte-identical to an earlier item")
+                dec = decode_item(item, src, params, raw)
+                if dec.uid in seen_uids:
+                    raise Rejected("duplicate_sop_uid", "an earlier image has the same SOPInstanceUID")
+                if dec.label not in classes:
+                    if src.classes is not None and dec.label in src.classes:
+                        excluded[dec.label] += 1  # a class left out on purpose (data.classes): counted
+                        seen_digests.add(digest)
+                        seen_uids.add(dec.uid)
+                        continue
+                    raise Rejected(
+                        "label_not_allowed",
+                        f"label {dec.label!r} is not one of data.classes {list(classes)}",
+                    )
+            except Rejected as rej:
+                src.saw(item, rej.uid)
+                quarantine.append({"file": item.ref, "reason": rej.reason, "message": rej.message,
+                                   "source_sha256": digest})
+                continue
+            seen_digests.add(digest)
+            seen_uids.add(dec.uid)
+            image_id = pseudonym(key, "image", dec.uid)
+            row: dict[str, object] = {
+                "image_id": image_id,
+                "patient_id": pseudonym(key, "patient", dec.group),
+                "source_split": item.split or "",
+                "label": dec.label,
+                "label_index": classes.index(dec.label),
+                "height": int(dec.pixels.shape[-2]) if dec.pixels.ndim >= 2 else 1,
+                "width": int(dec.pixels.shape[-1]),
+                "pixel_min": float(dec.pixels.min()),
+                "pixel_max": float(dec.pixels.max()),
+                "source_sha256": digest,
+            }
+            for tag, value in deidentify_facts(dec.facts, key).items():
+                row[FACT_COLUMNS.get(tag, tag)] = value
+            for k, v in item.extra.items():
+                row[k] = v
+            records.append(row)
+            images[image_id] = dec.pixels
+        leftovers = src.leftovers()
+    finally:
+        src.close()
+    for q in leftovers:
+        quarantine.append({"file": q.ref, "reason": q.reason, "message": q.message, "source_sha256": ""})
+    n_total = n_items + len(leftovers)
+    q_frac = len(quarantine) / max(n_total, 1)
+    log.info("decoded %d of %d items, %d quarantined (%.1f%%)", len(records), n_items, len(quarantine), 100 * q_frac)
+    if n_items == 0:
+        raise IngestError(f"the {src.name} source delivered no items; check its settings under data.{src.name}")
 
     manifest = pd.DataFrame.from_records(records)
     if manifest.empty:
-        manifest = pd.DataFrame(columns=["image_id", "patient_id", "split", "label", "label_index"])
-    assignment = split_patients(manifest["patient_id"].tolist(), cfg.split, params.seed)
-    manifest["split"] = manifest["patient_id"].map(assignment)
+        manifest = pd.DataFrame(columns=[*BASE_COLUMNS, "source_split"])
+    manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    official = manifest["source_split"].isin(SPLITS)
+    if cfg.use_source_splits and len(manifest) and bool(official.all()):
+        manifest["split"] = manifest["source_split"]
+        split_note = "the source's official splits"
+    else:
+        assignment = split_patients(manifest["patient_id"].tolist(), cfg.split, params.seed)
+        manifest["split"] = manifest["patient_id"].map(assignment)
+        split_note = "patient-level split from data.split"
+    manifest = manifest.drop(columns=["source_split"])
+    for col in BASE_COLUMNS:
+        if col not in manifest.columns:
+            manifest[col] = ""
     quarantine_df = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
 
     with atomic_output_dir(out_dir) as tmp:
-        # shards, split by split, keeping manifest order within each split
         manifest["shard"], manifest["shard_index"] = "", -1
         for split in SPLITS:
             idx = np.flatnonzero(manifest["split"].to_numpy() == split)
-            refs = write_shards(tmp, split, [images[i] for i in idx], cfg.shard_size)
+            refs = write_shards(tmp, split, [images[manifest.at[i, "image_id"]] for i in idx], cfg.shard_size)
             manifest.loc[idx, "shard"] = [r[0] for r in refs]
             manifest.loc[idx, "shard_index"] = [r[1] for r in refs]
-        manifest = manifest[[
-            "image_id", "patient_id", "split", "label", "label_index", "height", "width",
-            "pixel_min", "pixel_max", "shard", "shard_index", "source_sha256",
-            "modality", "photometric", "bits_stored", "source_rows", "source_columns",
-        ]]
-        report = validate_manifest(manifest, cfg.classes, params.validation)
+        extra_cols = sorted(c for c in manifest.columns if c not in BASE_COLUMNS)
+        manifest = manifest[[*BASE_COLUMNS, *extra_cols]]
+        report = validate_manifest(manifest, classes, params.validation, source=src.name, docs_dir=tmp / "data_docs")
         if q_frac > params.validation.max_quarantine_fraction:
             report.success = False
             report.checks.append({
                 "table": "quarantine", "expectation": "max_quarantine_fraction", "column": None,
                 "success": False,
-                "details": f"{len(quarantine)}/{n_total} files ({q_frac:.1%}) quarantined; "
+                "details": f"{len(quarantine)}/{n_total} items ({q_frac:.1%}) quarantined; "
                            f"allowed {params.validation.max_quarantine_fraction:.1%}",
             })
         manifest.to_csv(tmp / "manifest.csv", index=False)
@@ -244,30 +310,32 @@ def run(
         (tmp / "validation.md").write_text(report.to_markdown())
         split_counts = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
         summary = {
-            "files": n_total,
+            "source": src.name,
+            "items": n_items,
             "images": len(manifest),
             "quarantined": len(quarantine),
             "quarantine_fraction": q_frac,
             "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine)),
-            "labels_without_image": len(missing_images),
-            "skipped_files": skipped,
+            "labels_without_image": sum(q.reason == "image_missing" for q in leftovers),
+            "excluded_classes": dict(excluded),
+            "skipped_files": list(getattr(src, "skipped", [])),
             "patients": int(manifest["patient_id"].nunique()),
+            "split_by": split_note,
             "splits": split_counts,
-            "classes": {c: int((manifest["label"] == c).sum()) for c in cfg.classes},
+            "classes": {c: int((manifest["label"] == c).sum()) for c in classes},
             "image_size": cfg.image_size,
             "validation_success": report.success,
         }
         write_json(tmp / "ingest.json", summary)
-        if images:
-            _sample_grid(images, manifest["label"].tolist(), cfg.classes, tmp / "samples.png")
+        if images and all(v.ndim == 2 and min(v.shape) > 1 for v in images.values()):
+            _sample_grid([images[i] for i in manifest["image_id"]], manifest["label"].tolist(), classes,
+                         tmp / "samples.png")
         if not report.success:
             rejected = out_dir.with_name(out_dir.name + ".rejected")
             shutil.rmtree(rejected, ignore_errors=True)
             shutil.copytree(tmp, rejected, ignore=shutil.ignore_patterns("shards"))
             _raise_validation(report, rejected)
-    if missing_images:
-        log.warning("%d label rows have no matching image file", len(missing_images))
-    log.info("ingest: %d images in %s; splits %s", len(manifest), out_dir, split_counts)
+    log.info("ingest: %d images in %s; splits %s (%s)", len(manifest), out_dir, split_counts, split_note)
     return IngestResult(out_dir, len(manifest), len(quarantine), split_counts, report.success)
 
 
@@ -283,4 +351,4 @@ def _raise_validation(report: ValidationReport, rejected: Path) -> None:
     )
 
 
-__all__ = ["IngestError", "IngestResult", "IngestValidationError", "REASONS", "run"]
+__all__ = ["IngestError", "IngestResult", "IngestValidationError", "REASONS", "decode_item", "run"]
