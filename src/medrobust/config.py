@@ -189,6 +189,7 @@ class DataConfig:
     image_size: int = _bounds(8, 1024, default=64)
     shard_size: int = _bounds(1, 1_000_000, default=256)
     split: SplitConfig = SplitConfig()
+    workers: int = _bounds(0, 64, default=0)     # decode processes for sources of >= 256 items; 0: one per core (<= 4); 1: none
     use_source_splits: bool = True               # keep a source's official train/val/test (MedMNIST, two_moons)
     synthetic: SyntheticConfig = SyntheticConfig()
     dicom: DicomConfig = DicomConfig()

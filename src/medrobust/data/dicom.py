@@ -4,8 +4,8 @@ precisely why not.
 The chain follows the DICOM standard (PS3.3 C.11, C.7.6.3.1.2):
 
 1. stored values -> modality values with RescaleSlope / RescaleIntercept (Modality LUT);
-2. modality values -> display values with the VOI window (C.11.2.1.2, ``LINEAR`` and
-   ``LINEAR_EXACT``; the first window when several are given) or a VOI LUT sequence;
+2. modality values -> display values with the VOI window (C.11.2.1.2, ``LINEAR``,
+   ``LINEAR_EXACT`` and ``SIGMOID``; the first window when several are given) or a VOI LUT sequence;
    without either, the image's own min/max;
 3. MONOCHROME1 is inverted so that, as in MONOCHROME2, bright means dense; colour images (RGB,
    YBR_*, PALETTE COLOR — dermoscopy, photographs) become ITU-R BT.601 luma;
@@ -29,8 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import torch
-import torch.nn.functional as F
 from pydicom.errors import InvalidDicomError
 
 from medrobust.config import DicomConfig
@@ -127,11 +125,20 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     x = stored.astype(np.float64) * slope + intercept
     if "WindowCenter" in ds and "WindowWidth" in ds:
         func = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        if func not in ("LINEAR", "LINEAR_EXACT"):
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        if not (np.isfinite(center) and np.isfinite(width)):
+            raise Rejected("invalid_values", f"WindowCenter/WindowWidth {center}/{width} are not finite")
+        if func == "SIGMOID":  # PS3.3 C.11.2.1.3.1, output range [0, 1]
+            if width <= 0:
+                raise Rejected("invalid_values", f"WindowWidth {width} <= 0 with a SIGMOID VOI LUT function")
+            with np.errstate(over="ignore"):
+                y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+        elif func in ("LINEAR", "LINEAR_EXACT"):
+            y = _window_linear(x, center, width, func == "LINEAR_EXACT")
+        else:
             raise Rejected(
-                "invalid_values", f"VOILUTFunction {func!r} is not supported (LINEAR, LINEAR_EXACT)"
+                "invalid_values", f"VOILUTFunction {func!r} is not defined (LINEAR, LINEAR_EXACT, SIGMOID)"
             )
-        y = _window_linear(x, _first(ds.WindowCenter), _first(ds.WindowWidth), func == "LINEAR_EXACT")
     elif "VOILUTSequence" in ds:
         lut = pydicom.pixels.apply_voi_lut(stored, ds)  # handles the LUT descriptor itself
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
@@ -149,7 +156,15 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Pad to a centred square with 0 (background), then resize to ``size``x``size``."""
+    """Pad to a centred square with 0 (background), then resize to ``size``x``size``.
+
+    Downscaling averages over each output pixel's exact footprint (Pillow's BOX filter: area
+    averaging, also for non-integer factors); upscaling is bilinear. Pillow works on float32 ('F')
+    images here, so no precision is lost to 8 bits, and no torch is needed (decoding runs in
+    light worker processes).
+    """
+    from PIL import Image
+
     h, w = img.shape
     side = max(h, w)
     if h != w:
@@ -157,11 +172,10 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
         top, left = (side - h) // 2, (side - w) // 2
         padded[top : top + h, left : left + w] = img
         img = padded
-    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-    mode = "area" if side >= size else "bilinear"
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    out = F.interpolate(t, size=(size, size), mode=mode, **kwargs)[0, 0]
-    return out.clamp_(0.0, 1.0).numpy()
+    src = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+    resample = Image.Resampling.BOX if side >= size else Image.Resampling.BILINEAR
+    out = np.asarray(src.resize((size, size), resample=resample), dtype=np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
 def _read(data: bytes | str | Path) -> pydicom.Dataset:
@@ -248,7 +262,7 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
             )
         kind = str(getattr(ds, "Modality", "?"))
         raise Rejected("no_pixel_data", f"no PixelData element (Modality {kind}, SOPClass {getattr(ds, 'SOPClassUID', '?')})")
-    header = {k: str(ds.get(k, "") or "").strip() for k in LOOKUP_KEYS if k in ds}
+    header = {k: str(v).strip() for k in LOOKUP_KEYS if (v := ds.get(k)) is not None}
     if not header.get("SOPInstanceUID"):
         raise Rejected("missing_instance_uid", "SOPInstanceUID is empty; the image cannot be matched to a label")
     photometric = str(getattr(ds, "PhotometricInterpretation", "") or "")
@@ -299,8 +313,8 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
             ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             if ts is not None:
                 facts[k] = str(ts)
-        elif k in ds and ds.get(k) is not None:
-            facts[k] = str(ds.get(k))
+        elif (v := ds.get(k)) is not None:
+            facts[k] = str(v)
     return DecodedImage(pixels=resize_square(display, size), header=header, facts=facts)
 
 

@@ -24,11 +24,17 @@ If validation fails, or too many items are quarantined, the stage raises
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import logging
+import multiprocessing
+import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,8 @@ from medrobust.utils import atomic_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
+POOL_MIN_ITEMS = 256  # fewer items are decoded in-process (a pool's start-up would cost more)
+POOL_CHUNK = 16  # items per worker task
 QUARANTINE_COLUMNS = ["file", "reason", "message", "source_sha256"]
 BASE_COLUMNS = [
     "image_id", "patient_id", "split", "label", "label_index", "height", "width",
@@ -114,27 +122,40 @@ class _Decoded:
     facts: dict[str, str]
 
 
+def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize: bool, size: int,
+                  dicom_cfg: Any) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+    """(pixels, lookup header, technical facts) of one item; pure, so it can run in a worker process.
+
+    Raises:
+        Rejected: the item cannot be decoded.
+    """
+    if kind == "dicom":
+        assert raw is not None
+        img = decode_dicom(raw, size, dicom_cfg)
+        return img.pixels, img.header, img.facts
+    if kind == "image":
+        assert raw is not None
+        return decode_image(raw, size), {}, {}
+    if array is None:
+        raise Rejected("unreadable", "an array item without an array")
+    if resize:
+        return array_to_image(array, size), {}, {}
+    pixels = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(pixels)):
+        raise Rejected("invalid_values", "NaN or inf values")
+    return pixels, {}, {}
+
+
 def decode_item(item: Item, source: Source, params: Params, raw: bytes | None) -> _Decoded:
     """Decode one item and resolve its group, unique id and label. Raises :class:`Rejected`."""
     cfg = params.data
-    header: dict[str, str] = {}
-    facts: dict[str, str] = {}
-    if item.kind == "dicom":
-        assert raw is not None
-        img = decode_dicom(raw, cfg.image_size, cfg.dicom)
-        pixels, header, facts = img.pixels, img.header, img.facts
-    elif item.kind == "image":
-        assert raw is not None
-        pixels = decode_image(raw, cfg.image_size)
-    else:
-        if item.array is None:
-            raise Rejected("unreadable", "an array item without an array")
-        if item.resize:
-            pixels = array_to_image(item.array, cfg.image_size)
-        else:
-            pixels = np.asarray(item.array, dtype=np.float32)
-            if not np.all(np.isfinite(pixels)):
-                raise Rejected("invalid_values", "NaN or inf values")
+    pixels, header, facts = decode_pixels(item.kind, raw, item.array, item.resize, cfg.image_size, cfg.dicom)
+    return resolve_item(item, source, pixels, header, facts)
+
+
+def resolve_item(item: Item, source: Source, pixels: np.ndarray, header: dict[str, str],
+                 facts: dict[str, str]) -> _Decoded:
+    """Group, unique id and label of a decoded item (main process: label tables live here)."""
     try:
         return _resolve(item, source, pixels, header, facts)
     except Rejected as rej:
@@ -156,6 +177,176 @@ def _resolve(item: Item, source: Source, pixels: np.ndarray, header: dict[str, s
         raise Rejected("missing_instance_uid", "the item has no unique id")
     label = source.label(item, header)
     return _Decoded(pixels=pixels, group=group, uid=uid, label=label, facts=facts)
+
+
+@dataclass
+class _State:
+    """What the item loop accumulates."""
+
+    classes: tuple[str, ...]
+    key: bytes
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    records: list[dict[str, object]] = field(default_factory=list)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    seen_uids: set[str] = field(default_factory=set)
+    seen_digests: set[str] = field(default_factory=set)
+    excluded: Counter[str] = field(default_factory=Counter)
+
+
+def _read_item(item: Item, state: _State) -> tuple[bytes | None, str]:
+    """(raw bytes, SHA-256) of an item."""
+    raw = item.read() if item.read is not None else None
+    if raw is not None:
+        digest = hashlib.sha256(raw).hexdigest()
+    elif item.array is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(item.array).tobytes()).hexdigest()
+    else:
+        digest = ""
+    return raw, digest
+
+
+def _quarantine(item: Item, src: Source, state: _State, rej: Rejected, digest: str) -> None:
+    src.saw(item, rej.uid)
+    state.quarantine.append({"file": item.ref, "reason": rej.reason, "message": rej.message,
+                             "source_sha256": digest})
+
+
+def _finish(item: Item, src: Source, state: _State, digest: str,
+            decoded: tuple[np.ndarray, dict[str, str], dict[str, str]]) -> None:
+    """Resolve, de-duplicate and record a decoded item (or quarantine it)."""
+    classes = state.classes
+    try:
+        if digest and digest in state.seen_digests:
+            raise Rejected("duplicate_image", "byte-identical to an earlier item")
+        dec = resolve_item(item, src, *decoded)
+        if dec.uid in state.seen_uids:
+            raise Rejected("duplicate_sop_uid", "an earlier image has the same SOPInstanceUID")
+        if dec.label not in classes:
+            if src.classes is not None and dec.label in src.classes:
+                state.excluded[dec.label] += 1  # a class left out on purpose (data.classes): counted
+                state.seen_digests.add(digest)
+                state.seen_uids.add(dec.uid)
+                return
+            raise Rejected("label_not_allowed", f"label {dec.label!r} is not one of data.classes {list(classes)}")
+    except Rejected as rej:
+        _quarantine(item, src, state, rej, digest)
+        return
+    state.seen_digests.add(digest)
+    state.seen_uids.add(dec.uid)
+    image_id = pseudonym(state.key, "image", dec.uid)
+    row: dict[str, object] = {
+        "image_id": image_id,
+        "patient_id": pseudonym(state.key, "patient", dec.group),
+        "source_split": item.split or "",
+        "label": dec.label,
+        "label_index": classes.index(dec.label),
+        "height": int(dec.pixels.shape[-2]) if dec.pixels.ndim >= 2 else 1,
+        "width": int(dec.pixels.shape[-1]),
+        "pixel_min": float(dec.pixels.min()),
+        "pixel_max": float(dec.pixels.max()),
+        "source_sha256": digest,
+    }
+    for tag, value in deidentify_facts(dec.facts, state.key).items():
+        row[FACT_COLUMNS.get(tag, tag)] = value
+    for k, v in item.extra.items():
+        row[k] = v
+    state.records.append(row)
+    state.images[image_id] = dec.pixels
+
+
+def process_item(item: Item, src: Source, params: Params, state: _State) -> None:
+    """Read, hash, decode, de-duplicate, label and de-identify one item into ``state`` (or quarantine it)."""
+    digest = ""
+    try:
+        raw, digest = _read_item(item, state)
+        decoded = decode_pixels(item.kind, raw, item.array, item.resize, params.data.image_size, params.data.dicom)
+    except Rejected as rej:
+        _quarantine(item, src, state, rej, digest)
+        return
+    _finish(item, src, state, digest, decoded)
+
+
+def _pool_decode(jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, int, Any]]) -> list[tuple[Any, ...]]:
+    """Worker side: decode a chunk; picklable outcomes (exceptions with custom args do not pickle)."""
+    out: list[tuple[Any, ...]] = []
+    for job in jobs:
+        raw = job[1]
+        digest = hashlib.sha256(raw).hexdigest() if raw is not None else ""
+        try:
+            out.append(("ok", digest, decode_pixels(*job)))
+        except Rejected as rej:
+            out.append(("rejected", digest, rej.reason, rej.message, rej.uid))
+    return out
+
+
+def process_items(items: Iterable[Item], src: Source, params: Params, state: _State,
+                  workers: int) -> int:
+    """All items through :func:`process_item`; with ``workers > 1`` decoding runs in a process pool.
+
+    The main process reads (network/disk), hashes, labels and records, in item order, so the
+    result is identical with and without the pool; at most ``2 * workers`` chunks of
+    :data:`POOL_CHUNK` raw items are in flight, so memory stays bounded however large the source.
+    Returns the number of items.
+    """
+    it = iter(items)
+    n = 0
+    if workers <= 1:
+        for item in it:
+            n += 1
+            process_item(item, src, params, state)
+        return n
+    head = list(itertools.islice(it, POOL_MIN_ITEMS))
+    if len(head) < POOL_MIN_ITEMS:  # small sources: a pool costs more than it saves
+        for item in head:
+            process_item(item, src, params, state)
+        return len(head)
+    size, dcfg = params.data.image_size, params.data.dicom
+    # fork: workers start in milliseconds with everything imported. They run only numpy, Pillow and
+    # pydicom (decode_pixels never touches torch), so the parent's torch/OpenMP state cannot bite.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    window: collections.deque[tuple[list[tuple[Item, str]], Any]] = collections.deque()
+    chunk: list[tuple[Item, str]] = []
+    jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, int, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+
+        def drain(limit: int) -> None:
+            while len(window) > limit:
+                members, fut = window.popleft()
+                for (item, digest), out in zip(members, fut.result(), strict=True):
+                    digest = digest or out[1]  # bytes are hashed in the worker, arrays here
+                    if out[0] == "ok":
+                        _finish(item, src, state, digest, out[2])
+                    else:
+                        rej = Rejected(out[2], out[3])
+                        rej.uid = out[4]
+                        _quarantine(item, src, state, rej, digest)
+
+        def submit() -> None:
+            nonlocal chunk, jobs
+            if chunk:
+                window.append((chunk, pool.submit(_pool_decode, jobs)))
+                chunk, jobs = [], []
+                drain(2 * workers)
+
+        for item in itertools.chain(head, it):
+            n += 1
+            try:
+                if item.read is not None:
+                    raw, digest = item.read(), ""
+                else:
+                    raw, digest = _read_item(item, state)
+            except Rejected as rej:  # keep item order: everything before it first
+                submit()
+                drain(0)
+                _quarantine(item, src, state, rej, "")
+                continue
+            chunk.append((item, digest))
+            jobs.append((item.kind, raw, item.array, item.resize, size, dcfg))
+            if len(chunk) >= POOL_CHUNK:
+                submit()
+        submit()
+        drain(0)
+    return n
 
 
 def run(
@@ -199,67 +390,19 @@ def run(
             f"data.classes {list(classes)} are not classes of the {src.name} source; "
             f"allowed values: {list(src.classes)}"
         )
-    quarantine: list[dict[str, str]] = []
-    records: list[dict[str, object]] = []
-    images: dict[str, np.ndarray] = {}
-    seen_uids: set[str] = set()
-    seen_digests: set[str] = set()
-    excluded: Counter[str] = Counter()
-    n_items = 0
+    state = _State(classes=classes, key=key)
+    workers = cfg.workers or min(os.cpu_count() or 1, 4)
     try:
-        for item in tqdm(src.items(), desc=f"ingest {src.name}", mininterval=5, unit="img"):
-            n_items += 1
-            digest = ""
-            try:
-                raw = item.read() if item.read is not None else None
-                if raw is not None:
-                    digest = hashlib.sha256(raw).hexdigest()
-                elif item.array is not None:
-                    digest = hashlib.sha256(np.ascontiguousarray(item.array).tobytes()).hexdigest()
-                if digest in seen_digests:
-                    raise Rejected("duplicate_image", "byte-identical to an earlier item")
-                dec = decode_item(item, src, params, raw)
-                if dec.uid in seen_uids:
-                    raise Rejected("duplicate_sop_uid", "an earlier image has the same SOPInstanceUID")
-                if dec.label not in classes:
-                    if src.classes is not None and dec.label in src.classes:
-                        excluded[dec.label] += 1  # a class left out on purpose (data.classes): counted
-                        seen_digests.add(digest)
-                        seen_uids.add(dec.uid)
-                        continue
-                    raise Rejected(
-                        "label_not_allowed",
-                        f"label {dec.label!r} is not one of data.classes {list(classes)}",
-                    )
-            except Rejected as rej:
-                src.saw(item, rej.uid)
-                quarantine.append({"file": item.ref, "reason": rej.reason, "message": rej.message,
-                                   "source_sha256": digest})
-                continue
-            seen_digests.add(digest)
-            seen_uids.add(dec.uid)
-            image_id = pseudonym(key, "image", dec.uid)
-            row: dict[str, object] = {
-                "image_id": image_id,
-                "patient_id": pseudonym(key, "patient", dec.group),
-                "source_split": item.split or "",
-                "label": dec.label,
-                "label_index": classes.index(dec.label),
-                "height": int(dec.pixels.shape[-2]) if dec.pixels.ndim >= 2 else 1,
-                "width": int(dec.pixels.shape[-1]),
-                "pixel_min": float(dec.pixels.min()),
-                "pixel_max": float(dec.pixels.max()),
-                "source_sha256": digest,
-            }
-            for tag, value in deidentify_facts(dec.facts, key).items():
-                row[FACT_COLUMNS.get(tag, tag)] = value
-            for k, v in item.extra.items():
-                row[k] = v
-            records.append(row)
-            images[image_id] = dec.pixels
+        n_items = process_items(tqdm(src.items(), desc=f"ingest {src.name}", mininterval=5, unit="img"),
+                                src, params, state, workers)
         leftovers = src.leftovers()
+    except IngestError:
+        raise
+    except SourceError as exc:  # e.g. credentials refused when the listing starts
+        raise IngestError(str(exc)) from None
     finally:
         src.close()
+    quarantine, records, images, excluded = state.quarantine, state.records, state.images, state.excluded
     for q in leftovers:
         quarantine.append({"file": q.ref, "reason": q.reason, "message": q.message, "source_sha256": ""})
     n_total = n_items + len(leftovers)
@@ -295,7 +438,8 @@ def run(
             manifest.loc[idx, "shard_index"] = [r[1] for r in refs]
         extra_cols = sorted(c for c in manifest.columns if c not in BASE_COLUMNS)
         manifest = manifest[[*BASE_COLUMNS, *extra_cols]]
-        report = validate_manifest(manifest, classes, params.validation, source=src.name, docs_dir=tmp / "data_docs")
+        report = validate_manifest(manifest, classes, params.validation, source=src.name,
+                                   docs_dir=tmp / "data_docs", image_size=cfg.image_size)
         if q_frac > params.validation.max_quarantine_fraction:
             report.success = False
             report.checks.append({

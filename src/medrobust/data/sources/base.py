@@ -62,6 +62,7 @@ REASONS: dict[str, str] = {
     "duplicate_sop_uid": "another image already has this SOPInstanceUID",
     "duplicate_image": "another item has byte-identical content",
     "image_missing": "a labels-table row whose image was not found in the source",
+    "not_retrieved": "the source listed this image but did not deliver it (e.g. a failed PACS retrieve)",
     # array formats
     "bad_npz": "an .npz file without the expected arrays (keys, shapes, dtypes)",
     "bad_label_value": "a label value outside the dataset's label range",
