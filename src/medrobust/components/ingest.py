@@ -10,7 +10,8 @@ from medrobust.components.image import BASE_IMAGE
 def ingest(
     params_yaml: str, raw_data: Input[Dataset], dataset: Output[Dataset], validation_report: Output[Markdown]
 ) -> int:
-    """Ingest ``raw_data`` (``dicom/`` + ``labels.csv``); returns the number of images kept."""
+    """Ingest ``data.source``: for folder sources ``raw_data`` (``dicom/`` + ``labels.csv``), else the
+    source named in params.yaml (a PACS, a bucket, MedMNIST...). Returns the number of images kept."""
     import shutil
     from pathlib import Path
 
@@ -19,7 +20,11 @@ def ingest(
     from medrobust.utils import setup_logging
 
     setup_logging()
+    params = params_from_text(params_yaml)
     raw = Path(raw_data.path)
-    result = stage.run(params_from_text(params_yaml), dataset.path, raw / "dicom", raw / "labels.csv")
+    if params.data.source in ("synthetic", "dicom_folder"):  # the raw_data artifact is the folder
+        result = stage.run(params, dataset.path, raw / "dicom", raw / "labels.csv")
+    else:  # pacs, s3, medmnist...: the source's own settings (credentials from the pod's env/secrets)
+        result = stage.run(params, dataset.path)
     shutil.copyfile(Path(dataset.path) / "validation.md", validation_report.path)
     return result.n_images

