@@ -112,7 +112,7 @@ class PacsConfig:
 
     protocol: Literal["dicomweb", "dimse"] = "dicomweb"
     url: str = ""                                 # DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web
-    filters: dict[str, str] = field(default_factory=dict)  # QIDO / C-FIND study keys, e.g. {Modality: MG, StudyDate: 20200101-20201231}
+    filters: dict[str, str] = field(default_factory=dict)  # QIDO / C-FIND keys, each sent at its level (study/series/instance), e.g. {Modality: MG, StudyDate: 20200101-20201231}
     host: str = "127.0.0.1"                       # DIMSE peer
     port: int = _bounds(0, 65535, default=4242)
     called_aet: str = "ORTHANC"

@@ -155,7 +155,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("corpus")
     dicom, labels_csv = _corpus(root / "src")
     (dicom / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    params = tiny_params(validation={"max_quarantine_fraction": 0.6})
+    params = tiny_params(data={"source": "dicom_folder"}, validation={"max_quarantine_fraction": 0.6})
     params = replace(params, data=replace(params.data, workers=1))
     ingest.run(params, root / "one", dicom, labels_csv)
     pooled = replace(params, data=replace(params.data, workers=2))

@@ -6,17 +6,27 @@ The key never lives in params.yaml or in any output. It comes from the environme
 pseudonyms while nobody without the key can map a pseudonym back by hashing candidate IDs.
 
 Nothing else from a DICOM header leaves ingest except non-identifying technical facts
-(Modality, PhotometricInterpretation, BitsStored, Rows, Columns).
+(Modality, PhotometricInterpretation, BitsStored, Rows, Columns), filtered by
+:func:`deidentify_facts`. :func:`deidentify_dataset` de-identifies a whole DICOM data set under the
+PS3.15 Annex E Basic Application Level Confidentiality Profile (:data:`ANNEX_E_BASIC`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +62,553 @@ def pseudonym(key: bytes, kind: str, value: str, length: int = 16) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# DICOM PS3.15 Annex E, Table E.1-1: the Basic Application Level Confidentiality Profile.
-# Action codes: D dummy value, Z zero-length/dummy, X remove, K keep, C clean, U replace UID
-# (combinations such as "X/Z" mean: whichever the IOD allows; for data we *keep* the strictest
-# applies: X). Only attributes that could ever reach a medrobust output need an entry here, but
-# the table is the profile's, so a new kept tag is filtered correctly without more code.
+# DICOM PS3.15 Annex E, Table E.1-1: the Basic Application Level Confidentiality Profile column.
+#
+# Action codes (Table E.1-1a): D replace with a non-empty dummy value of the same VR; Z replace with
+# an empty value; X remove; K keep (sequences are still cleaned); C clean (replace with values of
+# similar meaning that identify nobody); U replace a UID with one that is consistent within the
+# de-identified set. Combined codes ("X/Z", "Z/D", "X/D", "X/Z/D", "X/Z/U*") let the IOD's Type
+# (3 / 2 / 1) decide; they are kept here exactly as the standard writes them, and
+# :func:`resolve_action` applies the *strictest* part (X before Z before D), because medrobust
+# does not look up the IOD module tables. A de-identified file therefore stays readable but can
+# lack a Type 1 attribute that the profile would have filled with a dummy (e.g. Series Date).
+#
+# "C" is implemented as removal (X): cleaning free text reliably needs a human or an NLP model,
+# and removal is the only variant that is certainly safe.
+#
+# Outside the per-attribute table the profile also requires: all private attributes removed
+# (no Retain Safe Private option here), Curve Data (50xx,xxxx) removed, Overlay Data (60xx,3000)
+# and Overlay Comments (60xx,4000) removed — we remove the whole overlay group, since an overlay
+# plane without its data is not valid — and Patient Identity Removed / De-identification Method
+# (Code Sequence, 113100) set. Burned-in annotations in the pixel data are *not* detected.
 # ----------------------------------------------------------------------------------------------
 ANNEX_E_BASIC: dict[str, str] = {
-    "PatientID": "Z",
+    # --- patient --------------------------------------------------------------------------------
     "PatientName": "Z",
+    "PatientID": "Z",
+    "IssuerOfPatientID": "X",
+    "IssuerOfPatientIDQualifiersSequence": "X",
+    "OtherPatientIDs": "X",
+    "OtherPatientIDsSequence": "X",
+    "OtherPatientNames": "X",
     "PatientBirthDate": "Z",
+    "PatientBirthTime": "X",
+    "PatientBirthName": "X",
+    "PatientMotherBirthName": "X",
     "PatientSex": "Z",
+    "PatientSexNeutered": "X/Z",
     "PatientAge": "X",
+    "PatientSize": "X",
+    "PatientWeight": "X",
+    "PatientAddress": "X",
+    "PatientTelephoneNumbers": "X",
+    "PatientTelecomInformation": "X",
+    "CountryOfResidence": "X",
+    "RegionOfResidence": "X",
+    "MilitaryRank": "X",
+    "BranchOfService": "X",
+    "MedicalRecordLocator": "X",
+    "EthnicGroup": "X",
+    "Occupation": "X",
+    "AdditionalPatientHistory": "X",
+    "PatientComments": "X",
+    "PatientReligiousPreference": "X",
+    "PatientPrimaryLanguageCodeSequence": "X",
+    "PatientPrimaryLanguageModifierCodeSequence": "X",
+    "PatientInsurancePlanCodeSequence": "X",
+    "InsurancePlanIdentification": "X",
+    "PatientState": "X",
+    "PatientTransportArrangements": "X",
+    "PregnancyStatus": "X",
+    "LastMenstrualDate": "X",
+    "SmokingStatus": "X",
+    "MedicalAlerts": "X",
+    "Allergies": "X",
+    "SpecialNeeds": "X",
+    "PatientInstitutionResidence": "X",
+    "ScheduledPatientInstitutionResidence": "X",
+    "ResponsiblePerson": "X",
+    "ResponsibleOrganization": "X",
+    "ReferencedPatientSequence": "X",
+    "ReferencedPatientAliasSequence": "X",
+    "ReferencedPatientPhotoSequence": "X",
+    "ConfidentialityConstraintOnPatientDataDescription": "X",
+    "PersonName": "D",
+    "PersonAddress": "X",
+    "PersonTelephoneNumbers": "X",
+    "PersonTelecomInformation": "X",
+    "PersonIdentificationCodeSequence": "D",
+    # --- clinical trial -------------------------------------------------------------------------
+    "ClinicalTrialSponsorName": "D",
+    "ClinicalTrialProtocolID": "D",
+    "ClinicalTrialProtocolName": "Z",
+    "ClinicalTrialSiteID": "Z",
+    "ClinicalTrialSiteName": "Z",
+    "ClinicalTrialSubjectID": "D",
+    "ClinicalTrialSubjectReadingID": "D",
+    "ClinicalTrialTimePointID": "Z",
+    "ClinicalTrialTimePointDescription": "X",
+    "ClinicalTrialCoordinatingCenterName": "Z",
+    "ClinicalTrialSeriesID": "X",
+    "ClinicalTrialSeriesDescription": "X",
+    "ClinicalTrialProtocolEthicsCommitteeName": "D",
+    "ClinicalTrialProtocolEthicsCommitteeApprovalNumber": "X",
+    # --- visit, admission, order ----------------------------------------------------------------
+    "AdmissionID": "X",
+    "IssuerOfAdmissionID": "X",
+    "IssuerOfAdmissionIDSequence": "X",
+    "AdmittingDate": "X",
+    "AdmittingTime": "X",
+    "AdmittingDiagnosesDescription": "X",
+    "AdmittingDiagnosesCodeSequence": "X",
+    "ScheduledAdmissionDate": "X",
+    "ScheduledAdmissionTime": "X",
+    "ScheduledDischargeDate": "X",
+    "ScheduledDischargeTime": "X",
+    "DischargeDate": "X",
+    "DischargeTime": "X",
+    "DischargeDiagnosisDescription": "X",
+    "CurrentPatientLocation": "X",
+    "ServiceEpisodeID": "X",
+    "ServiceEpisodeDescription": "X",
+    "IssuerOfServiceEpisodeID": "X",
+    "IssuerOfServiceEpisodeIDSequence": "X",
+    "VisitComments": "X",
+    "ReasonForVisit": "X",
+    "ReasonForVisitCodeSequence": "X",
     "AccessionNumber": "Z",
+    "PlacerOrderNumberImagingServiceRequest": "Z",
+    "FillerOrderNumberImagingServiceRequest": "Z",
+    "OrderEnteredBy": "X",
+    "OrderEntererLocation": "X",
+    "OrderCallbackPhoneNumber": "X",
+    "OrderCallbackTelecomInformation": "X",
+    "IssueDateOfImagingServiceRequest": "X",
+    "IssueTimeOfImagingServiceRequest": "X",
+    "ReasonForTheImagingServiceRequest": "X",
+    "ImagingServiceRequestComments": "X",
+    "ReasonForStudy": "X",
+    "RequestingPhysician": "X",
+    "RequestingService": "X",
+    "RequestedContrastAgent": "X",
+    "RequestedProcedureDescription": "X/Z",
+    "RequestedProcedureID": "X",
+    "RequestedProcedureLocation": "X",
+    "RequestedProcedureComments": "X",
+    "RequestedSeriesDescription": "X",
+    "ReasonForTheRequestedProcedure": "X",
+    "ReasonForRequestedProcedureCodeSequence": "X",
+    "RequestAttributesSequence": "X",
+    "IntendedRecipientsOfResultsIdentificationSequence": "X",
+    "NamesOfIntendedRecipientsOfResults": "X",
+    # --- study, series, instance, dates and times -----------------------------------------------
     "StudyInstanceUID": "U",
     "SeriesInstanceUID": "U",
     "SOPInstanceUID": "U",
+    "MediaStorageSOPInstanceUID": "U",
+    "StudyID": "Z",
+    "StudyIDIssuer": "X",
     "StudyDate": "Z",
-    "InstitutionName": "X",
+    "StudyTime": "Z",
+    "StudyDescription": "X",
+    "StudyComments": "X",
+    "StudyArrivalDate": "X",
+    "StudyArrivalTime": "X",
+    "StudyCompletionDate": "X",
+    "StudyCompletionTime": "X",
+    "StudyReadDate": "X",
+    "StudyReadTime": "X",
+    "StudyVerifiedDate": "X",
+    "StudyVerifiedTime": "X",
+    "ScheduledStudyStartDate": "X",
+    "ScheduledStudyStartTime": "X",
+    "ScheduledStudyStopDate": "X",
+    "ScheduledStudyStopTime": "X",
+    "SeriesDate": "X/D",
+    "SeriesTime": "X/D",
+    "SeriesDescription": "X",
+    "AcquisitionDate": "X/Z",
+    "AcquisitionTime": "X/Z",
+    "AcquisitionDateTime": "X/Z/D",
+    "ContentDate": "Z/D",
+    "ContentTime": "Z/D",
+    "InstanceCreationDate": "X/D",
+    "InstanceCreationTime": "X/Z/D",
+    "InstanceCreatorUID": "U",
+    "InstanceCoercionDateTime": "X",
+    "InstanceOriginStatus": "X",
+    "OverlayDate": "X",
+    "OverlayTime": "X",
+    "CurveDate": "X",
+    "CurveTime": "X",
+    "CreationDate": "X",
+    "CreationTime": "X",
+    "ModifiedImageDate": "X",
+    "ModifiedImageTime": "X",
+    "DateOfSecondaryCapture": "X",
+    "TimeOfSecondaryCapture": "X",
+    "DateOfLastCalibration": "X",
+    "TimeOfLastCalibration": "X",
+    "DateTimeOfLastCalibration": "X",
+    "CalibrationDateTime": "Z",
+    "DateOfLastDetectorCalibration": "X/D",
+    "TimeOfLastDetectorCalibration": "X/D",
+    "StartAcquisitionDateTime": "X/D",
+    "EndAcquisitionDateTime": "X/D",
+    "FrameAcquisitionDateTime": "D",
+    "FrameReferenceDateTime": "D",
+    "DecayCorrectionDateTime": "D",
+    "ContrastBolusStartTime": "X",
+    "ContrastBolusStopTime": "X",
+    "RadiopharmaceuticalStartTime": "X",
+    "RadiopharmaceuticalStopTime": "X",
+    "RadiopharmaceuticalStartDateTime": "X",
+    "RadiopharmaceuticalStopDateTime": "X",
+    "InterventionDrugStartTime": "X",
+    "InterventionDrugStopTime": "X",
+    "SubstanceAdministrationDateTime": "X",
+    "TimezoneOffsetFromUTC": "X",
+    "ProtocolName": "X/D",
+    "ImageComments": "X",
+    "FrameComments": "X",
+    "DerivationDescription": "X",
+    "ImagePresentationComments": "X",
+    "IconImageSequence": "X",
+    "AcquisitionComments": "X",
+    "AcquisitionContextSequence": "X/Z",
+    "AcquisitionProtocolDescription": "X",
+    "AcquisitionFieldOfViewLabel": "D",
+    "ContrastBolusAgent": "Z/D",
+    "PreMedication": "X",
+    "CommentsOnRadiationDose": "X",
+    "ReferencedStudySequence": "X/Z",
+    "ReferencedImageSequence": "X/Z/U*",
+    "SourceImageSequence": "X/Z/U*",
+    "ReferencedPerformedProcedureStepSequence": "X/Z/D",
+    # --- UIDs -------------------------------------------------------------------------------------
+    "ReferencedSOPInstanceUID": "U",
+    "ReferencedSOPInstanceUIDInFile": "U",
+    "FrameOfReferenceUID": "U",
+    "ReferencedFrameOfReferenceUID": "U",
+    "RelatedFrameOfReferenceUID": "U",
+    "SynchronizationFrameOfReferenceUID": "U",
+    "ConcatenationUID": "U",
+    "DimensionOrganizationUID": "U",
+    "IrradiationEventUID": "U",
+    "AcquisitionUID": "U",
+    "DeviceUID": "U",
+    "ManufacturerDeviceClassUID": "U",
+    "DoseReferenceUID": "U",
+    "ReferencedDoseReferenceUID": "U",
+    "FiducialUID": "U",
+    "UID": "U",
+    "TargetUID": "U",
+    "TrackingUID": "U",
+    "TransactionUID": "U",
+    "ObservationUID": "U",
+    "ReferencedObservationUIDTrial": "U",
+    "ObservationSubjectUIDTrial": "U",
+    "StorageMediaFileSetUID": "U",
+    "RequestedSOPInstanceUID": "U",
+    "FailedSOPInstanceUIDList": "U",
+    "CreatorVersionUID": "U",
+    "ContextGroupExtensionCreatorUID": "U",
+    "TemplateExtensionCreatorUID": "U",
+    "TemplateExtensionOrganizationUID": "U",
+    "LargePaletteColorLookupTableUID": "U",
+    "PaletteColorLookupTableUID": "U",
+    "ReferencedGeneralPurposeScheduledProcedureStepTransactionUID": "U",
+    "SpecimenUID": "U",
+    "PatientSetupUID": "U",
+    "TreatmentSessionUID": "U",
+    "TreatmentPositionGroupUID": "U",
+    "ReferencedTreatmentPositionGroupUID": "U",
+    "PresentationDisplayCollectionUID": "U",
+    "PresentationSequenceCollectionUID": "U",
+    "PyramidUID": "U",
+    "MultiplexGroupUID": "U",
+    "DigitalSignatureUID": "U",
+    "AffectedSOPInstanceUID": "X",
+    # --- people and organisations ---------------------------------------------------------------
+    "InstitutionName": "X/Z/D",
+    "InstitutionAddress": "X",
+    "InstitutionCodeSequence": "X/Z/D",
+    "InstitutionalDepartmentName": "X",
+    "InstitutionalDepartmentTypeCodeSequence": "X",
+    "ReferringPhysicianName": "Z",
+    "ReferringPhysicianAddress": "X",
+    "ReferringPhysicianTelephoneNumbers": "X",
+    "ReferringPhysicianIdentificationSequence": "X",
+    "ConsultingPhysicianName": "Z",
+    "ConsultingPhysicianIdentificationSequence": "X",
+    "PhysiciansOfRecord": "X",
+    "PhysiciansOfRecordIdentificationSequence": "X",
+    "PerformingPhysicianName": "X",
+    "PerformingPhysicianIdentificationSequence": "X",
+    "NameOfPhysiciansReadingStudy": "X",
+    "PhysiciansReadingStudyIdentificationSequence": "X",
+    "OperatorsName": "X/Z/D",
+    "OperatorIdentificationSequence": "X/D",
+    "PhysicianApprovingInterpretation": "X",
+    "ReviewerName": "X/Z",
+    "ContentCreatorName": "Z/D",
+    "ContentCreatorIdentificationCodeSequence": "X",
+    "AuthorObserverSequence": "X",
+    "ParticipantSequence": "X",
+    "ParticipationDateTime": "Z",
+    "VerifyingObserverName": "D",
+    "VerifyingObserverSequence": "D",
+    "VerifyingObserverIdentificationCodeSequence": "Z",
+    "VerifyingOrganization": "D",
+    "VerificationDateTime": "D",
+    "HumanPerformerName": "X",
+    "HumanPerformerOrganization": "X",
+    "ActualHumanPerformersSequence": "X",
+    "ScheduledHumanPerformersSequence": "X",
+    "CustodialOrganizationSequence": "X",
+    "DistributionName": "X",
+    "DistributionAddress": "X",
+    "CameraOwnerName": "X",
+    "CurrentObserverTrial": "X",
+    "VerbalSourceTrial": "X",
+    "TelephoneNumberTrial": "X",
+    "AddressTrial": "X",
+    # --- equipment identity ---------------------------------------------------------------------
+    "StationName": "X/Z/D",
+    "DeviceSerialNumber": "X/Z/D",
+    "DeviceDescription": "X",
+    "LongDeviceDescription": "X",
+    "DeviceLabel": "D",
+    "DeviceAlternateIdentifier": "Z",
+    "ManufacturerDeviceIdentifier": "Z",
+    "DeviceSettingDescription": "X",
+    "UDISequence": "X",
+    "UniqueDeviceIdentifier": "X",
+    "DetectorID": "X/D",
+    "XRayDetectorID": "D",
+    "XRayDetectorLabel": "X",
+    "XRaySourceID": "D",
+    "SourceIdentifier": "D",
+    "GantryID": "X",
+    "GeneratorID": "X",
+    "PlateID": "X",
+    "CassetteID": "X",
+    "ModifyingDeviceID": "X",
+    "TransducerIdentificationSequence": "X",
+    "LensMake": "X",
+    "LensModel": "X",
+    "LensSerialNumber": "X",
+    "LensSpecification": "X",
+    "MakerNote": "X",
+    "GPSLatitude": "X",
+    "GPSLongitude": "X",
+    "GPSAltitude": "X",
+    "GPSDateStamp": "X",
+    "GPSTimeStamp": "X",
+    "AcquisitionDeviceProcessingDescription": "X/D",
+    "PerformedStationAETitle": "X",
+    "PerformedStationName": "X",
+    "PerformedStationNameCodeSequence": "X",
+    "PerformedStationGeographicLocationCodeSequence": "X",
+    "PerformedLocation": "X",
+    "ScheduledStationAETitle": "X",
+    "ScheduledStationName": "X",
+    "ScheduledStationNameCodeSequence": "X",
+    "ScheduledStationGeographicLocationCodeSequence": "X",
+    "ScheduledStudyLocation": "X",
+    "ScheduledStudyLocationAETitle": "X",
+    # --- procedure steps ------------------------------------------------------------------------
+    "PerformedProcedureStepID": "X",
+    "PerformedProcedureStepStartDate": "X",
+    "PerformedProcedureStepStartTime": "X",
+    "PerformedProcedureStepStartDateTime": "X",
+    "PerformedProcedureStepEndDate": "X",
+    "PerformedProcedureStepEndTime": "X",
+    "PerformedProcedureStepEndDateTime": "X",
+    "PerformedProcedureStepDescription": "X",
+    "CommentsOnThePerformedProcedureStep": "X",
+    "ProcedureStepCancellationDateTime": "X",
+    "ScheduledProcedureStepID": "X",
+    "ScheduledProcedureStepDescription": "X",
+    "ScheduledProcedureStepLocation": "X",
+    "ScheduledProcedureStepStartDate": "X",
+    "ScheduledProcedureStepStartTime": "X",
+    "ScheduledProcedureStepStartDateTime": "X",
+    "ScheduledProcedureStepEndDate": "X",
+    "ScheduledProcedureStepEndTime": "X",
+    "ScheduledProcedureStepExpirationDateTime": "X",
+    "ScheduledProcedureStepModificationDateTime": "X",
+    "ScheduledPerformingPhysicianName": "X",
+    "ScheduledPerformingPhysicianIdentificationSequence": "X",
+    "ExpectedCompletionDateTime": "X",
+    # --- results, interpretation, structured content, free text ---------------------------------
+    "ContentSequence": "D",
+    "Date": "D",
+    "Time": "D",
+    "DateTime": "D",
+    "ObservationDateTime": "X/D",
+    "ObservationStartDateTime": "X",
+    "ObservationDateTrial": "X",
+    "ObservationTimeTrial": "X",
+    "ReferencedDateTime": "D",
+    "DateOfDocumentOrVerbalTransactionTrial": "X",
+    "HL7DocumentEffectiveTime": "X",
+    "TextString": "X",
+    "TextComments": "X",
+    "GraphicAnnotationSequence": "D",
+    "PresentationCreationDate": "X",
+    "PresentationCreationTime": "X",
+    "Impressions": "X",
+    "ResultsID": "X",
+    "ResultsIDIssuer": "X",
+    "ResultsComments": "X",
+    "ResultsDistributionListSequence": "X",
+    "InterpretationID": "X",
+    "InterpretationIDIssuer": "X",
+    "InterpretationAuthor": "X",
+    "InterpretationApproverSequence": "X",
+    "InterpretationApprovalDate": "X",
+    "InterpretationApprovalTime": "X",
+    "InterpretationDiagnosisDescription": "X",
+    "InterpretationRecorder": "X",
+    "InterpretationRecordedDate": "X",
+    "InterpretationRecordedTime": "X",
+    "InterpretationText": "X",
+    "InterpretationTranscriber": "X",
+    "InterpretationTranscriptionDate": "X",
+    "InterpretationTranscriptionTime": "X",
+    "IdentifyingComments": "X",
+    "ModifiedImageDescription": "X",
+    "ContributionDescription": "X",
+    "TopicAuthor": "X",
+    "TopicKeywords": "X",
+    "TopicSubject": "X",
+    "TopicTitle": "X",
+    "Arbitrary": "X",
+    "TemplateVersion": "X",
+    "TemplateLocalVersion": "X",
+    "ContextGroupVersion": "D",
+    "ContextGroupLocalVersion": "D",
+    "EncapsulatedDocument": "D",
+    "BarcodeValue": "X/Z",
+    "LabelText": "X/Z",
+    "PyramidLabel": "X",
+    "PyramidDescription": "X",
+    "MultienergyAcquisitionDescription": "X",
+    "DecompositionDescription": "X",
+    "RespiratoryMotionCompensationTechniqueDescription": "X",
+    "WaveformFilterDescription": "X",
+    "FilterLookupTableDescription": "X",
+    # --- signatures, audit of modifications ------------------------------------------------------
+    "DigitalSignaturesSequence": "X",
+    "DigitalSignatureDateTime": "D",
+    "CertificateOfSigner": "D",
+    "CertifiedTimestamp": "X",
+    "MAC": "X",
+    "ReferencedDigitalSignatureSequence": "X",
+    "ReferencedSOPInstanceMACSequence": "X",
+    "SOPAuthorizationDateTime": "X",
+    "ModifiedAttributesSequence": "X",
+    "OriginalAttributesSequence": "X",
+    "NonconformingModifiedAttributesSequence": "X",
+    "NonconformingDataElementValue": "X",
+    "AttributeModificationDateTime": "D",
+    "ModifyingSystem": "D",
+    "ReasonForTheAttributeModification": "D",
+    "SourceOfPreviousValues": "Z",
+    "DataSetTrailingPadding": "X",
+    # --- specimens ------------------------------------------------------------------------------
+    "SpecimenAccessionNumber": "X",
+    "SpecimenIdentifier": "D",
+    "IssuerOfTheSpecimenIdentifierSequence": "Z",
+    "SpecimenShortDescription": "X",
+    "SpecimenDetailedDescription": "X",
+    "SpecimenPreparationSequence": "Z",
+    "ContainerIdentifier": "D",
+    "IssuerOfTheContainerIdentifierSequence": "Z",
+    "ContainerDescription": "X",
+    "SlideIdentifier": "X",
+    # --- radiotherapy ---------------------------------------------------------------------------
+    "RTPlanLabel": "D",
+    "RTPlanName": "X",
+    "RTPlanDescription": "X",
+    "RTPlanDate": "X/D",
+    "RTPlanTime": "X/D",
+    "PrescriptionDescription": "X",
+    "DoseReferenceDescription": "X",
+    "FractionGroupDescription": "X",
+    "BeamDescription": "X",
+    "BolusDescription": "X",
+    "CompensatorDescription": "X",
+    "FixationDeviceDescription": "X",
+    "ShieldingDeviceDescription": "X",
+    "SetupTechniqueDescription": "X",
+    "TreatmentSites": "X",
+    "TreatmentSite": "X/D",
+    "TreatmentMachineName": "X/Z",
+    "StructureSetLabel": "D",
+    "StructureSetName": "X",
+    "StructureSetDescription": "X",
+    "StructureSetDate": "Z",
+    "StructureSetTime": "Z",
+    "ROIDescription": "X",
+    "ROIGenerationDescription": "X",
+    "ROIInterpreter": "Z",
+    "ROIObservationDescription": "X",
+    "ReviewDate": "Z",
+    "ReviewTime": "Z",
+    "SourceSerialNumber": "X/Z",
+    "SourceManufacturer": "X",
+    "SourceStrengthReferenceDate": "D",
+    "SourceStrengthReferenceTime": "D",
+    "TreatmentDate": "X/D",
+    "TreatmentTime": "X/D",
+    "FirstTreatmentDate": "X/D",
+    "MostRecentTreatmentDate": "X/D",
+    "TreatmentControlPointDate": "D",
+    "TreatmentControlPointTime": "D",
+    "SafePositionExitDate": "D",
+    "SafePositionExitTime": "D",
+    "SafePositionReturnDate": "D",
+    "SafePositionReturnTime": "D",
 }
+
+#: Order of strictness used to resolve a combined code: the first part in this order wins.
+STRICTNESS: tuple[str, ...] = ("X", "Z", "D", "C", "U", "K")
+
+#: File-meta attributes that name the sending / receiving station (like the profile's
+#: Scheduled/Performed Station AE Title, which are X): removed from a de-identified file.
+_META_REMOVE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                "ReceivingApplicationEntityTitle", "SourcePresentationAddress",
+                "SendingPresentationAddress", "ReceivingPresentationAddress", "PrivateInformation",
+                "PrivateInformationCreatorUID")
+
+#: What :func:`deidentify_dataset` writes into De-identification Method (0012,0063) (LO, <= 64 chars).
+DEIDENTIFICATION_METHOD = "PS3.15 E.1 Basic Profile; C=remove; keyed-hash UIDs (medrobust)"
+
+_DUMMY_TEXT = "ANONYMIZED"
+_DUMMY: dict[str, Any] = {
+    "AE": _DUMMY_TEXT, "AS": "000Y", "CS": _DUMMY_TEXT, "DA": "19000101", "DT": "19000101000000",
+    "TM": "000000", "DS": "0", "IS": "0", "LO": _DUMMY_TEXT, "LT": _DUMMY_TEXT, "PN": _DUMMY_TEXT,
+    "SH": _DUMMY_TEXT, "ST": _DUMMY_TEXT, "UC": _DUMMY_TEXT, "UT": _DUMMY_TEXT, "UR": "urn:anonymized",
+    "FL": 0.0, "FD": 0.0, "SS": 0, "US": 0, "SL": 0, "UL": 0, "SV": 0, "UV": 0, "AT": 0,
+    "OB": b"\0\0", "OW": b"\0\0", "OD": b"\0" * 8, "OF": b"\0" * 4, "OL": b"\0" * 4, "OV": b"\0" * 8,
+    "UN": b"\0\0",
+}
+
+
+def resolve_action(code: str) -> str:
+    """The single action applied for a (possibly combined) code: its strictest part.
+
+    Example:
+        >>> resolve_action("X/Z/D"), resolve_action("Z/D"), resolve_action("X/Z/U*"), resolve_action("U")
+        ('X', 'Z', 'X', 'U')
+    """
+    parts = [p.strip().rstrip("*") for p in code.split("/")]
+    unknown = [p for p in parts if p not in STRICTNESS]
+    if unknown:
+        raise ValueError(f"unknown Annex E action code {code!r}; allowed parts: {list(STRICTNESS)}")
+    return min(parts, key=STRICTNESS.index)
 
 
 def _uid_pseudonym(key: bytes, uid: str) -> str:
@@ -79,18 +617,156 @@ def _uid_pseudonym(key: bytes, uid: str) -> str:
     return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
-def deidentify_facts(facts: dict[str, str], key: bytes) -> dict[str, str]:
-    """Apply the basic profile to header attributes we keep (keyword -> value).
+def _is_registered_uid(value: str) -> bool:
+    """A UID defined by the standard (SOP classes, transfer syntaxes, coding schemes...)."""
+    from pydicom.uid import UID_dictionary
 
-    X, Z and D drop the value (an empty or dummy value carries no information worth keeping),
-    U replaces a UID with a keyed-hash UID, K and C keep it. Attributes not in the profile are
-    kept: the caller only passes technical attributes from an explicit allow-list.
+    return value in UID_dictionary
+
+
+def _vr_of(keyword: str) -> str | None:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else dictionary_VR(tag)
+
+
+def deidentify_facts(facts: dict[str, str], key: bytes) -> dict[str, str]:
+    """Apply the basic profile to header attributes kept for the manifest (keyword -> value).
+
+    The code of each keyword comes from :data:`ANNEX_E_BASIC`, resolved to its strictest part
+    (:func:`resolve_action`): X, Z, D and C drop the attribute (an empty or dummy value carries no
+    information worth a column), U replaces the UID with a keyed-hash UID, K keeps it. Attributes
+    the profile does not list are kept (the caller passes technical attributes from an explicit
+    allow-list), except UIDs that are not registered DICOM UIDs: those are replaced like U.
     """
     out: dict[str, str] = {}
-    for tag, value in facts.items():
-        action = ANNEX_E_BASIC.get(tag, "K")
-        if action in ("K", "C"):
-            out[tag] = value
+    for keyword, value in facts.items():
+        code = ANNEX_E_BASIC.get(keyword)
+        action = resolve_action(code) if code else "K"
+        if action == "K" and _vr_of(keyword) == "UI" and value and not _is_registered_uid(value):
+            action = "U"
+        if action == "K":
+            out[keyword] = value
         elif action == "U":
-            out[tag] = _uid_pseudonym(key, value)
+            out[keyword] = _uid_pseudonym(key, value)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# whole data sets
+# ----------------------------------------------------------------------------------------------
+def _is_curve(tag: BaseTag) -> bool:
+    return 0x5000 <= tag.group <= 0x501E and tag.group % 2 == 0
+
+
+def _is_overlay(tag: BaseTag) -> bool:
+    return 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0
+
+
+def _replace_uids(elem: DataElement, key: bytes) -> None:
+    values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+    new = [_uid_pseudonym(key, str(v).strip("\0 ")) for v in values if v not in (None, "")]
+    elem.value = new if len(new) > 1 else (new[0] if new else None)
+
+
+def _dummy(elem: DataElement, key: bytes) -> None:
+    if elem.VR == "SQ":
+        elem.value = [Dataset()]  # one empty item: "a non-zero length value" for a sequence
+    elif elem.VR == "UI":
+        if elem.value:
+            _replace_uids(elem, key)
+        else:
+            elem.value = _uid_pseudonym(key, "dummy")
+    else:
+        elem.value = _DUMMY.get(elem.VR, _DUMMY_TEXT)
+
+
+def _clean(ds: Dataset, key: bytes, stats: Counter[str]) -> None:
+    """Apply the profile to ``ds`` in place, recursing into sequence items."""
+    ds.remove_private_tags()
+    overlay_groups = {t.group for t in ds.keys() if _is_overlay(t) and t.element in (0x3000, 0x4000)}
+    for tag in list(ds.keys()):
+        if _is_curve(tag) or tag.group in overlay_groups:
+            del ds[tag]
+            stats["X"] += 1
+            continue
+        elem = ds[tag]
+        keyword = elem.keyword
+        if not keyword and tag.element != 0x0000:
+            del ds[tag]  # a public tag pydicom does not know: its meaning, and risk, are unknown
+            stats["unknown"] += 1
+            continue
+        code = ANNEX_E_BASIC.get(keyword)
+        action = resolve_action(code) if code else "K"
+        if action == "K" and elem.VR == "UI" and elem.value and not all(
+            _is_registered_uid(str(v)) for v in (elem.value if isinstance(elem.value, MultiValue) else [elem.value])
+        ):
+            action = "U"  # an instance UID the table does not list (newer or module-specific)
+        stats[action] += 1
+        if action in ("X", "C"):
+            del ds[tag]
+        elif action == "Z":
+            elem.value = [] if elem.VR == "SQ" else None
+        elif action == "D":
+            _dummy(elem, key)
+        elif action == "U":
+            _replace_uids(elem, key)
+        elif elem.VR == "SQ":  # K: keep the sequence, clean its items
+            for item in elem.value:
+                _clean(item, key, stats)
+
+
+def deidentify_dataset(ds: Dataset, key: bytes) -> Dataset:
+    """A de-identified copy of ``ds`` under the Basic Application Level Confidentiality Profile.
+
+    Every attribute of :data:`ANNEX_E_BASIC` gets its (strictest) action: X removed, Z emptied,
+    D a dummy value of its VR (a sequence: one empty item), U a keyed-hash UID (:func:`_uid_pseudonym`,
+    the same input UID gives the same output under one key, so references between instances stay
+    linked), K kept, C removed. Sequences not listed are kept and their items cleaned the same way.
+    Private attributes, curves (50xx) and overlay groups (60xx) are removed, as are public tags
+    pydicom does not know and instance UIDs the table misses (replaced, U). The file meta's Media
+    Storage SOP Instance UID gets the same replacement as SOP Instance UID; station AE titles in the
+    file meta are removed and the 128-byte preamble is zeroed. Pixel data is not touched (burned-in
+    text is not detected). Finally Patient Identity Removed = YES, De-identification Method,
+    De-identification Method Code Sequence (DCM 113100) and Longitudinal Temporal Information
+    Modified = REMOVED are set.
+
+    Args:
+        ds: the data set (not modified).
+        key: the pseudonymisation key (:func:`load_key`).
+
+    Returns:
+        The de-identified copy.
+
+    Example:
+        >>> out = deidentify_dataset(pydicom.dcmread(path), load_key())  # doctest: +SKIP
+        >>> out.PatientIdentityRemoved  # doctest: +SKIP
+        'YES'
+    """
+    out = copy.deepcopy(ds)
+    stats: Counter[str] = Counter()
+    _clean(out, key, stats)
+    meta = getattr(out, "file_meta", None)
+    if meta is not None:
+        for keyword in _META_REMOVE:
+            if keyword in meta:
+                delattr(meta, keyword)
+        if meta.get("MediaStorageSOPInstanceUID"):
+            meta.MediaStorageSOPInstanceUID = _uid_pseudonym(key, str(meta.MediaStorageSOPInstanceUID))
+    if getattr(out, "preamble", None):
+        out.preamble = b"\0" * 128
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    code = Dataset()
+    code.CodeValue = "113100"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    out.DeidentificationMethodCodeSequence = [code]
+    out.LongitudinalTemporalInformationModified = "REMOVED"
+    log.debug("de-identified a data set: %s", dict(stats))
+    return out
+
+
+__all__ = ["ANNEX_E_BASIC", "DEIDENTIFICATION_METHOD", "STRICTNESS", "deidentify_dataset", "deidentify_facts",
+           "load_key", "pseudonym", "resolve_action"]

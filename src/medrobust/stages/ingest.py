@@ -167,11 +167,11 @@ def _resolve(item: Item, source: Source, pixels: np.ndarray, header: dict[str, s
              facts: dict[str, str]) -> _Decoded:
     group = header.get("PatientID") or item.group or ""
     if not group:
-        raise Rejected(
-            "missing_patient_id",
-            "PatientID is empty; add it (DICOM) or a patient_id column (labels CSV) — a patient-level "
-            "split needs it" if item.kind != "array" else "the source gives no group for this item",
-        )
+        raise Rejected("missing_patient_id", {
+            "dicom": "PatientID is empty; add it or drop the file (a patient-level split needs it)",
+            "image": "no patient_id for this image: add it to the labels CSV's patient_id column (or a "
+                     "groups_csv row); a patient-level split needs it",
+        }.get(item.kind, "the source gives no group for this item"))
     uid = header.get("SOPInstanceUID") or item.uid or ""
     if not uid:
         raise Rejected("missing_instance_uid", "the item has no unique id")

@@ -66,6 +66,7 @@ class DicomFolderSource(LabelledSource):
     def __init__(self, params: Any, dicom_dir: str | Path | None = None, labels_csv: str | Path | None = None,
                  **_: Any) -> None:
         cfg = params.data
+        self.name = cfg.source if cfg.source in ("synthetic", "dicom_folder") else "dicom_folder"
         self.root = Path(dicom_dir or cfg.dicom_dir)
         if not self.root.is_dir():
             raise SourceError(f"DICOM folder not found: {self.root} (set data.dicom_dir in params.yaml)")
