@@ -47,3 +47,26 @@ def test_bench_methods_trains_and_attacks_each_method(pipeline_run):
         assert r["model"]["backbone"] == "small_cnn" and r["train_seconds"] > 0
     md = to_markdown(report, "medrobust bench methods")
     assert "| pgd_at |" in md and "PGD-20" in md
+
+
+def test_bench_ingest_times_both_paths_on_the_same_files():
+    from dataclasses import replace
+
+    from medrobust.bench_ingest import bench_ingest, to_markdown
+    from medrobust.stages import ingest
+
+    params = tiny_params()
+    params = replace(params, data=replace(params.data, workers=2))
+    old = ingest.POOL_MIN_ITEMS
+    ingest.POOL_MIN_ITEMS = 16  # exercise the worker pool on a small run
+    try:
+        report = bench_ingest(params, n_files=60, repeats=1, stage=True)
+    finally:
+        ingest.POOL_MIN_ITEMS = old
+    assert report["n_files"] == 60 and report["ingested"] == 60 and report["workers"] == 2
+    for key in ("bare_pydicom_files_per_s", "medrobust_files_per_s", "medrobust_one_process_files_per_s",
+                "stage_files_per_s"):
+        assert report[key] > 0, key
+    assert report["ratio"] == pytest.approx(report["medrobust_files_per_s"] / report["bare_pydicom_files_per_s"])
+    md = to_markdown(report, "medrobust bench ingest --n-files 60")
+    assert f"**{report['ratio']:.2f}**" in md and "2 decode workers" in md

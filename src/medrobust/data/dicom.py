@@ -42,8 +42,7 @@ MIN_SIDE = 8
 
 #: Header keys read for lookups (label tables, grouping, de-duplication). They identify people
 #: or objects: they are used inside ingest and never written anywhere.
-LOOKUP_KEYS = ("PatientID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "ImageLaterality",
-               "Laterality", "AccessionNumber")
+LOOKUP_KEYS = ("PatientID", "SOPInstanceUID", "ImageLaterality", "Laterality")
 
 #: Non-identifying technical attributes kept in the manifest. Each passes the PS3.15 Annex E basic
 #: profile filter in :mod:`medrobust.data.deid` before it is written.
@@ -92,18 +91,30 @@ class DecodedImage:
 
 
 def _window_linear(x: np.ndarray, center: float, width: float, exact: bool) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 on ``x`` in place (float32), output in [0, 1]."""
     if exact:
-        lo, hi = center - width / 2.0, center + width / 2.0
-        return np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    if width < 1:
-        raise Rejected("invalid_values", f"WindowWidth {width} < 1 is not allowed (PS3.3 C.11.2.1.2)")
-    y = ((x - (center - 0.5)) / (width - 1.0) + 0.5) if width > 1 else (x > center - 0.5).astype(float)
-    return np.clip(y, 0.0, 1.0)
+        lo = center - width / 2.0
+        x -= lo
+        x *= 1.0 / max(width, 1e-12)
+    else:
+        if width < 1:
+            raise Rejected("invalid_values", f"WindowWidth {width} < 1 is not allowed (PS3.3 C.11.2.1.2)")
+        if width == 1:
+            return (x > center - 0.5).astype(np.float32)
+        x -= center - 0.5
+        x *= 1.0 / (width - 1.0)
+        x += 0.5
+    return np.clip(x, 0.0, 1.0, out=x)
 
 
 def _short_element(ds: pydicom.Dataset) -> str | None:
-    """The first element whose value holds fewer bytes than its header declares (a cut-off file)."""
-    for tag in ds.keys():
+    """The element whose value holds fewer bytes than its header declares (a cut-off file).
+
+    A file cut off mid-header makes ``dcmread`` fail; one cut off later leaves the *last* element
+    read short (pydicom stops at the end of the data), so only the last element needs checking.
+    """
+    keys = list(ds.keys())
+    for tag in keys[-1:]:
         raw = ds.get_item(tag)
         length = getattr(raw, "length", None)
         value = getattr(raw, "value", None)
@@ -119,10 +130,19 @@ def _first(value: object) -> float:
 
 
 def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
-    """Stored pixel values -> display values in [0, 1] (modality LUT, VOI, MONOCHROME1)."""
+    """Stored pixel values -> display values in [0, 1] (modality LUT, VOI, MONOCHROME1).
+
+    Works in float32, in place: 24 bits of mantissa hold any 16-bit stored value exactly, and the
+    result only needs [0, 1] precision. NaN/inf (from a broken rescale or float pixel data) are
+    caught through the min/max every image needs anyway.
+    """
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    x = stored.astype(np.float64) * slope + intercept
+    x = stored.astype(np.float32)
+    if slope != 1.0:
+        x *= slope
+    if intercept != 0.0:
+        x += intercept
     if "WindowCenter" in ds and "WindowWidth" in ds:
         func = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
         center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
@@ -132,7 +152,7 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
             if width <= 0:
                 raise Rejected("invalid_values", f"WindowWidth {width} <= 0 with a SIGMOID VOI LUT function")
             with np.errstate(over="ignore"):
-                y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+                y = (1.0 / (1.0 + np.exp(-4.0 * (x.astype(np.float64) - center) / width))).astype(np.float32)
         elif func in ("LINEAR", "LINEAR_EXACT"):
             y = _window_linear(x, center, width, func == "LINEAR_EXACT")
         else:
@@ -142,16 +162,16 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     elif "VOILUTSequence" in ds:
         lut = pydicom.pixels.apply_voi_lut(stored, ds)  # handles the LUT descriptor itself
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        y = np.clip(lut.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
+        y = np.clip(lut.astype(np.float32) / float(2**bits - 1), 0.0, 1.0)
     else:
         lo, hi = float(np.min(x)), float(np.max(x))
         if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
             raise Rejected("invalid_values", "constant or non-finite image and no VOI window")
-        y = (x - lo) / (hi - lo)
-    if not np.all(np.isfinite(y)):
-        raise Rejected("invalid_values", "NaN or inf after rescale and windowing")
+        x -= lo
+        x *= 1.0 / (hi - lo)
+        y = x
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
-        y = 1.0 - y
+        np.subtract(1.0, y, out=y)
     return y
 
 
@@ -174,8 +194,8 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
         img = padded
     src = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
     resample = Image.Resampling.BOX if side >= size else Image.Resampling.BILINEAR
-    out = np.asarray(src.resize((size, size), resample=resample), dtype=np.float32)
-    return np.clip(out, 0.0, 1.0)
+    # both filters average inputs with non-negative weights summing to 1: [0, 1] stays [0, 1]
+    return np.asarray(src.resize((size, size), resample=resample), dtype=np.float32)
 
 
 def _read(data: bytes | str | Path) -> pydicom.Dataset:
@@ -305,7 +325,10 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
         display = np.clip(display, 0.0, 1.0)
     else:
         display = to_display(ds, stored)
-    if float(display.max() - display.min()) <= 0.0:
+    lo, hi = float(display.min()), float(display.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise Rejected("invalid_values", "NaN or inf after rescale and windowing")
+    if hi - lo <= 0.0:
         raise Rejected("invalid_values", "constant image after windowing")
     facts = {}
     for k in KEPT_TAGS:
