@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -56,3 +57,23 @@ def test_the_scan_would_find_an_identifier(pipeline_run, tmp_path):
     leaked = tmp_path / "leak.csv"
     leaked.write_text(f"id\n{sorted(n for n in needles if n.startswith('MRN'))[0]}\n")
     assert _hits(leaked.read_bytes(), needles)
+
+
+def test_medrobust_audit_finds_nothing_in_a_whole_pipeline_run(pipeline_run, tmp_path):
+    """The `medrobust audit` scanner over every stage output, the MLflow database and its artifacts."""
+    from typer.testing import CliRunner
+
+    from medrobust.cli import app
+    from tests.support.phi import assert_no_phi
+
+    db = Path(pipeline_run.tracking_uri.removeprefix("sqlite:///"))
+    outputs = [pipeline_run.dataset, pipeline_run.advgen, pipeline_run.model, pipeline_run.evaluation,
+               pipeline_run.decision, pipeline_run.root / "mlartifacts", db]
+    scanned = assert_no_phi([pipeline_run.raw / "dicom"], outputs, min_identifiers=100)
+    assert scanned > 20
+    report = tmp_path / "audit.json"
+    args = ["audit", "--source", str(pipeline_run.raw / "dicom"), "--report", str(report), *map(str, outputs)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    audit = json.loads(report.read_text())
+    assert audit["findings"] == [] and audit["files_scanned"] == scanned
