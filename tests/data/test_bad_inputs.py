@@ -213,3 +213,20 @@ def test_nothing_is_lost_and_the_pool_agrees(corpus):
         np.testing.assert_array_equal(np.load(shard), np.load(root / "pool" / "shards" / shard.name))
     # the quarantine records the hash of each bad file so it can be found without a path
     assert file_rows["source_sha256"].str.len().eq(64).all()
+
+
+def test_split_and_order_do_not_depend_on_the_pseudonymisation_key(tmp_path, monkeypatch):
+    """Same params, another key: other pseudonyms, but the same split and the same shards."""
+    params = tiny_params()
+    generate_tree(tmp_path / "src", params.data.synthetic)
+    outs = {}
+    for name, key in (("a", "first-key-0123456789abcdef"), ("b", "second-key-0123456789abcdef")):
+        monkeypatch.setenv("MEDROBUST_PSEUDONYM_KEY", key)
+        ingest.run(params, tmp_path / name, tmp_path / "src" / "dicom", tmp_path / "src" / "labels.csv")
+        outs[name] = pd.read_csv(tmp_path / name / "manifest.csv")
+    a, b = outs["a"], outs["b"]
+    assert not set(a["image_id"]) & set(b["image_id"])  # the key matters for the pseudonyms...
+    for col in ("split", "label", "source_sha256", "shard", "shard_index"):
+        assert a[col].tolist() == b[col].tolist(), col  # ...and for nothing else
+    for shard in sorted((tmp_path / "a" / "shards").glob("*.npy")):
+        np.testing.assert_array_equal(np.load(shard), np.load(tmp_path / "b" / "shards" / shard.name))

@@ -8,7 +8,7 @@ from medrobust.config import SplitConfig
 
 
 def split_patients(patients: list[str], cfg: SplitConfig, seed: int) -> dict[str, str]:
-    """Assign each (pseudonymous) patient to ``train``, ``val`` or ``test``.
+    """Assign each patient (its source ID, in memory only) to ``train``, ``val`` or ``test``.
 
     The order is a seeded permutation of the sorted patient list, so the assignment depends on the
     seed and the set of patients only, not on file order. Each non-empty fraction gets at least one

@@ -2,7 +2,9 @@
 
 Sources (:mod:`medrobust.data.sources`) only find images; everything else happens here, the same
 way for every source, so a PACS, a bucket and a folder holding the same DICOM files give the same
-dataset (records are ordered by their pseudonymous image id, not by arrival order).
+dataset (records are ordered by their SOPInstanceUID or source id, not by arrival order; the order and
+the patient split never depend on the pseudonymisation key, so the same params give the same
+metrics on every machine).
 
 Outputs (in ``out_dir``, written atomically):
 
@@ -238,6 +240,10 @@ def _finish(item: Item, src: Source, state: _State, digest: str,
         "image_id": image_id,
         "patient_id": pseudonym(state.key, "patient", dec.group),
         "source_split": item.split or "",
+        # internal, dropped before anything is written: order and split must not depend on the
+        # pseudonymisation key, or the same params would give other metrics on another machine
+        "_order": dec.uid,
+        "_group": dec.group,
         "label": dec.label,
         "label_index": classes.index(dec.label),
         "height": int(dec.pixels.shape[-2]) if dec.pixels.ndim >= 2 else 1,
@@ -413,17 +419,17 @@ def run(
 
     manifest = pd.DataFrame.from_records(records)
     if manifest.empty:
-        manifest = pd.DataFrame(columns=[*BASE_COLUMNS, "source_split"])
-    manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+        manifest = pd.DataFrame(columns=[*BASE_COLUMNS, "source_split", "_order", "_group"])
+    manifest = manifest.sort_values("_order", kind="stable").reset_index(drop=True)
     official = manifest["source_split"].isin(SPLITS)
     if cfg.use_source_splits and len(manifest) and bool(official.all()):
         manifest["split"] = manifest["source_split"]
         split_note = "the source's official splits"
     else:
-        assignment = split_patients(manifest["patient_id"].tolist(), cfg.split, params.seed)
-        manifest["split"] = manifest["patient_id"].map(assignment)
+        assignment = split_patients(manifest["_group"].tolist(), cfg.split, params.seed)
+        manifest["split"] = manifest["_group"].map(assignment)
         split_note = "patient-level split from data.split"
-    manifest = manifest.drop(columns=["source_split"])
+    manifest = manifest.drop(columns=["source_split", "_order", "_group"])
     for col in BASE_COLUMNS:
         if col not in manifest.columns:
             manifest[col] = ""
