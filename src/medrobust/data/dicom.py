@@ -318,7 +318,10 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
     if stored.shape != expected:
         raise Rejected("unsupported_dimensions", f"decoded shape {stored.shape}, expected {expected}")
     if stored.ndim == 3:  # colour: pydicom returns RGB (YBR converted)
-        bits = 16 if photometric == "PALETTE COLOR" else int(getattr(ds, "BitsStored", 8) or 8)
+        if photometric == "PALETTE COLOR":  # the LUT's own bit depth (descriptor's third value)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        else:
+            bits = int(getattr(ds, "BitsStored", 8) or 8)
         display = _luma(stored.astype(np.float64), bits)
         if not np.all(np.isfinite(display)) or float(display.max() - display.min()) <= 0.0:
             raise Rejected("invalid_values", "constant or non-finite colour image")
