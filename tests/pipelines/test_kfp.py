@@ -45,6 +45,10 @@ def test_compiled_spec_is_strictly_valid(fresh):
     for name in ("advgen", "train", "evaluate"):
         assert k8s[f"exec-{name}"]["nodeSelector"]["labels"] == {"medrobust.io/node-pool": "gpu"}
         assert k8s[f"exec-{name}"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # ingest's source credentials and the pseudonymisation key come from an optional secret, never params
+    data_env = {e["envVar"]: e["secretKey"] for e in k8s["exec-ingest"]["secretAsEnv"][0]["keyToEnv"]}
+    assert k8s["exec-ingest"]["secretAsEnv"][0]["secretName"] == "medrobust-data"
+    assert {"MEDROBUST_PACS_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MEDROBUST_PSEUDONYM_KEY"} <= set(data_env)
     assert tasks["train"].retry_policy.max_retry_count == 2
     assert tasks["train"].caching_options.enable_cache
 

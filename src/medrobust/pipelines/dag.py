@@ -7,7 +7,8 @@
 * advgen, train and evaluate ask for one NVIDIA GPU on the GPU node pool (accelerator type and
   limit, a node selector and a toleration through kfp-kubernetes).
 * Deterministic stages are cached and retried; register is never cached (it has side effects).
-* MLflow's address and credentials come from the optional Kubernetes secret ``medrobust-mlflow``.
+* MLflow's address and credentials come from the optional Kubernetes secret ``medrobust-mlflow``;
+  ingest's source credentials (PACS, S3) and the pseudonymisation key from ``medrobust-data``.
 
 The pipeline takes params.yaml (as one line of JSON) as its one parameter (defaulting to the repository's
 file at compile time), so it reads exactly the keys DVC reads.
@@ -31,6 +32,15 @@ MLFLOW_ENV = {
     "aws_access_key_id": "AWS_ACCESS_KEY_ID",
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
 }
+DATA_SECRET = "medrobust-data"  # the ingest source's credentials (PACS, S3) and the pseudonymisation key
+DATA_ENV = {
+    "pacs_user": "MEDROBUST_PACS_USER",
+    "pacs_password": "MEDROBUST_PACS_PASSWORD",
+    "pacs_token": "MEDROBUST_PACS_TOKEN",
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "pseudonym_key": "MEDROBUST_PSEUDONYM_KEY",
+}
 DEFAULT_PARAMS = Path(__file__).resolve().parents[3] / "params.yaml"
 
 
@@ -47,6 +57,11 @@ def _mlflow(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def _data_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    kubernetes.use_secret_as_env(task, secret_name=DATA_SECRET, secret_key_to_env=DATA_ENV, optional=True)
+    return task
+
+
 def _cached(task: dsl.PipelineTask, retries: int = 2) -> dsl.PipelineTask:
     task.set_caching_options(True)
     task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
@@ -59,7 +74,7 @@ def build_pipeline(default_params_yaml: str):
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, attack, gate and register a robust medical-image classifier.")
     def medrobust_pipeline(params_yaml: str = default_params_yaml):
         raw = _cached(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"))
-        ing = _cached(c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"]))
+        ing = _data_secrets(_cached(c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])))
         adv = _gpu(_cached(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"])))
         trn = _mlflow(_gpu(_cached(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]))))
         ev = _mlflow(_gpu(_cached(c.evaluate(
