@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medrobust.data.dicom import DicomRejected, decode_dicom, resize_square
+from medrobust.data.dicom import decode_dicom, resize_square
+from medrobust.data.sources.base import Rejected
 from medrobust.data.synthetic import SyntheticPatient, make_dataset
 
 PATIENT = SyntheticPatient("MRN0000001", "Test^Alice^P0000", "19700101")
@@ -28,8 +29,8 @@ def test_round_trip_recovers_intensities(tmp_path, mono1, bits, slope, intercept
     path = tmp_path / "x.dcm"
     ds.save_as(path, enforce_file_format=True)
     out = decode_dicom(path, size=32)
-    assert out.photometric == ("MONOCHROME1" if mono1 else "MONOCHROME2")
-    assert out.bits_stored == bits
+    assert out.facts["PhotometricInterpretation"] == ("MONOCHROME1" if mono1 else "MONOCHROME2")
+    assert int(out.facts["BitsStored"]) == bits
     # quantisation to BitsStored is the only loss: one stored step in display units
     tol = 1.5 / (2**bits - 1) + 1e-6
     np.testing.assert_allclose(out.pixels, img, atol=tol)
@@ -81,6 +82,6 @@ def test_resize_pads_to_square_with_background():
 def test_non_dicom_is_rejected_with_reason(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not an image")
-    with pytest.raises(DicomRejected) as err:
+    with pytest.raises(Rejected) as err:
         decode_dicom(path, 32)
     assert err.value.reason == "not_dicom"

@@ -36,8 +36,6 @@ from medrobust.data.sources.base import REASONS, Rejected
 
 log = logging.getLogger(__name__)
 
-DicomRejected = Rejected  # the name earlier versions used
-
 MIN_SIDE = 8
 
 #: Header keys read for lookups (label tables, grouping, de-duplication). They identify people
@@ -59,35 +57,6 @@ class DecodedImage:
     pixels: np.ndarray  # float32, (size, size), in [0, 1]
     header: dict[str, str] = field(default_factory=dict)  # LOOKUP_KEYS present in the object
     facts: dict[str, str] = field(default_factory=dict)   # KEPT_TAGS, raw (de-identified by ingest)
-
-    # the names earlier versions used
-    @property
-    def patient_id(self) -> str:
-        return self.header.get("PatientID", "")
-
-    @property
-    def sop_instance_uid(self) -> str:
-        return self.header.get("SOPInstanceUID", "")
-
-    @property
-    def modality(self) -> str:
-        return self.facts.get("Modality", "")
-
-    @property
-    def photometric(self) -> str:
-        return self.facts.get("PhotometricInterpretation", "")
-
-    @property
-    def bits_stored(self) -> int:
-        return int(self.facts.get("BitsStored") or 0)
-
-    @property
-    def rows(self) -> int:
-        return int(self.facts.get("Rows") or 0)
-
-    @property
-    def columns(self) -> int:
-        return int(self.facts.get("Columns") or 0)
 
 
 def _window_linear(x: np.ndarray, center: float, width: float, exact: bool) -> np.ndarray:

@@ -148,36 +148,28 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
     return pixels, {}, {}
 
 
-def decode_item(item: Item, source: Source, params: Params, raw: bytes | None) -> _Decoded:
-    """Decode one item and resolve its group, unique id and label. Raises :class:`Rejected`."""
-    cfg = params.data
-    pixels, header, facts = decode_pixels(item.kind, raw, item.array, item.resize, cfg.image_size, cfg.dicom)
-    return resolve_item(item, source, pixels, header, facts)
-
-
 def resolve_item(item: Item, source: Source, pixels: np.ndarray, header: dict[str, str],
                  facts: dict[str, str]) -> _Decoded:
-    """Group, unique id and label of a decoded item (main process: label tables live here)."""
+    """Group, unique id and label of a decoded item (main process: label tables live here).
+
+    Raises:
+        Rejected: carrying the item's SOPInstanceUID, so its label row is not reported missing too.
+    """
     try:
-        return _resolve(item, source, pixels, header, facts)
+        group = header.get("PatientID") or item.group or ""
+        if not group:
+            raise Rejected("missing_patient_id", {
+                "dicom": "PatientID is empty; add it or drop the file (a patient-level split needs it)",
+                "image": "no patient_id for this image: add it to the labels CSV's patient_id column (or a "
+                         "groups_csv row); a patient-level split needs it",
+            }.get(item.kind, "the source gives no group for this item"))
+        uid = header.get("SOPInstanceUID") or item.uid or ""
+        if not uid:
+            raise Rejected("missing_instance_uid", "the item has no unique id")
+        label = source.label(item, header)
     except Rejected as rej:
         rej.uid = rej.uid or header.get("SOPInstanceUID")
         raise
-
-
-def _resolve(item: Item, source: Source, pixels: np.ndarray, header: dict[str, str],
-             facts: dict[str, str]) -> _Decoded:
-    group = header.get("PatientID") or item.group or ""
-    if not group:
-        raise Rejected("missing_patient_id", {
-            "dicom": "PatientID is empty; add it or drop the file (a patient-level split needs it)",
-            "image": "no patient_id for this image: add it to the labels CSV's patient_id column (or a "
-                     "groups_csv row); a patient-level split needs it",
-        }.get(item.kind, "the source gives no group for this item"))
-    uid = header.get("SOPInstanceUID") or item.uid or ""
-    if not uid:
-        raise Rejected("missing_instance_uid", "the item has no unique id")
-    label = source.label(item, header)
     return _Decoded(pixels=pixels, group=group, uid=uid, label=label, facts=facts)
 
 
@@ -195,7 +187,7 @@ class _State:
     excluded: Counter[str] = field(default_factory=Counter)
 
 
-def _read_item(item: Item, state: _State) -> tuple[bytes | None, str]:
+def _read_item(item: Item) -> tuple[bytes | None, str]:
     """(raw bytes, SHA-256) of an item."""
     raw = item.read() if item.read is not None else None
     if raw is not None:
@@ -264,7 +256,7 @@ def process_item(item: Item, src: Source, params: Params, state: _State) -> None
     """Read, hash, decode, de-duplicate, label and de-identify one item into ``state`` (or quarantine it)."""
     digest = ""
     try:
-        raw, digest = _read_item(item, state)
+        raw, digest = _read_item(item)
         decoded = decode_pixels(item.kind, raw, item.array, item.resize, params.data.image_size, params.data.dicom)
     except Rejected as rej:
         _quarantine(item, src, state, rej, digest)
@@ -340,7 +332,7 @@ def process_items(items: Iterable[Item], src: Source, params: Params, state: _St
                 if item.read is not None:
                     raw, digest = item.read(), ""
                 else:
-                    raw, digest = _read_item(item, state)
+                    raw, digest = _read_item(item)
             except Rejected as rej:  # keep item order: everything before it first
                 submit()
                 drain(0)
@@ -501,4 +493,4 @@ def _raise_validation(report: ValidationReport, rejected: Path) -> None:
     )
 
 
-__all__ = ["IngestError", "IngestResult", "IngestValidationError", "REASONS", "decode_item", "run"]
+__all__ = ["IngestError", "IngestResult", "IngestValidationError", "REASONS", "decode_pixels", "process_items", "run"]
