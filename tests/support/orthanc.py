@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,8 @@ def orthanc_binary() -> str:
     found = shutil.which("Orthanc") or (ORTHANC_BIN if os.access(ORTHANC_BIN, os.X_OK) else None)
     if found:
         return found
-    msg = (f"Orthanc is not installed ({ORTHANC_BIN} not found): run `make system-deps` "
-           f"(apt-get install orthanc orthanc-dicomweb), or set {SKIP_ENV}=1 to skip the PACS tests")
-    if os.environ.get(SKIP_ENV) == "1":
-        pytest.skip(msg)
-    pytest.fail(msg, pytrace=False)
+    _missing(f"Orthanc is not installed ({ORTHANC_BIN} not found): run `make system-deps` "
+             f"(apt-get install orthanc orthanc-dicomweb), or set {SKIP_ENV}=1 to skip the PACS tests")
 
 
 def dicomweb_plugin() -> str:
@@ -82,8 +80,12 @@ def dicomweb_plugin() -> str:
     for path in candidates:
         if Path(path).exists():
             return path
-    msg = (f"the Orthanc DICOMweb plugin ({PLUGIN_NAME}) is not installed: run `make system-deps` "
-           f"(apt-get install orthanc-dicomweb), or set {SKIP_ENV}=1 to skip the PACS tests")
+    _missing(f"the Orthanc DICOMweb plugin ({PLUGIN_NAME}) is not installed: run `make system-deps` "
+             f"(apt-get install orthanc-dicomweb), or set {SKIP_ENV}=1 to skip the PACS tests")
+
+
+def _missing(msg: str) -> NoReturn:
+    """A missing system package fails the test run, unless the PACS tests are skipped on purpose."""
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(msg)
     pytest.fail(msg, pytrace=False)

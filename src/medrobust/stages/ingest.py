@@ -281,8 +281,8 @@ def process_items(items: Iterable[Item], src: Source, params: Params, state: _St
                   workers: int) -> int:
     """All items through :func:`process_item`; with ``workers > 1`` decoding runs in a process pool.
 
-    The main process reads (network/disk), hashes, labels and records, in item order, so the
-    result is identical with and without the pool; at most ``2 * workers`` chunks of
+    The main process reads (network/disk), labels and records, in item order; workers hash and
+    decode the bytes. So the result is identical with and without the pool; at most ``2 * workers`` chunks of
     :data:`POOL_CHUNK` raw items are in flight, so memory stays bounded however large the source.
     Returns the number of items.
     """

@@ -31,11 +31,11 @@ from typing import Any
 import pandas as pd
 
 from medrobust.data.sources.base import Item, QuarantineRow, Rejected, Source, SourceError
+from medrobust.data.sources.folder import SKIP_NAMES
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("ID1", "LeftRight", "classification")
-SKIP_NAMES = {"DICOMDIR"}
 
 
 def read_table(path: Path) -> pd.DataFrame:
