@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from medrobust.config import Params, parse_params
+from medrobust.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,14 @@ def tiny_raw(**overrides: Any) -> dict[str, Any]:
 
 def tiny_params(**overrides: Any) -> Params:
     return parse_params(tiny_raw(**overrides))
+
+
+def build_from_params(params: Params, method: str, split: Any, device: str = "cpu") -> Any:
+    """``medrobust.training.build_method`` with everything taken from ``params`` (as the train stage does)."""
+    from medrobust.training import build_method
+
+    return build_method(params.train, method, split, len(params.data.classes), params.data.image_size,
+                        seed=params.seed, device=device)
 
 
 def write_params(path: Path, raw: dict[str, Any]) -> Path:
@@ -129,16 +137,16 @@ def toy_task(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def trained():
     """(model, x_test, y_test): a standard small CNN with clean accuracy 1.0 and little robustness."""
-    from medrobust.config import OptimConfig
+    from medrobust.training import OptimConfig
     from medrobust.data.shards import ArraySplit
-    from medrobust.defenses import get_defense
+    from medrobust.defenses import get_method
     from medrobust.models import ModelSpec, build_model
     from medrobust.training import train_model
 
     x, y = toy_task()
     torch.manual_seed(0)
     model = build_model(ModelSpec("small_cnn", 2, width=8, image_size=16))
-    train_model(model, get_defense("standard"), ArraySplit(x[:192], y[:192], manifest=None), None, epochs=15,
+    train_model(model, get_method("standard"), ArraySplit(x[:192], y[:192], manifest=None), None, epochs=15,
                 batch_size=32, optim=OptimConfig(lr=3e-3), seed=0)
     model.eval()
     return model, x[192:], y[192:]

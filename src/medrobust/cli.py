@@ -1,14 +1,18 @@
-"""``medrobust <stage>``: parse arguments, read params.yaml, call ``stages.<stage>.run``. Nothing else.
+"""``medrobust <command>``: parse arguments, read params.yaml, call the library. Nothing else.
 
     medrobust synthesize            # default data: a synthetic DICOM tree
-    medrobust ingest                # DICOM folder + labels CSV -> validated shards
+    medrobust ingest                # any data.source -> validated, de-identified shards
     medrobust advgen                # surrogate + adversarial test sets
     medrobust train                 # the method named in params.yaml
     medrobust evaluate              # clean / white-box / transfer robustness, gates
     medrobust register              # MLflow registry, @champion if the gates pass
     medrobust audit --source DIR OUT...  # search outputs for the sources' patient identifiers
-    medrobust pipeline compile      # Kubeflow pipeline -> YAML
+    medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
+    medrobust pipeline compile      # Kubeflow pipeline + components -> YAML
     medrobust pipeline run-local    # the Kubeflow DAG with kfp.local's SubprocessRunner
+    medrobust bench <name>          # benchmarks: attacks, ingest, methods, train, two-moon
+
+Every path is relative to the current folder; ``--params`` names the params file.
 """
 
 from __future__ import annotations
@@ -20,31 +24,34 @@ from typing import Annotated
 
 import typer
 
-from medrobust import paths
-from medrobust.config import ConfigError, Params, load_params
-from medrobust.utils import setup_logging
+from medrobust.config import ConfigError
+from medrobust.params import Params, load_params
+from medrobust.utils import paths, setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Adversarially robust medical-image classifiers.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adversarially robust medical-image classifiers.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow Pipelines: compile and run the DAG.")
-app.add_typer(pipeline_app, name="pipeline")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured within one run.")
+params_app = typer.Typer(no_args_is_help=True, help="params.yaml: its JSON Schema.")
+app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
+app.add_typer(params_app, name="params")
 log = logging.getLogger("medrobust.cli")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
+PARAMS = Path("params.yaml")
 
 
 def _params(path: Path) -> Params:
     setup_logging()
-    for noisy in ("great_expectations", "alembic", "mlflow", "urllib3", "matplotlib", "kfp"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     return load_params(path)
 
 
+# --------------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------------
 @app.command()
-def synthesize(
-    params: ParamsOpt = Path("params.yaml"), out: Path = typer.Option(paths.RAW_SYNTHETIC, help="output folder")
-) -> None:
+def synthesize(params: ParamsOpt = PARAMS, out: Path = typer.Option(paths.RAW_SYNTHETIC, help="output folder")) -> None:
     """Write the embedded default dataset: a synthetic mammography-like DICOM tree + labels.csv."""
     from medrobust.stages import synthesize as stage
 
@@ -53,12 +60,12 @@ def synthesize(
 
 @app.command()
 def ingest(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     dicom_dir: Path = typer.Option(None, help="DICOM folder (default: data.dicom_dir)"),
     labels_csv: Path = typer.Option(None, help="labels CSV (default: data.labels_csv)"),
     out: Path = typer.Option(paths.INGESTED, help="output folder"),
 ) -> None:
-    """Decode, de-identify, split by patient, validate (Great Expectations) and shard a DICOM folder."""
+    """Decode, de-identify, split by patient, validate (Great Expectations) and shard data.source."""
     from medrobust.stages import ingest as stage
 
     stage.run(_params(params), out, dicom_dir, labels_csv)
@@ -66,7 +73,7 @@ def ingest(
 
 @app.command()
 def advgen(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
     out: Path = typer.Option(paths.ADVGEN, help="output folder"),
 ) -> None:
@@ -78,7 +85,7 @@ def advgen(
 
 @app.command()
 def train(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
     out: Path = typer.Option(paths.MODEL, help="output folder"),
 ) -> None:
@@ -90,13 +97,13 @@ def train(
 
 @app.command()
 def evaluate(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
     model: Path = typer.Option(paths.MODEL, help="train stage output"),
     advgen: Path = typer.Option(paths.ADVGEN, help="advgen stage output"),
     out: Path = typer.Option(paths.EVALUATION, help="output folder"),
 ) -> None:
-    """Clean, white-box and transfer robustness; metrics.json, plot, report."""
+    """Clean, white-box and transfer robustness and the gates; metrics.json, plots, report."""
     from medrobust.stages import evaluate as stage
 
     stage.run(_params(params), dataset, model, advgen, out)
@@ -104,7 +111,7 @@ def evaluate(
 
 @app.command()
 def register(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     model: Path = typer.Option(paths.MODEL, help="train stage output"),
     evaluation: Path = typer.Option(paths.EVALUATION, help="evaluate stage output"),
     out: Path = typer.Option(paths.DECISION, help="decision JSON"),
@@ -122,7 +129,7 @@ def audit(
     report: Path = typer.Option(None, help="also write the JSON report here (kinds and hashes, never values)"),
 ) -> None:
     """Search outputs for the sources' patient/instance identifiers; exit 1 if any is found."""
-    from medrobust.audit import audit as run_audit
+    from medrobust.data.audit import audit as run_audit
     from medrobust.utils import write_json
 
     setup_logging()
@@ -138,51 +145,75 @@ def audit(
         raise typer.Exit(1)
 
 
-@pipeline_app.command("compile")
-def pipeline_compile(
-    out: Path = typer.Option(paths.PIPELINE_YAML, help="compiled pipeline YAML"),
-) -> None:
-    """Compile the Kubeflow pipeline to YAML (the committed snapshot lives at pipelines/)."""
-    from medrobust.pipelines.dag import compile_pipeline
+@params_app.command("schema")
+def params_schema(out: Path = typer.Option(paths.PARAMS_SCHEMA, help="where to write the JSON Schema")) -> None:
+    """Write the JSON Schema of params.yaml (editors autocomplete and check params.yaml with it)."""
+    from medrobust.params import schema_text
 
     setup_logging()
-    compile_pipeline(out)
-    log.info("compiled pipeline -> %s", out)
+    out.write_text(schema_text())
+    log.info("params schema -> %s", out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Kubeflow
+# --------------------------------------------------------------------------------------------------
+@pipeline_app.command("compile")
+def pipeline_compile(
+    params: ParamsOpt = PARAMS,
+    out: Path = typer.Option(paths.PIPELINE_YAML, help="compiled pipeline YAML"),
+    components: Path = typer.Option(paths.COMPONENTS, help="folder for components/<stage>/component.yaml"),
+) -> None:
+    """Compile the Kubeflow pipeline for --params, and every stage's reusable component."""
+    from medrobust.pipelines.compile import compile_components, compile_pipeline
+
+    setup_logging()
+    compile_pipeline(out, params)
+    written = compile_components(components)
+    log.info("compiled pipeline -> %s; %d components -> %s", out, len(written), components)
 
 
 @pipeline_app.command("run-local")
 def pipeline_run_local(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     pipeline_root: Path = typer.Option(paths.KFP_LOCAL_ROOT, help="where kfp.local keeps artifacts"),
 ) -> None:
     """Run the whole DAG on this machine with kfp.local's SubprocessRunner."""
     from medrobust.pipelines.local import run_local
 
-    p = _params(params)
-    run_dir = run_local(p, params, pipeline_root)
+    run_dir = run_local(_params(params), params, pipeline_root)
     log.info("kfp.local run finished: artifacts in %s", run_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks
+# --------------------------------------------------------------------------------------------------
+def _methods(text: str) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] or None
 
 
 @bench_app.command("attacks")
 def bench_attacks(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     repeats: int = typer.Option(3, help="timed rounds per attack (median kept)"),
     n_images: int = typer.Option(64, help="batch size: the same batch for every attack"),
     dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (built if missing)"),
-    out: Path = typer.Option(None, help="also write the numbers as JSON"),
+    out: Path = typer.Option(None, help="also write <out>.json and <out>.md"),
 ) -> None:
     """Attack throughput vs torchattacks; robust evaluation with and without early stopping."""
-    from medrobust.bench import bench_attacks as run_bench
-    from medrobust.utils import write_json
+    from medrobust.bench import attacks as bench
+    from medrobust.bench.report import command_line, publish
 
-    report = run_bench(_params(params), repeats=repeats, dataset_dir=dataset, n_images=n_images)
+    report = bench.bench_attacks(_params(params), repeats=repeats, dataset_dir=dataset, n_images=n_images)
     if out is not None:
-        write_json(out, report)
+        command = command_line("attacks", {"repeats": repeats, "n_images": n_images, "out": out},
+                               {"repeats": 3, "n_images": 64})
+        publish(out, report, bench.to_markdown(report, command), command)
 
 
 @bench_app.command("train")
 def bench_train(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     methods: str = typer.Option("", help="comma-separated methods (default: all registered)"),
     n_batches: int = typer.Option(6, help="batches per timed epoch"),
     repeats: int = typer.Option(3, help="timed rounds (median kept)"),
@@ -190,62 +221,54 @@ def bench_train(
     out: Path = typer.Option(None, help="also write <out>.json and <out>.md (e.g. benchmarks/train_cost)"),
 ) -> None:
     """Epoch time of every training method as a ratio to standard training, in one run."""
-    from medrobust.bench_train import bench_train as run_bench
-    from medrobust.bench_train import to_markdown
-    from medrobust.utils import write_json
+    from medrobust.bench import train_cost as bench
+    from medrobust.bench.report import command_line, publish
 
-    names = [m.strip() for m in methods.split(",") if m.strip()] or None
-    report = run_bench(_params(params), methods=names, n_batches=n_batches, repeats=repeats, threads=threads or None)
+    report = bench.bench_train(_params(params), methods=_methods(methods), n_batches=n_batches, repeats=repeats,
+                               threads=threads or None)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out.with_suffix(".json"), report)
-        command = "medrobust bench train" + (f" --methods {methods}" if methods else "") + (
-            f" --n-batches {n_batches}" if n_batches != 6 else "") + (f" --repeats {repeats}" if repeats != 3 else "")
-        out.with_suffix(".md").write_text(to_markdown(report, command + f" --out {out}"))
+        command = command_line("train", {"methods": methods, "n_batches": n_batches, "repeats": repeats,
+                                         "threads": threads, "out": out}, {"n_batches": 6, "repeats": 3, "threads": 0})
+        publish(out, report, bench.to_markdown(report, command), command)
 
 
 @bench_app.command("methods")
 def bench_methods(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = PARAMS,
     methods: str = typer.Option("", help="comma-separated methods (default: all registered)"),
     epochs: int = typer.Option(0, help="epochs per method (0: train.epochs)"),
     dataset: Path = typer.Option(paths.INGESTED, help="ingested default dataset (built if missing)"),
     out: Path = typer.Option(Path("benchmarks/methods"), help="writes <out>.json and <out>.md"),
 ) -> None:
     """Clean and PGD robust accuracy of every training method on the default data, same budget."""
-    from medrobust.bench_methods import bench_methods as run_bench
-    from medrobust.bench_methods import to_markdown
-    from medrobust.utils import write_json
+    from medrobust.bench import methods as bench
+    from medrobust.bench.report import command_line, publish
 
-    names = [m.strip() for m in methods.split(",") if m.strip()] or None
-    report = run_bench(_params(params), methods=names, dataset_dir=dataset, epochs=epochs or None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), report)
-    command = "medrobust bench methods" + (f" --methods {methods}" if methods else "") + (
-        f" --epochs {epochs}" if epochs else "")
-    out.with_suffix(".md").write_text(to_markdown(report, command))
+    report = bench.bench_methods(_params(params), methods=_methods(methods), dataset_dir=dataset,
+                                 epochs=epochs or None)
+    command = command_line("methods", {"methods": methods, "epochs": epochs, "out": out},
+                           {"epochs": 0, "out": Path("benchmarks/methods")})
+    publish(out, report, bench.to_markdown(report, command), command)
 
 
 @bench_app.command("ingest")
 def bench_ingest(
-    params: Path = typer.Option(Path("params.yaml"), help="params.yaml (data.image_size, data.workers)"),
+    params: ParamsOpt = PARAMS,
     n_files: int = typer.Option(1000, help="synthetic DICOM files to write and ingest"),
     repeats: int = typer.Option(3, help="alternating repeats; the best of each side is reported"),
     stage: bool = typer.Option(True, help="also time the whole stage (GX validation, Data Docs, shards)"),
     out: Path = typer.Option(Path("benchmarks/ingest"), help="writes <out>.json and <out>.md"),
 ) -> None:
     """Ingest files/s as a ratio to bare pydicom decoding of the same files (goal >= 0.8)."""
-    from medrobust.bench_ingest import bench_ingest as run_bench
-    from medrobust.bench_ingest import to_markdown
+    from medrobust.bench import ingest as bench
+    from medrobust.bench.report import command_line, publish
 
-    from medrobust.utils import write_json
-
-    report = run_bench(_params(params), n_files=n_files, repeats=repeats, stage=stage)
-    command = f"medrobust bench ingest --n-files {n_files} --repeats {repeats}"
-    md = to_markdown(report, command)
-    write_json(out.with_suffix(".json"), {"command": command, **report})
-    out.with_suffix(".md").write_text(md)
-    typer.echo(md)
+    report = bench.bench_ingest(_params(params), n_files=n_files, repeats=repeats, stage=stage)
+    command = command_line("ingest", {"n_files": n_files, "repeats": repeats, "stage": stage, "out": out},
+                           {"stage": True, "out": Path("benchmarks/ingest")})
+    markdown = bench.to_markdown(report, command)
+    publish(out, report, markdown, command)
+    typer.echo(markdown)
 
 
 @bench_app.command("two-moon")
@@ -258,10 +281,14 @@ def bench_two_moon(
     out: Path = typer.Option(Path("benchmarks/two_moon"), help="writes <out>.json and <out>.md"),
 ) -> None:
     """ARFL's two-moon experiment (Table 1): settings A-H, clean and FGSM accuracy over seeds."""
-    from medrobust.bench_two_moon import run_from_cli
+    from medrobust.bench import two_moon as bench
+    from medrobust.bench.report import command_line
 
     setup_logging()
-    run_from_cli(out, seeds=seeds, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train)
+    options = {"seeds": seeds, "epochs": epochs, "batch_size": batch_size, "lr": lr, "n_train": n_train}
+    command = command_line("two-moon", {**options, "out": out}, {**dict.fromkeys(options, 0),
+                                                                  "out": Path("benchmarks/two_moon")})
+    bench.run(out, command, bench.config_from_options(**options))
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from medrobust.attacks.cw import CW
 from medrobust.attacks.square import Square
-from medrobust.training import accuracy
+from medrobust.models import accuracy
 
 EPS = 8 / 255
 

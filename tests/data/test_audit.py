@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
-from medrobust.audit import (
+from medrobust.data.audit import (
     collect_identifiers,
     fingerprint,
     is_trivial,

@@ -12,7 +12,6 @@ import copy
 import csv
 import io
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from pydicom.uid import generate_uid
 
 from medrobust.data.sources import REASONS
 from medrobust.data.synthetic import generate_tree
+from medrobust.data import pool
 from medrobust.stages import ingest
 from tests.conftest import tiny_params
 
@@ -156,15 +156,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     dicom, labels_csv = _corpus(root / "src")
     (dicom / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     params = tiny_params(data={"source": "dicom_folder"}, validation={"max_quarantine_fraction": 0.6})
-    params = replace(params, data=replace(params.data, workers=1))
+    params = params.updated({"data": {"workers": 1}})
     ingest.run(params, root / "one", dicom, labels_csv)
-    pooled = replace(params, data=replace(params.data, workers=2))
-    old = ingest.POOL_MIN_ITEMS
-    ingest.POOL_MIN_ITEMS = 8  # the tiny corpus goes through the worker pool too
+    pooled = params.updated({"data": {"workers": 2}})
+    old = pool.POOL_MIN_ITEMS
+    pool.POOL_MIN_ITEMS = 8  # the tiny corpus goes through the worker pool too
     try:
         ingest.run(pooled, root / "pool", dicom, labels_csv)
     finally:
-        ingest.POOL_MIN_ITEMS = old
+        pool.POOL_MIN_ITEMS = old
     q = pd.read_csv(root / "one" / "quarantine.csv", keep_default_na=False)
     return {"root": root, "dicom": dicom, "q": q, "params": params}
 

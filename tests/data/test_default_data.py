@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from medrobust.attacks import get_attack
-from medrobust.config import load_params
+from medrobust.params import load_params
 from medrobust.data.shards import load_split
 from medrobust.stages import ingest, synthesize
-from medrobust.stages.train import build_method
-from medrobust.training import accuracy, train_model
+from medrobust.models import accuracy
+from medrobust.training import train_model
 from medrobust.utils import seed_everything
-from tests.conftest import REPO
+from tests.conftest import REPO, build_from_params
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _train(params, dataset, method: str):
     seed_everything(params.seed)
     cfg = params.train
     train = load_split(dataset, "train")
-    model, defense, _ = build_method(params, method, train)
+    model, defense, _ = build_from_params(params, method, train)
     train_model(model, defense, train, None, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, optim=cfg.optim, seed=params.seed, hflip=cfg.hflip,
                 clean_warmup_epochs=cfg.clean_warmup_epochs)

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medrobust.config import DicomConfig
+from medrobust.data.dicom import DicomConfig
 from medrobust.data.dicom import decode_dicom, resize_square, to_display
 from medrobust.data.sources.base import Rejected
 

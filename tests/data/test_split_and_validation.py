@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medrobust.config import SplitConfig, ValidationConfig
+from medrobust.data.split import SplitConfig
+from medrobust.data.validation import ValidationConfig
 from medrobust.data.split import split_patients
 from medrobust.data.validation import validate_manifest
 from medrobust.stages import ingest

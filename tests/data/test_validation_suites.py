@@ -10,7 +10,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medrobust.config import ValidationConfig
+from medrobust.data.validation import ValidationConfig
 from medrobust.data.validation import validate_manifest
 from medrobust.stages import ingest, synthesize
 from tests.conftest import tiny_params

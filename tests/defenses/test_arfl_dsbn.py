@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medrobust.config import ConfigError, coerce_method_params
-from medrobust.defenses import DEFENSES
+from medrobust.config import ConfigError
+from medrobust.training.config import method_settings
+from medrobust.defenses import TRAINING_METHODS
 from medrobust.defenses.arfl import ARFL, arfl_objective, arfl_robust_loss, signed_labels
 from medrobust.defenses.dsbn import DSBN, dsbn_loss
 from medrobust.defenses.dual_at import DualAT
@@ -169,13 +170,13 @@ def test_arfl_multiclass_and_validation():
 
 
 def test_params_yaml_style_values_are_checked():
-    out = coerce_method_params("arfl", {"eps": "8/255", "step_size": None, "adv_robust_sign": -1.0},
+    out = method_settings("arfl", {"eps": "8/255", "step_size": None, "adv_robust_sign": -1.0},
                                "train.methods.arfl")
     assert out["eps"] == pytest.approx(8 / 255) and out["step_size"] is None
     with pytest.raises(ConfigError, match="train.methods.arfl"):
-        coerce_method_params("arfl", {"adv_robust_sign": 2.0}, "train.methods.arfl")
+        method_settings("arfl", {"adv_robust_sign": 2.0}, "train.methods.arfl")
     with pytest.raises(ConfigError, match="train.methods.dsbn.adv_weight"):
-        coerce_method_params("dsbn", {"adv_weight": "x"}, "train.methods.dsbn")
+        method_settings("dsbn", {"adv_weight": "x"}, "train.methods.dsbn")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ FAST = {ARFL: {"steps": 2, "seed": 0}, DSBN: {"steps": 2, "seed": 0}}
 @pytest.mark.parametrize("training", [True, False], ids=["train_mode", "eval_mode"])
 @pytest.mark.parametrize("cls", [ARFL, DSBN], ids=lambda c: c.name)
 def test_one_step_contract(cls, training):
-    assert DEFENSES[cls.name] is cls
+    assert TRAINING_METHODS[cls.name] is cls
     model, (x, y) = tiny_model(dual_bn=bool(cls.model_overrides.get("dual_bn"))), batch()
     model.train(training)
     modes = [m.training for m in model.modules()]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.attacks.pgdl2 import l2_norms
-from medrobust.defenses import DEFENSES, get_defense
+from medrobust.defenses import TRAINING_METHODS, get_method
 from medrobust.defenses.augment import DEFAULT_OPS, apply_op, augmix, parse_ops
 from medrobust.defenses.augmix import AugMix, RobustAugMix, augmix_loss, jsd, robust_augmix_loss
 from medrobust.defenses.rtda import RTDA, rtda_loss
@@ -352,8 +352,8 @@ def test_one_step_contract(cls, training):
 
 def test_registry_defaults_and_validation():
     for name, cls in (("augmix", AugMix), ("robust_augmix", RobustAugMix), ("rtda", RTDA)):
-        assert DEFENSES[name] is cls
-        d = get_defense(name, seed=3)
+        assert TRAINING_METHODS[name] is cls
+        d = get_method(name, seed=3)
         assert d.seed == 3 and d.jsd_weight == 12.0 and d.severity == 3 and d.width == 3 and d.depth == -1
     r = RTDA()
     assert r.norm == "l2" and r.steps == 7 and r.step_size is None and r.eps == 0.5
@@ -366,9 +366,9 @@ def test_registry_defaults_and_validation():
 
 
 def test_params_yaml_sections_parse():
-    from medrobust.config import coerce_method_params
+    from medrobust.training.config import method_settings
 
-    out = coerce_method_params("rtda", {"eps_by_modality": {"MG": "0.15", "CR": 2}, "step_size": "1/10",
+    out = method_settings("rtda", {"eps_by_modality": {"MG": "0.15", "CR": 2}, "step_size": "1/10",
                                         "eps_reference_size": 224}, "train.methods.rtda")
     assert out["eps_by_modality"] == {"MG": 0.15, "CR": 2.0} and out["step_size"] == pytest.approx(0.1)
-    assert coerce_method_params("augmix", {"ops": "contrast,gamma", "mix_alpha": 0.5}, "k")["ops"] == "contrast,gamma"
+    assert method_settings("augmix", {"ops": "contrast,gamma", "mix_alpha": 0.5}, "k")["ops"] == "contrast,gamma"

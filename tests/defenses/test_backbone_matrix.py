@@ -1,7 +1,7 @@
 """Every registered training method works with every backbone: one optimisation step on a tiny batch.
 
 Attack budgets are cut to one step (the cost, not the maths, is what grows with the backbone). The
-2-D ``mlp`` backbone takes every method except those that need images (``Defense.image_only``) or
+2-D ``mlp`` backbone takes every method except those that need images (``TrainingMethod.image_only``) or
 batch norm, which must refuse it with a clear error.
 """
 
@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from medrobust.data.shards import ArraySplit
-from medrobust.defenses import DEFENSES
-from medrobust.models import MODELS
-from medrobust.stages.train import build_method
-from tests.conftest import tiny_params
+from medrobust.defenses import TRAINING_METHODS
+from medrobust.models import BACKBONES
+from tests.conftest import build_from_params, tiny_params
 
-IMAGE_BACKBONES = sorted(set(MODELS) - {"mlp"})
-NO_BATCH_NORM = {"vgg16"} | {b for b in MODELS if b.startswith("clip_")}  # dsbn must refuse these
+IMAGE_BACKBONES = sorted(set(BACKBONES) - {"mlp"})
+NO_BATCH_NORM = {"vgg16"} | {b for b in BACKBONES if b.startswith("clip_")}  # dsbn must refuse these
 
 
 def _params(method: str, backbone: str, channels_2d: bool = False):
@@ -53,28 +52,28 @@ def _one_step(model, defense, split) -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("backbone", IMAGE_BACKBONES)
-@pytest.mark.parametrize("method", sorted(DEFENSES))
+@pytest.mark.parametrize("method", sorted(TRAINING_METHODS))
 def test_method_steps_on_image_backbone(method, backbone):
     torch.manual_seed(0)
     split = _split((1, 32, 32))
-    if DEFENSES[method].model_overrides.get("dual_bn") and backbone in NO_BATCH_NORM:
+    if TRAINING_METHODS[method].model_overrides.get("dual_bn") and backbone in NO_BATCH_NORM:
         with pytest.raises(ValueError, match=f"backbone '{backbone}' has no batch-norm layers"):
-            build_method(_params(method, backbone), method, split)
+            build_from_params(_params(method, backbone), method, split)
         return
-    model, defense, _ = build_method(_params(method, backbone), method, split)
+    model, defense, _ = build_from_params(_params(method, backbone), method, split)
     _one_step(model, defense, split)
 
 
-@pytest.mark.parametrize("method", sorted(DEFENSES))
+@pytest.mark.parametrize("method", sorted(TRAINING_METHODS))
 def test_method_on_2d_mlp_or_clear_refusal(method):
     torch.manual_seed(0)
     split = _split((2,))
     split.x.mul_(0.5).add_(0.25)
-    needs_images = getattr(DEFENSES[method], "image_only", False) or DEFENSES[method].model_overrides.get("dual_bn")
+    needs_images = getattr(TRAINING_METHODS[method], "image_only", False) or TRAINING_METHODS[method].model_overrides.get("dual_bn")
     if needs_images:
         with pytest.raises((ValueError, KeyError), match=r"(?i)image|batch.norm|dual_bn"):
-            model, defense, _ = build_method(_params(method, "mlp", channels_2d=True), method, split)
+            model, defense, _ = build_from_params(_params(method, "mlp", channels_2d=True), method, split)
             defense.loss(model, split.x, split.y)
         return
-    model, defense, _ = build_method(_params(method, "mlp", channels_2d=True), method, split)
+    model, defense, _ = build_from_params(_params(method, "mlp", channels_2d=True), method, split)
     _one_step(model, defense, split)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.attacks import PGD
-from medrobust.config import OptimConfig
+from medrobust.training import OptimConfig
 from medrobust.data.shards import ArraySplit
 from medrobust.defenses.dual_at import DualAT, dual_loss
 from medrobust.defenses.fast_at import FastAT, fast_at_perturbation
@@ -21,7 +21,8 @@ from medrobust.defenses.mart import MART, mart_loss
 from medrobust.defenses.standard import Standard
 from medrobust.defenses.trades import TRADES, trades_kl
 from medrobust.models import ModelSpec, build_model
-from medrobust.training import accuracy, train_model
+from medrobust.models import accuracy
+from medrobust.training import train_model
 from tests.conftest import toy_task
 
 EPS = 8 / 255

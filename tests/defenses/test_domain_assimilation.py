@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medrobust.config import ConfigError, coerce_method_params
-from medrobust.defenses import DEFENSES, get_defense
+from medrobust.config import ConfigError
+from medrobust.training.config import method_settings
+from medrobust.defenses import TRAINING_METHODS, get_method
 from medrobust.defenses.domain_assimilation import DomainAssimilation, assimilation_loss
 from medrobust.defenses.glcm import glcm_loss
 from medrobust.models import (
@@ -44,7 +45,7 @@ def test_weightings_hand_computed():
 
 
 def test_registered_with_the_adapter_and_imagenet_normalisation():
-    assert DEFENSES["domain_assimilation"] is DomainAssimilation
+    assert TRAINING_METHODS["domain_assimilation"] is DomainAssimilation
     assert DomainAssimilation.model_overrides == {"adapter": "assimilation", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     module, channels = ADAPTERS["assimilation"](1)
     assert isinstance(module, AssimilationAdapter) and channels == 3
@@ -57,7 +58,7 @@ def test_registered_with_the_adapter_and_imagenet_normalisation():
 def test_loss_equals_the_weighted_sum_recomputed_by_hand():
     model, (x, y) = assimilation_model(), batch()
     model.eval()  # no BN statistics drift between the two forward passes
-    method = get_defense("domain_assimilation", alpha=0.9, levels=8, temperature=0.3, metric="l2")  # alpha_glcm
+    method = get_method("domain_assimilation", alpha=0.9, levels=8, temperature=0.3, metric="l2")  # alpha_glcm
     loss, stats = method.loss(model, x, y)
     with torch.no_grad():
         ce = F.cross_entropy(model(x), y)
@@ -144,11 +145,11 @@ def test_save_load_round_trip_keeps_the_adapter(tmp_path):
 
 
 def test_parameters_are_checked():
-    assert coerce_method_params("domain_assimilation", {"alpha": "49/50"}, "k")["alpha"] == pytest.approx(0.98)
+    assert method_settings("domain_assimilation", {"alpha": "49/50"}, "k")["alpha"] == pytest.approx(0.98)
     for bad in ({"weighting": "product"}, {"alpha": 1.5}, {"levels": 1}, {"temperature": 0.0},
                 {"metric": "cosine"}, {"luma": "lab"}, {"distance": 0}):
         with pytest.raises(ConfigError, match="domain_assimilation"):
-            coerce_method_params("domain_assimilation", bad, "train.methods.domain_assimilation")
+            method_settings("domain_assimilation", bad, "train.methods.domain_assimilation")
     assert DomainAssimilation(alpha=1.5, weighting="additive").alpha == 1.5  # additive: any α ≥ 0
     with pytest.raises(ConfigError, match="train.methods.domain_assimilation.alpha"):
-        coerce_method_params("domain_assimilation", {"alpha": "most"}, "train.methods.domain_assimilation")
+        method_settings("domain_assimilation", {"alpha": "most"}, "train.methods.domain_assimilation")

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.attacks import PGD, PGDL2
-from medrobust.config import ConfigError, coerce_method_params
-from medrobust.defenses import DEFENSES
+from medrobust.config import ConfigError
+from medrobust.training.config import method_settings
+from medrobust.defenses import TRAINING_METHODS
 from medrobust.defenses.dpaat import DPAAT, LossChangeAverage, assign_eps, loss_change, per_sample_pgd, sync_loss
 from medrobust.models import ModelSpec, build_model
 
@@ -234,15 +235,15 @@ def test_seeded_loss_is_reproducible():
 
 
 def test_defaults_registry_and_config():
-    assert DEFENSES["dpaat"] is DPAAT
+    assert TRAINING_METHODS["dpaat"] is DPAAT
     defaults = {k: p.default for k, p in inspect.signature(DPAAT.__init__).parameters.items() if k != "self"}
     d = DPAAT(**defaults)
     assert (d.norm, d.eps, d.steps, d.step_size) == ("l2", 0.3, 7, 0.15)  # the paper's PGD
     assert d.probe_step_size() == pytest.approx(0.3)
     assert DPAAT(probe_steps=7).probe_step_size() == pytest.approx(0.15)
-    out = coerce_method_params("dpaat", {"norm": "linf", "eps": "8/255", "step_size": "2/255"}, "train.methods.dpaat")
+    out = method_settings("dpaat", {"norm": "linf", "eps": "8/255", "step_size": "2/255"}, "train.methods.dpaat")
     assert out["eps"] == pytest.approx(8 / 255) and out["step_size"] == pytest.approx(2 / 255)
     for bad in ({"gamma": 1.5}, {"norm": "l1"}, {"avg": "median"}, {"schedule": "x"}, {"syn": "mse"},
                 {"cls_on": "none"}, {"probe_steps": 0}, {"avg_momentum": 1.0}, {"eps": -0.1}):
         with pytest.raises(ConfigError, match="train.methods.dpaat"):
-            coerce_method_params("dpaat", bad, "train.methods.dpaat")
+            method_settings("dpaat", bad, "train.methods.dpaat")

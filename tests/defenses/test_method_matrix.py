@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from medrobust.defenses import DEFENSES
+from medrobust.defenses import TRAINING_METHODS
 from medrobust.stages import evaluate, train
 from tests.conftest import tiny_params
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("method", sorted(DEFENSES))
+@pytest.mark.parametrize("method", sorted(TRAINING_METHODS))
 def test_method_trains_and_evaluates(pipeline_run, tmp_path, monkeypatch, method):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = tiny_params(train={"method": method, "epochs": 1},

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from medrobust.attacks import ATTACKS, get_attack
-from medrobust.defenses import DEFENSES
+from medrobust.defenses import TRAINING_METHODS
 from medrobust.models import ModelSpec, build_model
 from tests.attacks.test_attacks import _kwargs
 
-OVERRIDES = sorted({tuple(sorted((k, str(v)) for k, v in cls.model_overrides.items())) for cls in DEFENSES.values()})
+OVERRIDES = sorted({tuple(sorted((k, str(v)) for k, v in cls.model_overrides.items())) for cls in TRAINING_METHODS.values()})
 
 
 def _model(overrides: tuple) -> torch.nn.Module:
-    by_method = next(cls.model_overrides for cls in DEFENSES.values()
+    by_method = next(cls.model_overrides for cls in TRAINING_METHODS.values()
                      if tuple(sorted((k, str(v)) for k, v in cls.model_overrides.items())) == overrides)
     torch.manual_seed(0)
     return build_model(ModelSpec("small_cnn", 3, width=4, **by_method))  # 3 classes: DLR needs them

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medrobust.defenses import DEFENSES, get_defense
+from medrobust.defenses import TRAINING_METHODS, get_method
 from medrobust.defenses.probes import LinearProbe, MLPTuning
 from medrobust.defenses.ran import RAN, centroid_margin_loss, consistency_loss, covariance_loss
 from medrobust.models import ModelSpec, build_model, load_model, save_model, set_trainable
@@ -105,7 +105,7 @@ def test_margin_loss_gradients_push_apart_only_inside_the_margin():
 # --------------------------------------------------------------------------------------------------
 def tiny(method: str, seed: int = 0) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(seed)
-    defense = get_defense(method)
+    defense = get_method(method)
     model = build_model(ModelSpec("small_cnn", 2, width=4, image_size=16, **defense.model_overrides))
     set_trainable(model, defense.trainable)
     return model, defense
@@ -192,7 +192,7 @@ def test_heads_and_round_trip(tmp_path):
 
 
 def test_registry_parameters_and_errors():
-    assert DEFENSES["ran"] is RAN and DEFENSES["linear_probe"] is LinearProbe and DEFENSES["mlp_tuning"] is MLPTuning
+    assert TRAINING_METHODS["ran"] is RAN and TRAINING_METHODS["linear_probe"] is LinearProbe and TRAINING_METHODS["mlp_tuning"] is MLPTuning
     assert RAN.model_overrides == {"head": "ran"} and LinearProbe.model_overrides == {"head": "linear"}
     assert MLPTuning.model_overrides == {"head": "mlp"}
     with pytest.raises(ValueError, match="margin"):

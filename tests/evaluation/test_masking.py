@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.config import MaskingConfig
+from medrobust.evaluation.masking import MaskingConfig
 from medrobust.evaluation.masking import run_masking_checks
 from medrobust.evaluation.metrics import evaluate_attack
 from medrobust.attacks import get_attack

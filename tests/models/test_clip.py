@@ -8,15 +8,17 @@ architectures; it is registered for each test through ``monkeypatch``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medrobust.defenses import get_defense
-from medrobust.models import MODELS, ModelSpec, build_model, load_model, save_model, set_trainable
-from medrobust.models.clip import CLIP_MEAN, CLIP_SPEC_DEFAULTS, CLIP_STD, ClipImageEncoder, clip_backbone
+from medrobust.defenses import get_method
+from medrobust.models import BACKBONES, ModelSpec, build_model, load_model, save_model, set_trainable
+from medrobust.models.clip import CLIP_MEAN, CLIP_CFG, CLIP_STD, ClipImageEncoder, clip_backbone
 
 open_clip_model = pytest.importorskip("open_clip.model")
 
@@ -26,15 +28,16 @@ EMBED = 32
 
 
 @pytest.fixture
-def tiny_clip(monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+def tiny_clip() -> Iterator[torch.nn.Module]:
     """A full open_clip CLIP model (OpenAI layout, QuickGELU) with random weights; ``clip_tiny`` registered."""
-    monkeypatch.setitem(MODELS, "clip_tiny", clip_backbone(EMBED, VISION, name="clip_tiny"))
+    BACKBONES.add("clip_tiny", clip_backbone(EMBED, VISION, name="clip_tiny"), **CLIP_CFG)
     torch.manual_seed(0)
     model = open_clip_model.CLIP(EMBED, VISION, TEXT, quick_gelu=True).eval()
     with torch.no_grad():  # open_clip initialises a few tensors to zero; make every weight matter
         for p in model.visual.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    return model
+    yield model
+    BACKBONES.remove("clip_tiny")
 
 
 def clip_input(x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +48,7 @@ def clip_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def spec(in_channels: int = 1, **kw) -> ModelSpec:
-    return ModelSpec("clip_tiny", num_classes=2, in_channels=in_channels, **{**CLIP_SPEC_DEFAULTS, **kw})
+    return ModelSpec("clip_tiny", num_classes=2, in_channels=in_channels, **{"mean": 0.0, "std": 1.0, **kw})
 
 
 def test_full_clip_state_dict_gives_encode_image(tiny_clip, tmp_path):
@@ -116,7 +119,7 @@ def test_wrong_or_missing_weights_are_clear_errors(tiny_clip, tmp_path):
 
 
 def test_registered_backbones_and_round_trip(tiny_clip, tmp_path):
-    assert "clip_vit_b32" in MODELS
+    assert "clip_vit_b32" in BACKBONES
     torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
     s = spec()
     model = build_model(s, pretrained=tmp_path / "clip.pt").eval()
@@ -130,7 +133,7 @@ def test_registered_backbones_and_round_trip(tiny_clip, tmp_path):
 @pytest.mark.parametrize("method", ["ran", "linear_probe"])
 def test_head_only_methods_train_one_step_on_a_frozen_clip(tiny_clip, tmp_path, method):
     torch.save(tiny_clip.state_dict(), tmp_path / "clip.pt")
-    defense = get_defense(method)
+    defense = get_method(method)
     model = build_model(spec(**defense.model_overrides), pretrained=tmp_path / "clip.pt")
     trainable = set_trainable(model, defense.trainable)
     assert trainable and all(n.startswith("head.") for n in trainable)

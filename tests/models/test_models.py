@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from medrobust.models import (MODELS, BinaryHead, Classifier, DualBatchNorm, ModelSpec, Normalize, bn_route,
+from medrobust.models import (BACKBONES, BinaryHead, Classifier, DualBatchNorm, ModelSpec, Normalize, bn_route,
                               build_model, load_model, save_model, set_trainable)
 
-IMAGE_BACKBONES = sorted(set(MODELS) - {"mlp"})
+IMAGE_BACKBONES = sorted(set(BACKBONES) - {"mlp"})
 
 
 @pytest.mark.parametrize("backbone", IMAGE_BACKBONES)
@@ -142,7 +142,7 @@ def test_unknown_backbone_lists_available():
         build_model(ModelSpec("vit_huge", 2))
 
 
-@pytest.mark.parametrize("backbone", sorted(MODELS))
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_last_block_names_real_modules(backbone):
     model = build_model(ModelSpec(backbone, 2, in_channels=2 if backbone == "mlp" else 1, width=4))
     names = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}

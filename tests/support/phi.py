@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from medrobust.audit import DEFAULT_CSV_COLUMNS, collect_identifiers, scan_result
+from medrobust.data.audit import DEFAULT_CSV_COLUMNS, collect_identifiers, scan_result
 
 
 def assert_no_phi(source_dirs: Sequence[Path | str], output_paths: Sequence[Path | str],
@@ -15,7 +15,7 @@ def assert_no_phi(source_dirs: Sequence[Path | str], output_paths: Sequence[Path
     Args:
         source_dirs: the input data (DICOM folders, labels CSVs).
         output_paths: stage output folders, databases, log files.
-        csv_columns: identifying columns of source CSVs (see :func:`medrobust.audit.collect_identifiers`).
+        csv_columns: identifying columns of source CSVs (see :func:`medrobust.data.audit.collect_identifiers`).
         min_identifiers: the sources must yield at least this many values, so the check is not vacuous.
 
     Returns:

@@ -1,5 +1,8 @@
 """Attack registry: ``get_attack(name, model, **params)(images, labels) -> adversarial images``.
 
+Each attack is one module with one class that registers itself (``@ATTACKS.register()``) under its
+``name``; params.yaml names attacks with :class:`~medrobust.attacks.spec.AttackSpec`.
+
 | name | paper | norm | defaults |
 |---|---|---|---|
 | ``fgsm`` | Goodfellow et al. 2015 | L∞ | ε=8/255 |
@@ -26,47 +29,34 @@ from torch import nn
 
 from medrobust.attacks.apgd import APGD, APGDCE, APGDDLR, APGDMargin
 from medrobust.attacks.autoattack import AutoAttack
-from medrobust.attacks.base import Attack, IterativeAttack, eval_mode
+from medrobust.attacks.base import ATTACKS, Attack, IterativeAttack, eval_mode
 from medrobust.attacks.bim import BIM
+from medrobust.attacks.cw import CW
 from medrobust.attacks.fgsm import FGSM
 from medrobust.attacks.mifgsm import MIFGSM
 from medrobust.attacks.pgd import PGD
 from medrobust.attacks.pgdl2 import PGDL2
-
-ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM,
-    "bim": BIM,
-    "pgd": PGD,
-    "pgdl2": PGDL2,
-    "mifgsm": MIFGSM,
-    "apgd_ce": APGDCE,
-    "apgd_dlr": APGDDLR,
-    "apgd_margin": APGDMargin,
-    "autoattack": AutoAttack,
-}
-try:  # written separately; registered here
-    from medrobust.attacks.cw import CW
-
-    ATTACKS["cw"] = CW
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from medrobust.attacks.square import Square
-
-    ATTACKS["square"] = Square
-except ImportError:  # pragma: no cover
-    pass
+from medrobust.attacks.square import Square
 
 
 def get_attack(name: str, model: nn.Module, **params: Any) -> Attack:
     """Instantiate a registered attack by name.
 
+    Args:
+        name: a key of :data:`ATTACKS`.
+        model: the classifier to attack ([0, 1] images in, logits out).
+        **params: the attack's keyword parameters (:func:`attack_params`).
+
+    Returns:
+        The attack; call it as ``attack(images, labels)``.
+
     Raises:
-        KeyError: for an unknown name, listing the registered ones.
-        TypeError: for a parameter the attack does not take, listing those it does.
+        KeyError: an unknown name, listing the registered ones.
+        TypeError: a parameter the attack does not take, listing those it does.
+
+    Example:
+        >>> x_adv = get_attack("pgd", model, eps=8 / 255, steps=20)(x, y)
     """
-    if name not in ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
     cls = ATTACKS[name]
     unknown = set(params) - set(attack_params(name))
     if unknown:
@@ -76,23 +66,14 @@ def get_attack(name: str, model: nn.Module, **params: Any) -> Attack:
 
 
 def attack_params(name: str) -> list[str]:
-    """The keyword parameters of a registered attack (besides the model)."""
+    """The keyword parameters of a registered attack (besides the model).
+
+    Raises:
+        KeyError: an unknown name.
+    """
     sig = inspect.signature(ATTACKS[name].__init__)
     return [p for p in sig.parameters if p not in ("self", "model")]
 
 
-def from_spec(spec: Any, model: nn.Module, eps: float, seed: int | None = None) -> Attack:
-    """Build an attack from a :class:`medrobust.config.AttackSpec` at one ``eps``."""
-    allowed = set(attack_params(spec.name))
-    kwargs: dict[str, Any] = {"eps": eps, "norm": spec.norm}
-    if "seed" in allowed:
-        kwargs["seed"] = seed
-    for key in ("steps", "step_size", "random_start", "n_restarts", "n_queries"):
-        value = getattr(spec, key, None)
-        if value is not None and key in allowed:
-            kwargs[key] = value
-    return get_attack(spec.name, model, **kwargs)
-
-
-__all__ = ["ATTACKS", "APGD", "Attack", "IterativeAttack", "attack_params", "eval_mode", "from_spec", "get_attack",
-           "BIM", "FGSM", "MIFGSM", "PGD", "PGDL2", "APGDCE", "APGDDLR", "APGDMargin", "AutoAttack"]
+__all__ = ["ATTACKS", "APGD", "Attack", "IterativeAttack", "attack_params", "eval_mode", "get_attack",
+           "BIM", "CW", "FGSM", "MIFGSM", "PGD", "PGDL2", "APGDCE", "APGDDLR", "APGDMargin", "AutoAttack", "Square"]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrobust.attacks.base import Attack, eval_mode
+from medrobust.attacks.base import ATTACKS, Attack, eval_mode
 from medrobust.attacks.pgdl2 import l2_norms
 
 LOSSES = ("ce", "dlr", "margin")
@@ -236,16 +236,19 @@ class APGD(Attack):
         return logits.argmax(1) != labels  # APGD-T: labels are true labels; success = misclassified
 
 
+@ATTACKS.register()
 class APGDCE(APGD):
     name = "apgd_ce"
     loss_kind = "ce"
 
 
+@ATTACKS.register()
 class APGDDLR(APGD):
     name = "apgd_dlr"
     loss_kind = "dlr"
 
 
+@ATTACKS.register()
 class APGDMargin(APGD):
     name = "apgd_margin"
     loss_kind = "margin"

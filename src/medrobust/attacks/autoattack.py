@@ -32,11 +32,13 @@ import torch
 from torch import nn
 
 from medrobust.attacks.apgd import APGDCE, APGDDLR, APGDMargin
-from medrobust.attacks.base import Attack, eval_mode
+from medrobust.attacks.base import ATTACKS, Attack, eval_mode
+from medrobust.attacks.square import Square
 
 log = logging.getLogger(__name__)
 
 
+@ATTACKS.register()
 class AutoAttack(Attack):
     name = "autoattack"
     norms = ("linf", "l2")
@@ -61,9 +63,8 @@ class AutoAttack(Attack):
         else:
             out += [APGDDLR(self.model, targeted=True, n_target_classes=n_targets, **kw),
                     APGDMargin(self.model, targeted=True, n_target_classes=n_targets, **kw)]
-        square = _square()
-        if square is not None and self.norm in square.norms:
-            out.append(square(self.model, eps=self.eps, norm=self.norm, n_queries=self.n_queries, seed=self.seed))
+        if self.norm in Square.norms:
+            out.append(Square(self.model, eps=self.eps, norm=self.norm, n_queries=self.n_queries, seed=self.seed))
         return out
 
     def run(self, images, labels, active=None, early_stop=True):
@@ -91,11 +92,3 @@ class AutoAttack(Attack):
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.run(images, labels)[0]
-
-
-def _square():
-    try:
-        from medrobust.attacks.square import Square
-    except ImportError:  # pragma: no cover - Square ships with the package
-        return None
-    return Square

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.utils.registry import Registry
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -38,6 +40,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes.items():
             m.train(training)
+
+
+#: name -> attack class; each class registers itself under its ``name`` (``@ATTACKS.register()``).
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 class Attack:

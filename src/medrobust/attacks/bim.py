@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import IterativeAttack
+from medrobust.attacks.base import ATTACKS, IterativeAttack
 
 
 def kurakin_steps(eps: float) -> int:
     return int(min(eps * 255 + 4, 1.25 * eps * 255))
 
 
+@ATTACKS.register()
 class BIM(IterativeAttack):
     name = "bim"
     norms = ("linf",)

@@ -42,13 +42,14 @@ import logging
 
 import torch
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import ATTACKS, Attack
 
 log = logging.getLogger(__name__)
 
 _ATANH_SCALE = 0.999999  # keeps atanh finite at pixels equal to 0 or 1 (Carlini & Wagner's code)
 
 
+@ATTACKS.register()
 class CW(Attack):
     """Carlini-Wagner L2 attack with a fixed ``c``, restricted to the ε-ball. See the module docstring."""
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import ATTACKS, Attack
 
 
+@ATTACKS.register()
 class FGSM(Attack):
     name = "fgsm"
     norms = ("linf",)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import IterativeAttack
+from medrobust.attacks.base import ATTACKS, IterativeAttack
 
 
+@ATTACKS.register()
 class PGD(IterativeAttack):
     name = "pgd"
     norms = ("linf",)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medrobust.attacks.base import IterativeAttack
+from medrobust.attacks.base import ATTACKS, IterativeAttack
 
 EPS_FOR_DIVISION = 1e-10
 
@@ -23,6 +23,7 @@ def l2_norms(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
+@ATTACKS.register()
 class PGDL2(IterativeAttack):
     name = "pgdl2"
     norms = ("l2",)

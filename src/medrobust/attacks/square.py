@@ -60,7 +60,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import ATTACKS, Attack
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ _MAX_RESAMPLE = 10
 _LOSSES = ("margin", "ce")
 
 
+@ATTACKS.register()
 class Square(Attack):
     """Square Attack (L∞), score-based black box. See the module docstring.
 

@@ -18,19 +18,15 @@ def evaluate(
 ) -> bool:
     """Evaluate; returns whether the absolute gates pass (the DAG branches on it)."""
     import shutil
-    from pathlib import Path
 
-    from medrobust.config import params_from_text
-    from medrobust.registry.gates import gate_metrics
+    from medrobust.params import params_from_text
     from medrobust.stages import evaluate as stage
     from medrobust.utils import setup_logging
 
     setup_logging()
-    params = params_from_text(params_yaml)
-    result = stage.run(params, dataset.path, model.path, adversarial.path, evaluation.path)
-    clean, robust = gate_metrics(result.metrics, params.register.gates)
-    metrics.log_metric("clean_accuracy", clean)
-    metrics.log_metric("clean_auc", result.metrics["clean"]["auc"])
-    metrics.log_metric("gate_robust_accuracy", robust)
-    shutil.copyfile(Path(evaluation.path) / "report.md", report.path)
+    result = stage.run(params_from_text(params_yaml), dataset.path, model.path, adversarial.path, evaluation.path)
+    metrics.log_metric("clean_accuracy", result.clean_accuracy)
+    metrics.log_metric("clean_auc", result.clean_auc)
+    metrics.log_metric("gate_robust_accuracy", result.gate_robust_accuracy)
+    shutil.copyfile(result.report, report.path)
     return result.passes_gates

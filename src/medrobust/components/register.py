@@ -9,7 +9,7 @@ from medrobust.components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register(params_yaml: str, model: Input[Model], evaluation: Input[Artifact], decision: Output[Artifact]) -> bool:
     """Register the model version; returns whether it became ``@champion``."""
-    from medrobust.config import params_from_text
+    from medrobust.params import params_from_text
     from medrobust.stages import register as stage
     from medrobust.utils import setup_logging
 

@@ -9,7 +9,7 @@ from medrobust.components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def synthesize(params_yaml: str, raw_data: Output[Dataset]) -> int:
     """Write the synthetic DICOM tree (``dicom/`` + ``labels.csv``); returns the image count."""
-    from medrobust.config import params_from_text
+    from medrobust.params import params_from_text
     from medrobust.stages import synthesize as stage
     from medrobust.utils import setup_logging
 

@@ -9,7 +9,7 @@ from medrobust.components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train(params_yaml: str, dataset: Input[Dataset], model: Output[Model]) -> str:
     """Train the configured method; returns the MLflow run id."""
-    from medrobust.config import params_from_text
+    from medrobust.params import params_from_text
     from medrobust.stages import train as stage
     from medrobust.utils import setup_logging
 

@@ -26,12 +26,15 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from medrobust.config import DicomConfig
+from pydantic import Field
+
+from medrobust.config import StrictModel
 from medrobust.data.sources.base import REASONS, Rejected
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,14 @@ KEPT_TAGS = ("Modality", "PhotometricInterpretation", "BitsStored", "Rows", "Col
              "SamplesPerPixel", "BodyPartExamined", "ViewPosition", "ImageLaterality", "TransferSyntaxUID")
 
 COLOR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR"}
+
+
+class DicomConfig(StrictModel):
+    """``data.dicom``: how DICOM pixel data becomes one grey image (every DICOM source)."""
+
+    multiframe: Literal["reject", "first", "middle"] = "reject"  # 3-D volumes / cine: quarantine or take a frame
+    color: Literal["luma", "reject"] = "luma"                   # RGB/YBR (dermoscopy): ITU-R BT.601 luma, or quarantine
+    max_pixels: int = Field(50_000_000, ge=64, le=2**31)        # larger frames are quarantined (rows*columns*frames)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from medrobust.config import SplitConfig
+from pydantic import Field, model_validator
+
+from medrobust.config import StrictModel
+
+
+class SplitConfig(StrictModel):
+    """``data.split``: the fractions of patients per split (no patient is in two splits)."""
+
+    train: float = Field(0.6, ge=0.0, le=1.0)
+    val: float = Field(0.2, ge=0.0, le=1.0)
+    test: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
 
 
 def split_patients(patients: list[str], cfg: SplitConfig, seed: int) -> dict[str, str]:

@@ -29,7 +29,9 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medrobust.config import SyntheticConfig
+from pydantic import Field, model_validator
+
+from medrobust.config import StrictModel, field_error
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,24 @@ MG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image 
 _FIRST = ["Jane", "Maria", "Aiko", "Fatima", "Olga", "Grace", "Lucia", "Amara", "Ingrid", "Mei"]
 _LAST = ["Doe", "Garcia", "Tanaka", "Okafor", "Novak", "Smith", "Rossi", "Haddad", "Larsen", "Chen"]
 _VIEWS = [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
+
+
+class SyntheticConfig(StrictModel):
+    """``data.synthetic``: the embedded default data (used when ``data.source`` is ``synthetic``)."""
+
+    n_patients: int = Field(120, ge=3, le=100_000)
+    images_per_patient_min: int = Field(3, ge=1, le=100)
+    images_per_patient_max: int = Field(5, ge=1, le=100)
+    image_size: int = Field(128, ge=32, le=4096)
+    lesion_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    monochrome1_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> SyntheticConfig:
+        if self.images_per_patient_min > self.images_per_patient_max:
+            raise field_error("images_per_patient_min", "must be <= images_per_patient_max")
+        return self
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,23 @@ rule is a plain GX expectation:
 * ``class_balance`` — one row per (split, class): the class fraction lies within the bounds from
   params.yaml (``validation:``), and every split has enough images.
 
-Per-source expectations on ``images`` (:func:`_source_rules`):
+Per-source expectations on ``images`` (:func:`_source_rules`), chosen by the source's registry entry
+(:data:`~medrobust.data.sources.SOURCES`, e.g. ``SOURCES.cfg("cmmd")``):
 
-====================================  ===========================================================
-source                                expectations
-====================================  ===========================================================
-every source but ``two_moons``        ``height`` and ``width`` equal ``data.image_size``
-``synthetic``, ``pacs``, ``cmmd``     every row comes from a DICOM object (``is_dicom``)
-DICOM sources (the three above plus   ``modality``, ``photometric``, ``source_rows`` and
-``dicom_folder`` and ``s3``)          ``source_columns`` not null; ``photometric`` one the decoder
-                                      handles; ``source_rows``/``source_columns`` at least
-                                      :data:`~medrobust.data.dicom.MIN_SIDE`
-``cmmd``                              ``laterality`` (ImageLaterality) in {L, R}
-``two_moons``                         ``height`` 1, ``width`` 2 (a feature vector, not an image)
-====================================  ===========================================================
+=========================================  ======================================================
+registry entry                             expectations
+=========================================  ======================================================
+every source but ``vectors=True``          ``height`` and ``width`` equal ``data.image_size``
+``dicom="all"`` (synthetic, pacs, cmmd)    every row comes from a DICOM object (``is_dicom``)
+``dicom="all"`` or ``"some"`` (the above   ``modality``, ``photometric``, ``source_rows`` and
+plus dicom_folder and s3)                  ``source_columns`` not null; ``photometric`` one the
+                                           decoder handles; ``source_rows``/``source_columns`` at
+                                           least :data:`~medrobust.data.dicom.MIN_SIDE`
+``sided=True`` (cmmd)                      ``laterality`` (ImageLaterality) in {L, R}
+``vectors=True`` (two_moons)               ``height`` 1, ``width`` 2 (a feature vector)
+=========================================  ======================================================
 
-``dicom_folder`` and ``s3`` may also hold PNG/JPEG files, which have no DICOM header: their DICOM
+``dicom="some"`` sources (dicom_folder, s3) may also hold PNG/JPEG files, which have no DICOM header: their DICOM
 expectations are restricted (a GX row condition) to rows with at least one DICOM header fact,
 flagged by the derived column ``is_dicom``. Ingest always writes the base fact columns
 (``modality``, ``photometric``, ``bits_stored``, ``source_rows``, ``source_columns``; empty when an
@@ -57,23 +58,41 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from medrobust.config import ValidationConfig
+from pydantic import Field, model_validator
+
+from medrobust.config import StrictModel
 from medrobust.data.dicom import COLOR, MIN_SIDE
 from medrobust.data.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
 TABLES = ("images", "patients", "class_balance")
-#: sources whose items are DICOM objects (their manifest rows carry header facts)
-DICOM_SOURCES = frozenset({"synthetic", "dicom_folder", "pacs", "s3", "cmmd"})
-#: DICOM sources that may also deliver PNG/JPEG files: DICOM rules apply to DICOM rows only
-MIXED_SOURCES = frozenset({"dicom_folder", "s3"})
 #: photometric interpretations the decoder maps to grey levels (anything else is quarantined)
 PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", *sorted(COLOR))
 #: manifest columns holding DICOM header facts (ingest's FACT_COLUMNS values that mark a DICOM row)
 DICOM_FACT_COLUMNS = ("modality", "photometric", "bits_stored", "source_rows", "source_columns", "transfer_syntax")
 _TEXT_FACTS = ("modality", "photometric", "laterality")
 _NUMERIC_FACTS = ("bits_stored", "source_rows", "source_columns")
+
+
+class ValidationConfig(StrictModel):
+    """``validation``: the Great Expectations thresholds for the ingest manifest."""
+
+    min_class_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_class_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    min_images_per_split: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> ValidationConfig:
+        if self.min_class_fraction > self.max_class_fraction:
+            raise ValueError("min_class_fraction must be <= max_class_fraction")
+        return self
+
+
+def _dicom_items(source: str) -> str:
+    """``all``, ``some`` or ``none``: whether the source's items are DICOM objects (its registry entry)."""
+    return str(SOURCES.cfg(source).get("dicom", "none"))
 
 
 @dataclass
@@ -95,13 +114,22 @@ class ValidationReport:
 
     @property
     def failures(self) -> list[dict[str, Any]]:
+        """The checks that failed."""
         return [c for c in self.checks if not c["success"]]
+
+    def add_failure(self, table: str, expectation: str, details: str) -> None:
+        """Record a failed check made outside Great Expectations (e.g. the quarantine fraction)."""
+        self.success = False
+        self.checks.append({"table": table, "expectation": expectation, "column": None, "success": False,
+                            "details": details})
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
+        """The expectations skipped because their column is not in the manifest."""
         return [c for c in self.checks if c.get("skipped")]
 
     def to_markdown(self) -> str:
+        """``validation.md``: one table row per check."""
         title = f"# Ingest validation{f' ({self.source})' if self.source else ''}: "
         lines = [
             title + ("PASSED" if self.success else "FAILED"),
@@ -144,7 +172,7 @@ def _images_frame(manifest: pd.DataFrame, source: str) -> pd.DataFrame:
             number = pd.to_numeric(text.where(present), errors="coerce").astype(float)
             frame[col] = number.mask(present & number.isna(), -1.0)
     facts = [c for c in DICOM_FACT_COLUMNS if c in frame.columns]
-    if source in DICOM_SOURCES and facts:
+    if _dicom_items(source) != "none" and facts:
         present = pd.DataFrame({c: frame[c].astype("string").fillna("").str.strip() != "" for c in facts})
         frame["is_dicom"] = present.any(axis=1).astype(bool)
     return frame
@@ -170,7 +198,7 @@ def _source_rules(gx: Any, source: str, image_size: int | None) -> list[_Rule]:
     """The per-source expectations on ``images`` (see the module docstring)."""
     E = gx.expectations
     rules: list[_Rule] = []
-    if source == "two_moons":
+    if SOURCES.cfg(source).get("vectors"):
         rules += [
             _Rule(("height",), lambda: E.ExpectColumnValuesToBeInSet(column="height", value_set=[1])),
             _Rule(("width",), lambda: E.ExpectColumnValuesToBeInSet(column="width", value_set=[2])),
@@ -181,8 +209,8 @@ def _source_rules(gx: Any, source: str, image_size: int | None) -> list[_Rule]:
             _Rule(("height", *size), lambda: E.ExpectColumnValuesToBeInSet(column="height", value_set=[image_size])),
             _Rule(("width", *size), lambda: E.ExpectColumnValuesToBeInSet(column="width", value_set=[image_size])),
         ]
-    if source in DICOM_SOURCES:
-        if source in MIXED_SOURCES:
+    if _dicom_items(source) != "none":
+        if _dicom_items(source) == "some":
             from great_expectations.expectations.row_conditions import Column
 
             when: dict[str, Any] = {"row_condition": Column("is_dicom") == True}  # noqa: E712 (GX condition)
@@ -198,7 +226,7 @@ def _source_rules(gx: Any, source: str, image_size: int | None) -> list[_Rule]:
         for col in ("source_rows", "source_columns"):
             rules.append(_Rule((col, *need), lambda col=col: E.ExpectColumnValuesToBeBetween(
                 column=col, min_value=MIN_SIDE, **when)))
-    if source == "cmmd":
+    if SOURCES.cfg(source).get("sided"):
         # nulls pass: the source may take the side from the series-level Laterality, which is not kept
         rules.append(_Rule(("laterality",), lambda: E.ExpectColumnValuesToBeInSet(
             column="laterality", value_set=["L", "R"])))

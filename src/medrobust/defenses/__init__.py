@@ -1,55 +1,42 @@
-"""Training methods behind a registry, chosen by name in params.yaml (``train.method``)."""
+"""Training methods — the five papers' defences and their baselines — behind the :data:`TRAINING_METHODS`
+registry, chosen by name in params.yaml (``train.method``).
+
+One file per method, each a :class:`TrainingMethod` subclass that registers itself under its
+``name`` and only returns a loss; the shared loop (:func:`medrobust.training.train_model`) owns
+data order, optimiser, checkpoints and logging. Each module's docstring gives the paper (title and
+arXiv id), the equations, the defaults and every choice made where the paper is silent.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-import inspect
-
-from medrobust.defenses.arfl import ARFL
-from medrobust.defenses.augmix import AugMix, RobustAugMix
-from medrobust.defenses.base import Defense
-from medrobust.defenses.domain_assimilation import DomainAssimilation
-from medrobust.defenses.dpaat import DPAAT
-from medrobust.defenses.dsbn import DSBN
-from medrobust.defenses.dual_at import DualAT
-from medrobust.defenses.fast_at import FastAT
-from medrobust.defenses.mart import MART
-from medrobust.defenses.pgd_at import PGDAT
-from medrobust.defenses.probes import LinearProbe, MLPTuning
-from medrobust.defenses.ran import RAN
-from medrobust.defenses.rtda import RTDA
-from medrobust.defenses.standard import Standard
-from medrobust.defenses.trades import TRADES
-
-DEFENSES: dict[str, type[Defense]] = {
-    "standard": Standard,
-    "pgd_at": PGDAT,
-    "trades": TRADES,
-    "mart": MART,
-    "dual_at": DualAT,
-    "fast_at": FastAT,
-    "domain_assimilation": DomainAssimilation,
-    "dpaat": DPAAT,
-    "arfl": ARFL,
-    "augmix": AugMix,
-    "robust_augmix": RobustAugMix,
-    "rtda": RTDA,
-    "dsbn": DSBN,
-    "ran": RAN,
-    "linear_probe": LinearProbe,
-    "mlp_tuning": MLPTuning,
-}
+from medrobust.defenses import (  # noqa: F401 - imported to register them
+    arfl, augmix, domain_assimilation, dpaat, dsbn, dual_at, fast_at, mart, pgd_at, probes, ran, rtda, standard,
+    trades)
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
-def get_defense(name: str, seed: int | None = None, **params: Any) -> Defense:
-    """Instantiate a training method; ``seed`` goes to methods that draw random numbers themselves."""
-    if name not in DEFENSES:
-        raise KeyError(f"unknown training method {name!r}; available: {', '.join(sorted(DEFENSES))}")
-    cls = DEFENSES[name]
+def get_method(name: str, seed: int | None = None, **params: Any) -> TrainingMethod:
+    """Instantiate a registered training method.
+
+    Args:
+        name: a key of :data:`TRAINING_METHODS`.
+        seed: goes to methods that draw random numbers themselves (ignored by the others).
+        **params: the method's hyper-parameters (``train.methods.<name>`` in params.yaml).
+
+    Returns:
+        The method, ready for :func:`medrobust.training.train_model`.
+
+    Raises:
+        KeyError: an unknown name, listing the registered ones.
+        TypeError, ValueError: a parameter the method does not take, or a value it refuses.
+    """
+    cls = TRAINING_METHODS[name]
     if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
         params["seed"] = seed
     return cls(**params)
 
 
-__all__ = ["DEFENSES", "Defense", "get_defense"]
+__all__ = ["TRAINING_METHODS", "TrainingMethod", "get_method"]

@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks import FGSM, PGD, PGDL2
 from medrobust.attacks.base import Attack
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 CHANNEL_REDUCTIONS = ("mean", "sum")
 
@@ -135,7 +136,8 @@ def _features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     return feats, model.head(model.pool(feats))
 
 
-class ARFL(Defense):
+@TRAINING_METHODS.register()
+class ARFL(TrainingMethod):
     """Adversarially robust feature learning (Eqs. 1, 2, 5); see the module docstring."""
 
     name = "arfl"
@@ -146,9 +148,9 @@ class ARFL(Defense):
         lam: float = 10.0,
         attack: str = "pgd",
         norm: str = "linf",
-        eps: float = 0.01,
+        eps: Eps = 0.01,
         steps: int = 7,
-        step_size: float | None = None,
+        step_size: Eps | None = None,
         random_start: bool = True,
         channel_reduction: str = "mean",
         adv_robust_sign: float = 1.0,

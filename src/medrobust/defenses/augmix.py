@@ -51,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks import PGD, PGDL2
 from medrobust.defenses.augment import augmix, check_augmix_params, parse_ops
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ class _AugMixParams:
                       alpha=self.mix_alpha, ops=self.ops)
 
 
-class AugMix(_AugMixParams, Defense):
+@TRAINING_METHODS.register()
+class AugMix(_AugMixParams, TrainingMethod):
     """AugMix (Hendrycks et al. 2020): clean CE + λ·JSD over the clean image and two AugMix views."""
 
     name = "augmix"
@@ -157,7 +159,8 @@ class AugMix(_AugMixParams, Defense):
         return loss, {"train_acc": _acc(clean, y), "train_aug_acc": _acc(aug1, y), "train_jsd": consistency.item()}
 
 
-class RobustAugMix(_AugMixParams, Defense):
+@TRAINING_METHODS.register()
+class RobustAugMix(_AugMixParams, TrainingMethod):
     """RobustAugMix: clean CE + λ·JSD(clean, AugMix view, PGD adversarial example).
 
     ε is chosen per DICOM Modality in :meth:`prepare` (``eps_by_modality``, else ``eps``) and, with
@@ -175,11 +178,11 @@ class RobustAugMix(_AugMixParams, Defense):
         self,
         jsd_weight: float = 12.0,
         norm: str = "l2",
-        eps: float = 0.5,
-        eps_by_modality: dict[str, float] | None = None,
+        eps: Eps = 0.5,
+        eps_by_modality: dict[str, Eps] | None = None,
         eps_reference_size: int = 0,
         steps: int = 7,
-        step_size: float | None = None,
+        step_size: Eps | None = None,
         random_start: bool = True,
         severity: int = 3,
         width: int = 3,

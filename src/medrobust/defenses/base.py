@@ -2,7 +2,7 @@
 
 A training method only decides *what* to minimise for a batch; the loop in
 :mod:`medrobust.training` owns data order, optimiser, checkpoints and logging. Adding a method is
-one file with one :class:`Defense` subclass registered in :data:`medrobust.defenses.DEFENSES`.
+one file with one :class:`TrainingMethod` subclass registered in :data:`medrobust.defenses.TRAINING_METHODS`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrobust.utils.registry import Registry
 
-class Defense:
+
+#: name -> training method class; each class registers itself under its ``name``
+#: (``@TRAINING_METHODS.register()``) and params.yaml chooses one with ``train.method``.
+TRAINING_METHODS: Registry[type[TrainingMethod]] = Registry("training method")
+
+
+class TrainingMethod:
     """Base class. ``loss`` returns the batch loss and a dict of float stats for logging."""
 
     name = "defense"

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 from medrobust.defenses.glcm import LUMA, glcm_loss
 from medrobust.models import IMAGENET_MEAN, IMAGENET_STD
 
@@ -58,7 +58,8 @@ def assimilation_loss(ce: torch.Tensor, glcm: torch.Tensor, alpha: float, weight
     raise ValueError(f"weighting: {weighting!r} is not allowed; allowed values: {', '.join(WEIGHTINGS)}")
 
 
-class DomainAssimilation(Defense):
+@TRAINING_METHODS.register()
+class DomainAssimilation(TrainingMethod):
     name = "domain_assimilation"
     image_only = True
     model_overrides = {"adapter": "assimilation", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}

@@ -18,7 +18,7 @@ so every detail below that the summary does not fix is a documented choice with 
    Cost: ``probe_steps`` gradient passes plus two forward passes; the default ``probe_steps = 1``
    (an FGM step onto the ε-sphere) adds about 1/7 to the attack's cost. ``probe_steps = steps`` probes
    with the full training attack at the base ε (twice the attack cost). (Reusing a sample's ΔL from
-   an earlier epoch would need sample indices, which the :class:`Defense` contract does not pass.)
+   an earlier epoch would need sample indices, which the :class:`TrainingMethod` contract does not pass.)
 2. **ΔL_avg (``avg``, ``avg_momentum``)** — "continuously updated" across mini-batches:
    ``"ema"`` (default): ``A ← m·A + (1 − m)·mean_batch(ΔL)`` with m = ``avg_momentum`` = 0.9,
    initialised with the first batch's mean; ``"cumulative"``: the mean of every ΔL seen so far;
@@ -52,9 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks.base import eval_mode
 from medrobust.attacks.pgdl2 import EPS_FOR_DIVISION, l2_norms
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 NORMS = ("l2", "linf")
 SCHEDULES = ("two_level", "ratio")
@@ -209,7 +210,8 @@ def loss_change(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_pert: torc
 # --------------------------------------------------------------------------------------------------
 # the training method
 # --------------------------------------------------------------------------------------------------
-class DPAAT(Defense):
+@TRAINING_METHODS.register()
+class DPAAT(TrainingMethod):
     """Dynamic perturbation-adaptive adversarial training (see the module docstring)."""
 
     name = "dpaat"
@@ -217,9 +219,9 @@ class DPAAT(Defense):
     def __init__(
         self,
         norm: str = "l2",
-        eps: float = 0.3,
+        eps: Eps = 0.3,
         steps: int = 7,
-        step_size: float = 0.15,
+        step_size: Eps = 0.15,
         random_start: bool = True,
         scale_step: bool = True,
         probe_steps: int = 1,

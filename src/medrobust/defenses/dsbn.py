@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks import PGD, PGDL2
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 from medrobust.models.dual_bn import bn_route, has_dual_bn
 
 
@@ -46,7 +47,8 @@ def dsbn_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return F.cross_entropy(logits_clean, y) + adv_weight * F.cross_entropy(logits_adv, y)
 
 
-class DSBN(Defense):
+@TRAINING_METHODS.register()
+class DSBN(TrainingMethod):
     """Clean data through the clean BN, PGD data through the adversarial BN; see the module docstring."""
 
     name = "dsbn"
@@ -56,9 +58,9 @@ class DSBN(Defense):
         self,
         adv_weight: float = 1.0,
         norm: str = "linf",
-        eps: float = 0.01,
+        eps: Eps = 0.01,
         steps: int = 7,
-        step_size: float | None = None,
+        step_size: Eps | None = None,
         random_start: bool = True,
         seed: int | None = None,
     ) -> None:

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks import PGD, PGDL2
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def dual_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, r: float) -> torch.Tensor:
@@ -39,16 +40,17 @@ def dual_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return r * F.cross_entropy(logits_clean, y) + (1.0 - r) * F.cross_entropy(logits_adv, y)
 
 
-class DualAT(Defense):
+@TRAINING_METHODS.register()
+class DualAT(TrainingMethod):
     name = "dual_at"
 
     def __init__(
         self,
         r: float = 0.5,
         norm: str = "linf",
-        eps: float = 8 / 255,
+        eps: Eps = 8 / 255,
         steps: int = 7,
-        step_size: float = 2 / 255,
+        step_size: Eps = 2 / 255,
         random_start: bool = True,
         seed: int | None = None,
     ) -> None:

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks.base import eval_mode
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def fast_at_perturbation(
@@ -51,10 +52,11 @@ def fast_at_perturbation(
     return torch.clamp(x + delta, 0.0, 1.0).detach()
 
 
-class FastAT(Defense):
+@TRAINING_METHODS.register()
+class FastAT(TrainingMethod):
     name = "fast_at"
 
-    def __init__(self, eps: float = 8 / 255, alpha: float | None = None, seed: int | None = None) -> None:
+    def __init__(self, eps: Eps = 8 / 255, alpha: Eps | None = None, seed: int | None = None) -> None:
         alpha = 1.25 * eps if alpha is None else alpha
         super().__init__(eps=eps, alpha=alpha, seed=seed)
         if eps < 0 or alpha < 0:

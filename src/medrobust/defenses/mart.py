@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks import PGD
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
@@ -44,14 +45,15 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return (bce + beta * kl * weight).mean()
 
 
-class MART(Defense):
+@TRAINING_METHODS.register()
+class MART(TrainingMethod):
     name = "mart"
 
     def __init__(
         self,
-        eps: float = 8 / 255,
+        eps: Eps = 8 / 255,
         steps: int = 10,
-        step_size: float = 2 / 255,
+        step_size: Eps = 2 / 255,
         beta: float = 6.0,
         seed: int | None = None,
     ) -> None:

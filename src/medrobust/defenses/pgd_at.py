@@ -16,19 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks import PGD, PGDL2
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
-class PGDAT(Defense):
+@TRAINING_METHODS.register()
+class PGDAT(TrainingMethod):
     name = "pgd_at"
 
     def __init__(
         self,
         norm: str = "linf",
-        eps: float = 8 / 255,
+        eps: Eps = 8 / 255,
         steps: int = 7,
-        step_size: float = 2 / 255,
+        step_size: Eps = 2 / 255,
         random_start: bool = True,
         warmup_epochs: int = 0,
     ) -> None:

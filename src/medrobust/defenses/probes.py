@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
-class _HeadOnlyCE(Defense):
+class _HeadOnlyCE(TrainingMethod):
     trainable = "head"
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -26,6 +26,7 @@ class _HeadOnlyCE(Defense):
         return loss, {"train_acc": (logits.argmax(1) == y).float().mean().item()}
 
 
+@TRAINING_METHODS.register()
 class LinearProbe(_HeadOnlyCE):
     """Linear probing: a linear classifier trained with cross-entropy on frozen features."""
 
@@ -33,6 +34,7 @@ class LinearProbe(_HeadOnlyCE):
     model_overrides = {"head": "linear"}
 
 
+@TRAINING_METHODS.register()
 class MLPTuning(_HeadOnlyCE):
     """MLP tuning: a two-layer MLP classifier trained with cross-entropy on frozen features."""
 

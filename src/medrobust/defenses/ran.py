@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust.attacks.base import eval_mode
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 from medrobust.models.ran_head import RANHead
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def _ran_head(model: nn.Module) -> RANHead:
     return head
 
 
-class RAN(Defense):
+@TRAINING_METHODS.register()
+class RAN(TrainingMethod):
     """RAN fine-tuning of a head on a frozen encoder (see the module docstring)."""
 
     name = "ran"

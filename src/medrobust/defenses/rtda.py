@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.defenses.augmix import RobustAugMix, jsd
+from medrobust.defenses.base import TRAINING_METHODS
 
 
 def rtda_loss(logits_clean: torch.Tensor, logits_aug: torch.Tensor, logits_adv: torch.Tensor,
@@ -50,6 +51,7 @@ def rtda_loss(logits_clean: torch.Tensor, logits_aug: torch.Tensor, logits_adv: 
     return F.cross_entropy(logits_adv, y) + jsd_weight * jsd(logits_clean, logits_aug, logits_adv)
 
 
+@TRAINING_METHODS.register()
 class RTDA(RobustAugMix):
     """RTDA: adversarial CE + λ·JSD(clean, AugMix view, PGD adversarial example); see the module docstring."""
 

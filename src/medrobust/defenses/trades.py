@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrobust.config import Eps
 from medrobust.attacks.base import eval_mode
-from medrobust.defenses.base import Defense
+from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -61,14 +62,15 @@ def trades_perturbation(
     return x_adv.detach()
 
 
-class TRADES(Defense):
+@TRAINING_METHODS.register()
+class TRADES(TrainingMethod):
     name = "trades"
 
     def __init__(
         self,
-        eps: float = 8 / 255,
+        eps: Eps = 8 / 255,
         steps: int = 10,
-        step_size: float = 2 / 255,
+        step_size: Eps = 2 / 255,
         beta: float = 6.0,
         seed: int | None = None,
     ) -> None:

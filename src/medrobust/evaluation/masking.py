@@ -24,9 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrobust.attacks import PGD, eval_mode
-from medrobust.config import MaskingConfig, parse_eps
+from pydantic import Field
+
+from medrobust.attacks import PGD, eval_mode, get_attack
+from medrobust.config import Eps, StrictModel, parse_eps
 from medrobust.evaluation.metrics import evaluate_attack
+
+
+class MaskingConfig(StrictModel):
+    """``evaluate.masking``: the gradient-masking checks."""
+
+    enabled: bool = True
+    n_points: int = Field(128, ge=8, le=1_000_000)
+    large_eps: Eps = 1.0                                    # an L∞ budget that must drive accuracy to about 0
+    large_eps_max_accuracy: float = Field(0.1, ge=0.0, le=1.0)
+    tolerance: float = Field(0.03, ge=0.0, le=1.0)
+    square_queries: int = Field(300, ge=1, le=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -117,8 +130,6 @@ def run_masking_checks(
     cfg: MaskingConfig, gate_eps: float, eps_label: str, seed: int = 0,
 ) -> list[CheckResult]:
     """Every check on the first ``cfg.n_points`` points (``whitebox``: attack -> ε label -> accuracy)."""
-    from medrobust.attacks import get_attack
-
     device = _device(model)
     xs, ys = x[: cfg.n_points].to(device), y[: cfg.n_points].to(device)
     checks = [check_deterministic(model, xs), check_logits(model, xs), check_gradients(model, xs, ys)]

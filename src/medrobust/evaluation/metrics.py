@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medrobust.attacks import Attack
-from medrobust.training import predict_logits
+from medrobust.models.inference import predict_logits
 
 
 def clean_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:

@@ -62,6 +62,7 @@ import io
 import logging
 import math
 from collections.abc import Callable, Iterable
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -69,12 +70,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from medrobust.config import InRegistry, Seq, StrictModel
+from medrobust.utils.registry import Registry
+
 log = logging.getLogger(__name__)
 
 ShiftFn = Callable[[Tensor, int, torch.Generator], Tensor]
 """``(images, severity, generator) -> shifted images``."""
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+#: name -> shift function; each shift below registers itself.
+SHIFTS: Registry[ShiftFn] = Registry("natural shift")
 
 #: the severity table (see the module docstring); index ``severity - 1``
 PARAMS: dict[str, tuple[float, ...]] = {
@@ -132,16 +139,19 @@ def _contrast(x: Tensor, factor: float) -> Tensor:
     return mean + factor * (x - mean)
 
 
+@SHIFTS.register("contrast_low")
 def contrast_low(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Pull every pixel towards its image's (per-channel) mean: flatter processing curve / window."""
     return _finish(_contrast(_prepare(images), _param("contrast_low", severity)), images)
 
 
+@SHIFTS.register("contrast_high")
 def contrast_high(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Push every pixel away from its image's (per-channel) mean: steeper curve / narrower window."""
     return _finish(_contrast(_prepare(images), _param("contrast_high", severity)), images)
 
 
+@SHIFTS.register("brightness")
 def brightness(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Raise the HSV value ``max_c x_c`` by a constant, keeping hue and saturation (grey: ``x + b``)."""
     x = _prepare(images)
@@ -154,17 +164,20 @@ def brightness(images: Tensor, severity: int, generator: torch.Generator) -> Ten
     return _finish(out, images)
 
 
+@SHIFTS.register("gamma")
 def gamma(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Display/processing gamma ``x ** g`` with ``g > 1``: midtones darker, 0 and 1 fixed."""
     return _finish(_prepare(images).pow(_param("gamma", severity)), images)
 
 
+@SHIFTS.register("gaussian_noise")
 def gaussian_noise(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Additive white Gaussian noise (detector / quantum / thermal noise)."""
     x = _prepare(images)
     return _finish(x + _param("gaussian_noise", severity) * _randn_like(x, generator), images)
 
 
+@SHIFTS.register("speckle_noise")
 def speckle_noise(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Multiplicative Gaussian noise ``x (1 + s n)``: the granular speckle of coherent imaging (ultrasound)."""
     x = _prepare(images)
@@ -178,6 +191,7 @@ def _gaussian_kernel(sigma: float, dtype: torch.dtype, device: torch.device) -> 
     return k / k.sum()
 
 
+@SHIFTS.register("gaussian_blur")
 def gaussian_blur(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Separable Gaussian blur (defocus, motion, soft reconstruction kernel); borders replicated."""
     x = _prepare(images)
@@ -198,6 +212,7 @@ def _jpeg_roundtrip(array: np.ndarray, quality: int, mode: str) -> np.ndarray:
         return np.asarray(decoded.convert(mode))
 
 
+@SHIFTS.register("jpeg")
 def jpeg(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Lossy JPEG export at decreasing quality (Pillow), through a uint8 round trip, one image at a time."""
     x = _prepare(images)
@@ -225,6 +240,7 @@ def _pixelate_size(length: int, severity: int) -> int:
     return size
 
 
+@SHIFTS.register("pixelate")
 def pixelate(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """Lower acquisition / export resolution: area-average down by a factor, nearest-neighbour back up."""
     x = _prepare(images)
@@ -232,19 +248,6 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator) -> Tenso
     small = (_pixelate_size(h, severity), _pixelate_size(w, severity))
     down = F.interpolate(x, size=small, mode="area")
     return _finish(F.interpolate(down, size=(h, w), mode="nearest"), images)
-
-
-SHIFTS: dict[str, ShiftFn] = {
-    "contrast_low": contrast_low,
-    "contrast_high": contrast_high,
-    "brightness": brightness,
-    "gamma": gamma,
-    "gaussian_noise": gaussian_noise,
-    "speckle_noise": speckle_noise,
-    "gaussian_blur": gaussian_blur,
-    "jpeg": jpeg,
-    "pixelate": pixelate,
-}
 
 # ----------------------------------------------------------------------------- defaults per modality
 
@@ -301,12 +304,6 @@ def default_shifts(modality: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- public entry points
 
 
-def _get(name: str) -> ShiftFn:
-    try:
-        return SHIFTS[name]
-    except KeyError:
-        raise KeyError(f"unknown shift {name!r}; available: {', '.join(SHIFTS)}") from None
-
 
 def _generator(seed: int) -> torch.Generator:
     g = torch.Generator(device="cpu")
@@ -330,7 +327,7 @@ def apply_shift(name: str, images: Tensor, severity: int, seed: int = 0) -> Tens
         KeyError: ``name`` is not a known shift (the message lists the available ones).
         ValueError: ``severity`` is not in :data:`SEVERITIES`, or ``images`` is not 4-D.
     """
-    fn = _get(name)
+    fn = SHIFTS[name]
     _check_severity(severity)
     return fn(images, int(severity), _generator(seed))
 
@@ -367,7 +364,7 @@ def shift_accuracy(
         ValueError: empty input, mismatched lengths or a non-positive ``batch_size``.
     """
     names = list(shifts)
-    fns = {name: _get(name) for name in names}
+    fns = {name: SHIFTS[name] for name in names}
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"need as many labels as images (> 0), got {len(x)} images and {len(y)} labels")
     if batch_size < 1:
@@ -393,3 +390,12 @@ def shift_accuracy(
     finally:
         model.train(was_training)
     return results
+
+
+class ShiftsConfig(StrictModel):
+    """``evaluate.shifts``: natural shifts (MedMNIST-C style); an empty ``names`` takes the modality's
+    default set (:data:`DEFAULT_SHIFTS`)."""
+
+    enabled: bool = True
+    names: Seq[Annotated[str, InRegistry(SHIFTS)]] = ()
+    severities: Seq[Literal[1, 2, 3, 4, 5]] = SEVERITIES

@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medrobust.models.registry import ADAPTERS
+
 
 class TextureModule(nn.Module):
     """``x + conv3(ReLU(conv2(ReLU(conv1(x)))))`` with 3×3 kernels; starts near the identity."""
@@ -90,6 +92,7 @@ class AssimilationAdapter(nn.Module):
         return self.colour(self.texture(x))
 
 
+@ADAPTERS.register("assimilation")
 def build_assimilation_adapter(in_channels: int) -> tuple[nn.Module, int]:
-    """The ``ADAPTERS`` builder: ``(adapter, 3)``."""
+    """The ``assimilation`` adapter (texture → colour modules, domain assimilation): ``(adapter, 3)``."""
     return AssimilationAdapter(in_channels), AssimilationAdapter.out_channels

@@ -6,7 +6,7 @@ A builder returns a :class:`Trunk`: ``features`` (input → the last convolution
 classifier, that make up its last block: what ARFL fine-tunes together with the head).
 
 torchvision backbones (ResNet18/50, DenseNet121, VGG16) are built without downloading anything;
-ImageNet weights come from a local file (a torchvision ``state_dict``) through ``pretrained``.
+ImageNet weights come from a local file (a torchvision ``state_dict``) through ``pretrained`` (:mod:`.weights`).
 With 1-channel input the first convolution's RGB kernels are summed, so a grey image gives the
 same activations as that grey image repeated on three channels.
 """
@@ -19,6 +19,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from medrobust.models.registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+from medrobust.models.weights import adapt_first_conv, load_torchvision_state
+
+#: the registry config of the torchvision backbones: ImageNet normalisation for their local weights
+IMAGENET = {"pretrained_mean": IMAGENET_MEAN, "pretrained_std": IMAGENET_STD}
 
 
 class Normalize(nn.Module):
@@ -54,6 +60,7 @@ def _gap() -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+@BACKBONES.register("small_cnn")
 def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> Trunk:
     """Four conv blocks (conv-BN-ReLU, stride-2 downsampling) + global average pooling + linear."""
 
@@ -67,6 +74,7 @@ def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> Trunk:
     return Trunk(features, _gap(), nn.Linear(8 * w, num_classes), 8 * w, last_block=["features.3"])
 
 
+@BACKBONES.register("mlp", in_channels=2)
 def mlp(num_classes: int, in_channels: int = 2, width: int = 10) -> Trunk:
     """A multi-layer perceptron for vector data (the ARFL two-moon net is ``in 2, width 10``:
     2-10-10-1 with the ``binary`` head). The "feature map" is the penultimate layer's activations."""
@@ -74,44 +82,13 @@ def mlp(num_classes: int, in_channels: int = 2, width: int = 10) -> Trunk:
     return Trunk(features, nn.Identity(), nn.Linear(width, num_classes), width, last_block=["features.2"])
 
 
-def _load_state(net: nn.Module, pretrained: str | Path | None) -> None:
-    """Load a torchvision ``state_dict`` from a local file (weights only)."""
-    if not pretrained:
-        return
-    path = Path(pretrained)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {path} not found: give a local torchvision state_dict file "
-                                "(nothing is downloaded at run time)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"pretrained weights {path} do not fit {type(net).__name__}: "
-                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-
-
-def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A copy of ``conv`` taking ``in_channels`` inputs; 1 channel sums the RGB kernels."""
-    if in_channels == conv.in_channels:
-        return conv
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    bias=conv.bias is not None)
-    with torch.no_grad():
-        if in_channels == 1:
-            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
-
-
 def _resnet(name: str) -> Callable[..., Trunk]:
     def build(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: str | Path | None = None) -> Trunk:
         import torchvision.models as tvm
 
         net = getattr(tvm, name)(weights=None)
-        _load_state(net, pretrained)
-        net.conv1 = _adapt_first_conv(net.conv1, in_channels)
+        load_torchvision_state(net, pretrained)
+        net.conv1 = adapt_first_conv(net.conv1, in_channels)
         features = nn.Sequential()
         for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             features.add_module(part, getattr(net, part))
@@ -122,20 +99,22 @@ def _resnet(name: str) -> Callable[..., Trunk]:
     return build
 
 
+@BACKBONES.register("densenet121", **IMAGENET)
 def densenet121(num_classes: int, in_channels: int = 1, width: int = 64,
                 pretrained: str | Path | None = None) -> Trunk:
     """torchvision DenseNet121; ``features`` ends with the final norm + ReLU (as torchvision's forward)."""
     import torchvision.models as tvm
 
     net = tvm.densenet121(weights=None)
-    _load_state(net, pretrained)
-    net.features.conv0 = _adapt_first_conv(net.features.conv0, in_channels)
+    load_torchvision_state(net, pretrained)
+    net.features.conv0 = adapt_first_conv(net.features.conv0, in_channels)
     features = nn.Sequential(net.features, nn.ReLU(inplace=False))
     dim = net.classifier.in_features
     return Trunk(features, _gap(), nn.Linear(dim, num_classes), dim,
                  last_block=["features.0.denseblock4", "features.0.norm5"])
 
 
+@BACKBONES.register("vgg16", **IMAGENET)
 def vgg16(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: str | Path | None = None) -> Trunk:
     """torchvision VGG16: ``features`` = the conv stack; ``pool`` = avgpool + fc6 + fc7 (ImageNet weights
     kept), so the pooled feature is the 4096-d fc7 output, the usual frozen VGG feature; the head is a
@@ -144,31 +123,15 @@ def vgg16(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: s
     import torchvision.models as tvm
 
     net = tvm.vgg16(weights=None)
-    _load_state(net, pretrained)
-    net.features[0] = _adapt_first_conv(net.features[0], in_channels)
+    load_torchvision_state(net, pretrained)
+    net.features[0] = adapt_first_conv(net.features[0], in_channels)
     fc = net.classifier  # fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8
     pool = nn.Sequential(net.avgpool, nn.Flatten(), *list(fc.children())[:6])
     return Trunk(net.features, pool, nn.Linear(fc[6].in_features, num_classes), fc[6].in_features,
                  last_block=["features.28", "features.29", "features.30", "pool"])
 
 
-def _no_pretrained(builder: Callable[..., Trunk]) -> Callable[..., Trunk]:
-    def build(num_classes: int, in_channels: int = 1, width: int = 16, pretrained: str | Path | None = None) -> Trunk:
-        if pretrained:
-            raise ValueError(f"{builder.__name__} has no ImageNet weights; give a medrobust model.pt as pretrained "
-                             "(its encoder is loaded) or leave model.pretrained empty")
-        return builder(num_classes, in_channels, width)
+resnet18 = BACKBONES.register("resnet18", **IMAGENET)(_resnet("resnet18"))
+resnet50 = BACKBONES.register("resnet50", **IMAGENET)(_resnet("resnet50"))
 
-    build.__doc__ = builder.__doc__
-    build.__name__ = builder.__name__
-    return build
-
-
-BACKBONES: dict[str, Callable[..., Trunk]] = {
-    "small_cnn": _no_pretrained(small_cnn),
-    "mlp": _no_pretrained(mlp),
-    "resnet18": _resnet("resnet18"),
-    "resnet50": _resnet("resnet50"),
-    "densenet121": densenet121,
-    "vgg16": vgg16,
-}
+__all__ = ["IMAGENET", "Normalize", "Trunk", "densenet121", "mlp", "resnet18", "resnet50", "small_cnn", "vgg16"]

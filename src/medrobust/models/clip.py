@@ -13,10 +13,10 @@ architecture            embed dim  width   depth  patch  input size
 ======================  =========  ======  =====  =====  ==========
 
 Only ``clip_vit_b32`` (OpenAI ViT-B/32; PubMedCLIP is a fine-tuned one) is registered in
-:data:`medrobust.models.MODELS`: every registered backbone is built, run and saved by the unit tests,
+:data:`~medrobust.models.registry.BACKBONES`: every registered backbone is built, run and saved by the unit tests,
 which takes about 4 s for ViT-B/32, 10 s for ViT-B/16 and a minute for ViT-L/14 (the RAN paper's
 backbone, 304M parameters) on CPU. The others are one line away, e.g.
-``MODELS["clip_vit_l14"] = clip_backbone(768, CLIP_VIT_L14, name="clip_vit_l14")``. All use
+``BACKBONES.add("clip_vit_l14", clip_backbone(768, CLIP_VIT_L14, name="clip_vit_l14"), **CLIP_CFG)``. All use
 QuickGELU, as OpenAI's released weights do (``quick_gelu=False`` for GELU towers such as open_clip's
 LAION-trained ones).
 
@@ -37,7 +37,7 @@ The trunk (:class:`ClipImageEncoder` as ``features``, ``Flatten`` as ``pool``, a
 * CLIP's per-channel mean/std (:data:`CLIP_MEAN`, :data:`CLIP_STD`) are applied inside ``features``
   after the channel repeat, because a per-channel normalisation cannot be applied to a 1-channel
   image before it. The classifier's own ``normalize`` layer must therefore be the identity: set the
-  model spec's ``mean = 0.0`` and ``std = 1.0`` (:data:`CLIP_SPEC_DEFAULTS`). With other values the
+  model spec's ``mean = 0.0`` and ``std = 1.0`` (the registry entry's :data:`CLIP_CFG` does). With other values the
   encoder sees ``(x − mean)/std`` instead of the pixel values its weights were trained on.
 
 Weights (``pretrained=PATH``): an OpenAI/open_clip state dict of the whole CLIP model (its ``visual.*``
@@ -62,14 +62,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust.models.backbones import Trunk
+from medrobust.models.registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
 #: OpenAI CLIP's image normalisation (applied inside :class:`ClipImageEncoder`).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-#: ModelSpec fields a CLIP backbone needs: the classifier's ``normalize`` must be the identity.
-CLIP_SPEC_DEFAULTS: dict[str, Any] = {"mean": 0.0, "std": 1.0}
 
 
 def _import_open_clip() -> Any:
@@ -195,8 +194,8 @@ def clip_backbone(embed_dim: int, vision_cfg: dict[str, Any], quick_gelu: bool =
         ``build(num_classes, in_channels=1, width=..., pretrained=None) -> Trunk`` (``width`` is ignored).
 
     Example:
-        >>> MODELS["clip_tiny"] = clip_backbone(32, {"image_size": 32, "layers": 2, "width": 64,
-        ...                                          "patch_size": 16, "head_width": 32})
+        >>> BACKBONES.add("clip_tiny", clip_backbone(32, {"image_size": 32, "layers": 2, "width": 64,
+        ...                                               "patch_size": 16, "head_width": 32}), **CLIP_CFG)
     """
     if "layers" in vision_cfg and not isinstance(vision_cfg["layers"], int):
         raise ValueError(f"{name}: only vision-transformer towers (an int 'layers') are supported")
@@ -228,9 +227,11 @@ CLIP_VIT_B16: dict[str, Any] = {"image_size": 224, "layers": 12, "width": 768, "
 #: OpenAI ViT-L/14's visual tower (embedding 768): ``clip_backbone(768, CLIP_VIT_L14)``.
 CLIP_VIT_L14: dict[str, Any] = {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14}
 
-CLIP_BACKBONES: dict[str, Callable[..., Trunk]] = {
-    "clip_vit_b32": clip_backbone(512, CLIP_VIT_B32, name="clip_vit_b32"),
-}
+#: the registry config of a CLIP backbone: it normalises inside itself, so the classifier's
+#: ``normalize`` layer is the identity, trained from scratch or not
+CLIP_CFG: dict[str, Any] = {"mean": 0.0, "std": 1.0, "pretrained_mean": 0.0, "pretrained_std": 1.0}
 
-__all__ = ["CLIP_BACKBONES", "CLIP_MEAN", "CLIP_SPEC_DEFAULTS", "CLIP_STD", "CLIP_VIT_B16", "CLIP_VIT_B32", "CLIP_VIT_L14", "ClipImageEncoder",
-           "clip_backbone", "load_visual_weights", "read_state_dict", "visual_state_dict"]
+clip_vit_b32 = BACKBONES.register("clip_vit_b32", **CLIP_CFG)(clip_backbone(512, CLIP_VIT_B32, name="clip_vit_b32"))
+
+__all__ = ["CLIP_CFG", "CLIP_MEAN", "CLIP_STD", "CLIP_VIT_B16", "CLIP_VIT_B32", "CLIP_VIT_L14", "ClipImageEncoder",
+           "clip_backbone", "clip_vit_b32", "load_visual_weights", "read_state_dict", "visual_state_dict"]

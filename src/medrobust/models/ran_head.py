@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medrobust.models.registry import HEADS
+
 
 class RANHead(nn.Module):
     """``classifier(transform(F))`` with ``centroids`` beside them.
@@ -47,7 +49,9 @@ class RANHead(nn.Module):
         return absent
 
 
+@HEADS.register("ran")
 def build_ran_head(dim: int, num_classes: int, hidden: int) -> nn.Module:
+    """The ``ran`` head: transform + classifier + class centroids (:mod:`medrobust.defenses.ran`)."""
     return RANHead(dim, num_classes, hidden)
 
 

@@ -1,1 +1,2 @@
-"""The Kubeflow DAG (``dag.py``), its compilation, and local execution with kfp.local (``local.py``)."""
+"""The Kubeflow DAG (:mod:`.dag`), its compilation with the components' (:mod:`.compile`), and local
+execution with kfp.local (:mod:`.local`)."""

@@ -10,15 +10,20 @@
 * MLflow's address and credentials come from the optional Kubernetes secret ``medrobust-mlflow``;
   ingest's source credentials (PACS, S3) and the pseudonymisation key from ``medrobust-data``.
 
-The pipeline takes params.yaml (as one line of JSON) as its one parameter (defaulting to the repository's
-file at compile time), so it reads exactly the keys DVC reads.
+* A ``synthesize`` task exists only for a source whose data the pipeline makes itself
+  (``synthetic``: its registry entry says ``synthesized``); ingest then reads its artifact. A PACS,
+  a bucket or MedMNIST is read by ingest directly, so such a pipeline has no synthesize task.
+
+The pipeline takes params.yaml (as one line of JSON) as its one parameter, defaulting to the file it
+was compiled with, so it reads exactly the keys DVC reads. The DAG's shape follows that file's
+``data.source``: a run that overrides ``params_yaml`` keeps the source kind it was compiled for.
 """
 
-from pathlib import Path
-
-from kfp import compiler, dsl, kubernetes
+from kfp import dsl, kubernetes
 
 from medrobust import components as c
+from medrobust.data.sources import SOURCES
+from medrobust.params import params_from_text
 
 PIPELINE_NAME = "medrobust"
 GPU_NODE_SELECTOR = ("medrobust.io/node-pool", "gpu")
@@ -41,7 +46,6 @@ DATA_ENV = {
     "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
     "pseudonym_key": "MEDROBUST_PSEUDONYM_KEY",
 }
-DEFAULT_PARAMS = Path(__file__).resolve().parents[3] / "params.yaml"
 
 
 def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -69,12 +73,24 @@ def _cached(task: dsl.PipelineTask, retries: int = 2) -> dsl.PipelineTask:
 
 
 def build_pipeline(default_params_yaml: str):
-    """The pipeline function, with ``params_yaml`` defaulting to the given text."""
+    """The pipeline function, with ``params_yaml`` defaulting to the given text (validated first).
+
+    Args:
+        default_params_yaml: params.yaml as one line of JSON (:func:`medrobust.params.params_as_text`).
+
+    Raises:
+        ConfigError: the params are invalid.
+    """
+    synthesized = bool(SOURCES.cfg(params_from_text(default_params_yaml).data.source).get("synthesized"))
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, attack, gate and register a robust medical-image classifier.")
     def medrobust_pipeline(params_yaml: str = default_params_yaml):
-        raw = _cached(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"))
-        ing = _data_secrets(_cached(c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])))
+        if synthesized:
+            raw = _cached(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"))
+            ing = c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])
+        else:
+            ing = c.ingest(params_yaml=params_yaml)
+        ing = _data_secrets(_cached(ing))
         adv = _gpu(_cached(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"])))
         trn = _mlflow(_gpu(_cached(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]))))
         ev = _mlflow(_gpu(_cached(c.evaluate(
@@ -92,12 +108,4 @@ def build_pipeline(default_params_yaml: str):
     return medrobust_pipeline
 
 
-def compile_pipeline(out: str | Path, params_path: str | Path = DEFAULT_PARAMS) -> Path:
-    """Compile to YAML (two documents: PipelineSpec and PlatformSpec)."""
-    from medrobust.config import params_as_text
-
-    text = params_as_text(params_path)  # validated: never compile an invalid configuration
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(text), package_path=str(out))
-    return out
+__all__ = ["DATA_SECRET", "MLFLOW_SECRET", "PIPELINE_NAME", "build_pipeline"]

@@ -12,19 +12,27 @@ import os
 import sys
 from pathlib import Path
 
-from medrobust.config import Params, params_as_text
-from medrobust.tracking import tracking_uri
+from medrobust.params import Params, params_as_text
+from medrobust.pipelines.dag import build_pipeline
+from medrobust.registry.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
 
 
 def run_local(params: Params, params_path: str | Path, pipeline_root: str | Path) -> Path:
-    """Run the pipeline locally; returns this run's folder (``<root>/medrobust-<timestamp>``)."""
+    """Run the pipeline locally with kfp.local's SubprocessRunner.
+
+    Args:
+        params: the validated params (for the MLflow store).
+        params_path: the params file every task receives.
+        pipeline_root: where kfp.local keeps the runs' artifacts.
+
+    Returns:
+        This run's folder (``<root>/medrobust-<timestamp>``).
+    """
     from kfp import local
 
-    from medrobust.pipelines.dag import build_pipeline
-
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(params)  # absolute, inherited by every task
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(params.mlflow)  # absolute, inherited by every task
     # tasks run `python3 -m kfp.dsl.executor_main`: make it this environment's interpreter
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     root = Path(pipeline_root).resolve()

@@ -1,1 +1,2 @@
-"""Model registry: robustness gates and promotion with MLflow aliases (``@champion``)."""
+"""MLflow: the tracking store (:mod:`.tracking`), the model registry and its ``@champion`` alias
+(:mod:`.champion`), and the robustness gates a version must pass to earn it (:mod:`.gates`)."""

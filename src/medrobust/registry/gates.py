@@ -1,12 +1,16 @@
 """Robustness gates: the checks a model must pass before it may become ``@champion``.
 
-Three gates, thresholds from ``register.gates`` in params.yaml:
+Thresholds from ``register.gates`` in params.yaml (:class:`GatesConfig`):
 
 * ``min_clean_accuracy`` — clean test accuracy;
 * ``min_robust_accuracy`` — white-box robust accuracy of ``gate_attack`` at ``gate_eps``;
+* ``masking_checks`` — every gradient-masking check passed (``require_masking_checks``);
 * ``no_regression_vs_champion`` — neither number may be worse than the current champion's by more
   than ``champion_tolerance`` (skipped, and said so, when there is no champion or it was gated
   under a different attack/ε).
+
+:func:`check_gates` computes the absolute gates once from ``metrics.json`` (the evaluate stage's
+result carries them); :func:`champion_gate` adds the comparison at registration.
 """
 
 from __future__ import annotations
@@ -14,11 +18,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from medrobust.config import GatesConfig
+from pydantic import Field
+
+from medrobust.config import Eps, StrictModel, eps_label
+
+
+class GatesConfig(StrictModel):
+    """``register.gates``: the thresholds a model must meet to become ``@champion``."""
+
+    min_clean_accuracy: float = Field(0.85, ge=0.0, le=1.0)
+    min_robust_accuracy: float = Field(0.5, ge=0.0, le=1.0)
+    gate_attack: str = "pgd_linf"      # <attack>_<norm> of an evaluate.attacks entry
+    gate_eps: Eps = 8 / 255            # one of that entry's epsilons
+    champion_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    require_masking_checks: bool = True  # every gradient-masking check must pass
 
 
 @dataclass(frozen=True)
 class GateResult:
+    """One gate: its name, whether it passed, the value and threshold compared, and why."""
+
     name: str
     passed: bool
     value: float | None
@@ -26,17 +45,34 @@ class GateResult:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (``gates.json``, ``decision.json``)."""
         return asdict(self)
 
 
-def eps_label(eps: float) -> str:
-    """``8/255`` when ε is a whole number of 1/255 steps, else the decimal."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.6g}"
+@dataclass(frozen=True)
+class GateReport:
+    """The absolute gates of one evaluation, and the two numbers they rest on."""
+
+    clean_accuracy: float
+    robust_accuracy: float
+    results: tuple[GateResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Every gate passed."""
+        return all(g.passed for g in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``gates.json``: ``{"passed": ..., "gates": [...]}``."""
+        return {"passed": self.passed, "gates": [g.to_dict() for g in self.results]}
 
 
 def gate_metrics(metrics: dict[str, Any], gates: GatesConfig) -> tuple[float, float]:
-    """(clean accuracy, robust accuracy at the gate) from an evaluate ``metrics.json``."""
+    """(clean accuracy, robust accuracy at the gate) from an evaluate ``metrics.json``.
+
+    Raises:
+        KeyError: the metrics have no white-box result for the gate attack at the gate ε.
+    """
     clean = float(metrics["clean"]["accuracy"])
     try:
         robust = float(metrics["whitebox"][gates.gate_attack][eps_label(gates.gate_eps)])
@@ -59,11 +95,22 @@ def masking_gate(metrics: dict[str, Any]) -> GateResult:
                       "all gradient-masking checks passed" if not failed else f"failed: {', '.join(failed)}")
 
 
-def absolute_gates(metrics: dict[str, Any], gates: GatesConfig) -> list[GateResult]:
+def check_gates(metrics: dict[str, Any], gates: GatesConfig) -> GateReport:
+    """The absolute gates (every gate but the champion comparison) of an evaluation.
+
+    Args:
+        metrics: the content of ``metrics.json``.
+        gates: ``register.gates``.
+
+    Returns:
+        The report: both numbers and every gate's result.
+
+    Raises:
+        KeyError: the metrics lack the gate attack at the gate ε.
+    """
     clean, robust = gate_metrics(metrics, gates)
     where = f"{gates.gate_attack} at ε={eps_label(gates.gate_eps)}"
-    masking = [masking_gate(metrics)] if gates.require_masking_checks else []
-    return [
+    results = [
         GateResult("min_clean_accuracy", clean >= gates.min_clean_accuracy, clean, gates.min_clean_accuracy,
                    f"clean accuracy {clean:.3f} {'>=' if clean >= gates.min_clean_accuracy else '<'} "
                    f"{gates.min_clean_accuracy:.3f}"),
@@ -71,13 +118,20 @@ def absolute_gates(metrics: dict[str, Any], gates: GatesConfig) -> list[GateResu
                    gates.min_robust_accuracy,
                    f"robust accuracy ({where}) {robust:.3f} "
                    f"{'>=' if robust >= gates.min_robust_accuracy else '<'} {gates.min_robust_accuracy:.3f}"),
-    ] + masking
+    ]
+    if gates.require_masking_checks:
+        results.append(masking_gate(metrics))
+    return GateReport(clean, robust, tuple(results))
 
 
-def champion_gate(
-    clean: float, robust: float, champion: dict[str, str] | None, gates: GatesConfig
-) -> GateResult:
-    """Compare with the champion's gate tags (``gate.clean_accuracy`` …); ``None``: no champion."""
+def champion_gate(clean: float, robust: float, champion: dict[str, str] | None, gates: GatesConfig) -> GateResult:
+    """Compare with the champion's gate tags (``gate.clean_accuracy`` …).
+
+    Args:
+        clean, robust: the candidate's two gate numbers.
+        champion: the champion version's tags, or None when there is no champion.
+        gates: ``register.gates``.
+    """
     name = "no_regression_vs_champion"
     if champion is None:
         return GateResult(name, True, None, None, "no current champion: nothing to compare with")
@@ -93,3 +147,6 @@ def champion_gate(
     return GateResult(name, ok, robust, c_robust - tol,
                       f"clean {clean:.3f} vs champion {c_clean:.3f}, robust {robust:.3f} vs champion "
                       f"{c_robust:.3f} (tolerance {tol:.3f})")
+
+
+__all__ = ["GateReport", "GateResult", "GatesConfig", "champion_gate", "check_gates", "gate_metrics", "masking_gate"]

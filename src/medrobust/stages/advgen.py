@@ -24,12 +24,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from medrobust.attacks import from_spec
-from medrobust.config import Params
+from medrobust.attacks import Attack
+from medrobust.attacks.spec import from_spec
 from medrobust.data.shards import load_split, write_shards
-from medrobust.defenses import get_defense
-from medrobust.models import ModelSpec, build_model, load_model, save_model, set_trainable, spec_defaults
-from medrobust.training import accuracy, train_model
+from medrobust.models import accuracy, save_model
+from medrobust.params import Params
+from medrobust.training import build_surrogate
 from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdvgenResult:
+    """What advgen wrote: the folder, the surrogate's accuracy on every set, the surrogate's hash."""
+
     out_dir: Path
     sets: dict[str, float]  # set id -> surrogate accuracy on it
     surrogate_sha256: str
 
 
 def set_id(attack_key: str, eps: float) -> str:
+    """The id of one adversarial set, e.g. ``pgd_linf@0.031373``."""
     return f"{attack_key}@{eps:.6f}"
 
 
-def attack_dataset(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def attack_dataset(attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   device: torch.device) -> torch.Tensor:
     """Adversarial versions of ``x`` (returned on the CPU), attacked batch by batch on ``device``."""
     return torch.cat([
         attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).cpu()
@@ -55,28 +59,23 @@ def attack_dataset(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, de
 
 
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenResult:
-    """Train (or load) the surrogate and write the adversarial test sets."""
+    """Train (or load) the surrogate and write the adversarial test sets.
+
+    Args:
+        params: validated params (``advgen``, ``data``, ``seed``, ``device``).
+        dataset_dir: the ingest stage's output.
+        out_dir: the stage's output folder (replaced atomically on success).
+
+    Returns:
+        The surrogate's accuracy per set and its SHA-256.
+    """
     cfg = params.advgen
     seed_everything(params.seed + 101)
     train, val, test = (load_split(dataset_dir, s) for s in ("train", "val", "test"))
-    num_classes = len(params.data.classes)
     device = resolve_device(params.device)
     with atomic_output_dir(out_dir) as tmp:
-        spec = ModelSpec(backbone=cfg.surrogate.model.backbone, num_classes=num_classes,
-                         width=cfg.surrogate.model.width, image_size=params.data.image_size,
-                         head=cfg.surrogate.model.head, head_hidden=cfg.surrogate.model.head_hidden,
-                         **spec_defaults(cfg.surrogate.model.backbone, 1,
-                                         pretrained=bool(cfg.surrogate.model.pretrained)))
-        if cfg.surrogate.weights:
-            model, spec = load_model(Path(cfg.surrogate.weights).parent, Path(cfg.surrogate.weights).stem)
-            log.info("surrogate loaded from %s", cfg.surrogate.weights)
-        else:
-            model = build_model(spec, pretrained=cfg.surrogate.model.pretrained or None).to(device)
-            set_trainable(model, cfg.surrogate.model.trainable)
-            train_model(model, get_defense("standard"), train, val, epochs=cfg.surrogate.epochs,
-                        batch_size=cfg.surrogate.batch_size, optim=cfg.surrogate.optim,
-                        seed=params.seed + 101, desc="surrogate")
-        model = model.to(device)
+        model, spec = build_surrogate(cfg.surrogate, train, val, len(params.data.classes), params.data.image_size,
+                                      seed=params.seed + 101, device=device)
         save_model(model, spec, tmp / "surrogate")
         digest = sha256_file(tmp / "surrogate" / "model.pt")
         clean_acc = accuracy(model, test.x, test.y)

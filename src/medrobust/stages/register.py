@@ -2,36 +2,33 @@
 
 1. Register the train stage's logged model as a new version of ``register.model_name``.
 2. Check the gates (:mod:`medrobust.registry.gates`): minimum clean accuracy, minimum robust
-   accuracy at the gate ε, and no regression against the current ``@champion`` beyond a tolerance.
-3. Pass: move the ``@champion`` alias to the new version and tag it ``validation_status=passed``.
-   Fail: tag it ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays.
+   accuracy at the gate ε, the masking checks, and no regression against the current ``@champion``
+   beyond a tolerance.
+3. Pass: move ``@champion`` to the new version and tag it ``validation_status=passed``.
+   Fail: tag it ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays
+   (:mod:`medrobust.registry.champion`).
 4. Write the decision as JSON either way.
-
-Gate numbers are stored on each version as tags (``gate.clean_accuracy``, ``gate.robust_accuracy``,
-``gate.attack``, ``gate.eps``) so that a later candidate can be compared with the champion without
-re-evaluating it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medrobust import tracking
-from medrobust.config import Params
-from medrobust.registry.gates import GateResult, absolute_gates, champion_gate, gate_metrics
-from medrobust.utils import read_json, write_json
+from medrobust.params import Params
+from medrobust.registry import champion, tracking
+from medrobust.registry.gates import GateResult, champion_gate, check_gates
+from medrobust.utils import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
 class Decision:
+    """The registry's decision on one version."""
+
     model_name: str
     version: str
     promoted: bool
@@ -39,6 +36,7 @@ class Decision:
     previous_champion: str | None
 
     def to_dict(self) -> dict[str, Any]:
+        """``decision.json``."""
         return {
             "model_name": self.model_name,
             "version": self.version,
@@ -51,56 +49,41 @@ class Decision:
         }
 
 
-def current_champion(client: Any, name: str) -> tuple[str | None, dict[str, str] | None]:
-    """(version, tags) of ``name@champion``, or (None, None)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None, None
-    return str(mv.version), dict(mv.tags)
-
-
 def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_path: str | Path) -> Decision:
-    """Register, gate, promote or reject; write ``decision_path`` (JSON)."""
+    """Register, gate, promote or reject; write ``decision_path`` (JSON).
+
+    Args:
+        params: validated params (``register``, ``mlflow``).
+        model_dir: the train stage's output (``run.json``: the MLflow run and logged model).
+        eval_dir: the evaluate stage's output (``metrics.json``).
+        decision_path: where the decision JSON goes (written atomically).
+
+    Returns:
+        The decision.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     gcfg = params.register.gates
     run_info = read_json(Path(model_dir) / "run.json")
-    metrics = read_json(Path(eval_dir) / "metrics.json")
-    clean, robust = gate_metrics(metrics, gcfg)
-    tracking.configure(params)
+    report = check_gates(read_json(Path(eval_dir) / "metrics.json"), gcfg)
+    tracking.configure(params.mlflow)
     client = MlflowClient()
     name = params.register.model_name
-    prev_version, prev_tags = current_champion(client, name)
+    prev_version, prev_tags = champion.current_champion(client, name)
 
-    mv = mlflow.register_model(run_info["model_uri"], name, tags={"medrobust.run_id": run_info["run_id"]})
-    version = str(mv.version)
-    gate_tags = {"gate.clean_accuracy": f"{clean:.6f}", "gate.robust_accuracy": f"{robust:.6f}",
-                 "gate.attack": gcfg.gate_attack, "gate.eps": f"{gcfg.gate_eps:.9g}",
-                 "medrobust.method": run_info.get("method", ""), "medrobust.backbone": run_info.get("backbone", "")}
-    for k, v in gate_tags.items():
-        client.set_model_version_tag(name, version, k, v)
-
-    gates = absolute_gates(metrics, gcfg) + [champion_gate(clean, robust, prev_tags, gcfg)]
+    version = champion.register_version(client, name, run_info["model_uri"], run_info["run_id"])
+    champion.tag_gate_numbers(client, name, version, report, gcfg, run_info)
+    gates = [*report.results, champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)]
     promoted = all(g.passed for g in gates)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "validation_status", "passed")
-        log.info("%s version %s passed every gate: now @%s (was %s)", name, version, CHAMPION, prev_version)
+        champion.promote(client, name, version)
+        log.info("%s version %s passed every gate: now @%s (was %s)", name, version, champion.CHAMPION, prev_version)
     else:
-        failed = [g.name for g in gates if not g.passed]
-        client.set_model_version_tag(name, version, "validation_status", "rejected")
-        client.set_model_version_tag(name, version, "failed_gates", ",".join(failed))
+        champion.reject(client, name, version, [g for g in gates if not g.passed])
         log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in gates if not g.passed))
     decision = Decision(name, version, promoted, gates, prev_version)
-    decision_path = Path(decision_path)
-    decision_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = decision_path.with_name(f".{decision_path.name}.tmp-{os.getpid()}")
-    write_json(tmp, decision.to_dict())
-    tmp.replace(decision_path)
+    atomic_write_json(decision_path, decision.to_dict())
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_dict(decision.to_dict(), "register/decision.json")
         mlflow.set_tag("medrobust.registered_version", version)

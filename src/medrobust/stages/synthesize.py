@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from medrobust.config import Params
+from medrobust.params import Params
 from medrobust.data.synthetic import generate_tree
 from medrobust.utils import atomic_output_dir
 
@@ -17,7 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, out_dir: str | Path) -> dict[str, int]:
-    """Write ``out_dir/dicom/...`` and ``out_dir/labels.csv``; returns counts."""
+    """Write the synthetic DICOM tree ``out_dir/dicom/...`` and ``out_dir/labels.csv`` (``data.synthetic``).
+
+    Args:
+        params: validated params.
+        out_dir: the stage's output folder (replaced atomically on success).
+
+    Returns:
+        Counts: ``patients``, ``images``, ``lesions``.
+    """
     with atomic_output_dir(out_dir) as tmp:
         counts = generate_tree(tmp, params.data.synthetic)
     return counts

@@ -1,8 +1,9 @@
 """Stage 3 — train: a model with the training method named in ``train.method``.
 
-The method comes from :data:`medrobust.defenses.DEFENSES`, the backbone from
-:data:`medrobust.models.MODELS`. One MLflow run is opened here and re-used by evaluate and register:
-it holds the params, per-epoch metrics, the model, and later the robustness results.
+The method comes from :data:`medrobust.defenses.TRAINING_METHODS`, the backbone from
+:data:`medrobust.models.BACKBONES` (built by :func:`medrobust.training.build_method`). One MLflow
+run is opened here and re-used by evaluate and register: it holds the params, per-epoch metrics,
+the model, and later the robustness results.
 
 Outputs (in ``out_dir``, written atomically):
 
@@ -22,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrobust import tracking
-from medrobust.config import Params
-from medrobust.data.shards import ArraySplit, load_split
-from medrobust.defenses import Defense, get_defense
-from medrobust.evaluation.plots import plot_history
-from medrobust.models import Classifier, ModelSpec, build_model, save_model, set_trainable, spec_defaults
-from medrobust.training import train_model
+from medrobust.data.shards import load_split
+from medrobust.models import save_model
+from medrobust.params import Params
+from medrobust.registry import tracking
+from medrobust.training import build_method, plot_history, train_model
 from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -36,48 +35,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What train wrote: the folder, the MLflow run and logged model, the last validation accuracy."""
+
     out_dir: Path
     run_id: str
     model_uri: str
     final_val_accuracy: float
 
 
-def model_spec(params: Params, defense: Defense, in_channels: int = 1) -> ModelSpec:
-    """The model spec from ``train.model``, with the fields the training method requires."""
-    m = params.train.model
-    spec = ModelSpec(backbone=m.backbone, num_classes=len(params.data.classes), in_channels=in_channels,
-                     width=m.width, image_size=params.data.image_size, head=m.head, head_hidden=m.head_hidden,
-                     **spec_defaults(m.backbone, in_channels, pretrained=bool(m.pretrained)))
-    if defense.model_overrides:
-        log.info("method %s sets the model's %s", defense.name, defense.model_overrides)
-        spec = dataclasses.replace(spec, **defense.model_overrides)
-    return spec
-
-
-def build_method(params: Params, method: str, train: ArraySplit,
-                 device: torch.device | str = "cpu") -> tuple[Classifier, Defense, ModelSpec]:
-    """The model and the training method ``method`` as params.yaml configures them, ready to train.
-
-    Applies the method's model requirements (e.g. dual BN, a RAN head), loads local pretrained
-    weights, freezes what ``trainable`` says, and calls the method's ``prepare`` hook with the
-    training data and its DICOM modality.
-    """
-    cfg = params.train
-    defense = get_defense(method, seed=params.seed, **dict(cfg.methods.get(method) or {}))
-    spec = model_spec(params, defense, in_channels=int(train.x.shape[1]))
-    model = build_model(spec, pretrained=cfg.model.pretrained or None)
-    trainable = defense.trainable or cfg.model.trainable
-    n_train = len(set_trainable(model, trainable))
-    log.info("%s/%s: %d of %d parameter tensors train (%s)", method, spec.backbone, n_train,
-             len(list(model.parameters())), trainable)
-    model = model.to(device)
-    modality = str(train.manifest["modality"].mode().iloc[0]) if "modality" in train.manifest else "default"
-    defense.prepare(model, train.x.to(device), train.y.to(device), modality=modality)
-    return model, defense, spec
-
-
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
-    """Train, checkpoint every epoch, log to MLflow."""
+    """Train, checkpoint every epoch, log to MLflow.
+
+    Args:
+        params: validated params (``train``, ``data``, ``seed``, ``device``, ``mlflow``).
+        dataset_dir: the ingest stage's output.
+        out_dir: the stage's output folder (replaced atomically on success).
+
+    Returns:
+        The MLflow run id, the logged model's URI and the final validation accuracy.
+
+    Raises:
+        ValueError: the method refuses the model or the data.
+    """
     import mlflow
 
     cfg = params.train
@@ -86,16 +65,18 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
     seed_everything(params.seed)
     train, val = load_split(dataset_dir, "train"), load_split(dataset_dir, "val")
     device = resolve_device(params.device)
-    model, defense, spec = build_method(params, cfg.method, train, device)
-    tracking.configure(params)
+    model, method, spec = build_method(cfg, cfg.method, train, len(params.data.classes), params.data.image_size,
+                                       seed=params.seed, device=device)
+    tracking.configure(params.mlflow)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
         mlflow.log_params(tracking.flatten(params.to_dict()))
         mlflow.set_tags({"medrobust.method": cfg.method, "medrobust.backbone": cfg.model.backbone,
                          "medrobust.stage": "train"})
         history = train_model(
-            model, defense, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
-            seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs,
-            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch), desc=cfg.method,
+            model, method, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
+            seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
+            clean_warmup_epochs=cfg.clean_warmup_epochs, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+            desc=cfg.method,
         )
         model = model.cpu()  # saved and logged as a CPU model
         save_model(model, spec, tmp)

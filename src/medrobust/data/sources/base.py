@@ -29,7 +29,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medrobust.utils.registry import Registry
+
 log = logging.getLogger(__name__)
+
+
+#: ``data.source`` name -> :class:`Source` subclass. Registered with a default config that says what the
+#: source delivers: ``dicom`` — ``"all"`` (every item is a DICOM object), ``"some"`` (DICOM and plain
+#: images) or ``"none"``; ``vectors`` — feature vectors rather than images; ``sided`` — every image has
+#: a laterality (one breast). The ingest checks (:mod:`medrobust.data.validation`) read these.
+SOURCES: Registry[type[Source]] = Registry("data source")
 
 
 class SourceError(RuntimeError):

@@ -26,16 +26,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from medrobust.data.sources.base import Item, QuarantineRow, Rejected, Source, SourceError
+from medrobust.config import StrictModel
+from medrobust.data.sources.base import SOURCES, Item, QuarantineRow, Rejected, Source, SourceError
 from medrobust.data.sources.folder import SKIP_NAMES
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("ID1", "LeftRight", "classification")
+
+
+class CmmdConfig(StrictModel):
+    """``data.cmmd``: the CMMD (TCIA) DICOM tree plus the clinical table (CSV or XLSX: ID1, LeftRight,
+    classification)."""
+
+    dicom_dir: str = ""
+    clinical_table: str = ""
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -53,15 +65,16 @@ def read_table(path: Path) -> pd.DataFrame:
         ) from None
 
 
+@SOURCES.register("cmmd", dicom="all", sided=True)
 class CmmdSource(Source):
     """CMMD mammograms labelled per breast from the clinical table (``data.cmmd``)."""
 
     name = "cmmd"
     classes = ("benign", "malignant")
 
-    def __init__(self, params: Any, dicom_dir: str | Path | None = None, clinical_table: str | Path | None = None,
+    def __init__(self, data: DataConfig, dicom_dir: str | Path | None = None, clinical_table: str | Path | None = None,
                  **_: Any) -> None:
-        cfg = params.data.cmmd
+        cfg = data.cmmd
         if not str(dicom_dir or cfg.dicom_dir) or not str(clinical_table or cfg.clinical_table):
             raise SourceError("data.cmmd.dicom_dir and data.cmmd.clinical_table must both be set")
         self.root = Path(dicom_dir or cfg.dicom_dir)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medrobust.data.sources.base import Item, LabelTable, QuarantineRow, Rejected, Source, SourceError
+from medrobust.data.deid import load_key, pseudonym
+from medrobust.data.sources.base import SOURCES, Item, LabelTable, QuarantineRow, Rejected, Source, SourceError
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 SKIP_NAMES = {"DICOMDIR"}
@@ -54,23 +58,37 @@ class LabelledSource(Source):
         return self.table.groups.get(ref)
 
     def leftovers(self) -> list[QuarantineRow]:
-        from medrobust.data.deid import load_key, pseudonym
-
         key = load_key()
         return self.table.unused(lambda k: pseudonym(key, "image", k))
 
 
+@SOURCES.register("dicom_folder", dicom="some")
+@SOURCES.register("synthetic", dicom="all", synthesized=True)
 class DicomFolderSource(LabelledSource):
-    name = "dicom_folder"
+    """DICOM files (any name) and PNG/JPEG files under ``data.dicom_dir``; labels from ``data.labels_csv``.
 
-    def __init__(self, params: Any, dicom_dir: str | Path | None = None, labels_csv: str | Path | None = None,
-                 **_: Any) -> None:
-        cfg = params.data
-        self.name = cfg.source if cfg.source in ("synthetic", "dicom_folder") else "dicom_folder"
-        self.root = Path(dicom_dir or cfg.dicom_dir)
+    Registered twice: ``synthetic`` (the embedded tree the ``synthesize`` stage writes, DICOM only)
+    and ``dicom_folder``.
+
+    Args:
+        data: the ``data`` section.
+        dicom_dir: overrides ``data.dicom_dir``.
+        labels_csv: overrides ``data.labels_csv``.
+        raw_dir: a folder laid out as the synthesize stage writes it (``dicom/`` + ``labels.csv``,
+            e.g. a Kubeflow artifact); overrides both settings.
+
+    Raises:
+        SourceError: the folder or the labels CSV is missing, or the folder holds no files.
+    """
+
+    def __init__(self, data: DataConfig, dicom_dir: str | Path | None = None, labels_csv: str | Path | None = None,
+                 raw_dir: str | Path | None = None, **_: Any) -> None:
+        if raw_dir is not None:
+            dicom_dir, labels_csv = Path(raw_dir) / "dicom", Path(raw_dir) / "labels.csv"
+        self.root = Path(dicom_dir or data.dicom_dir)
         if not self.root.is_dir():
             raise SourceError(f"DICOM folder not found: {self.root} (set data.dicom_dir in params.yaml)")
-        self.table = LabelTable.from_path(labels_csv or cfg.labels_csv)
+        self.table = LabelTable.from_path(labels_csv or data.labels_csv)
         self.files, self.skipped = list_files(self.root)
         if not self.files:
             raise SourceError(f"no files under {self.root} (set data.dicom_dir in params.yaml)")

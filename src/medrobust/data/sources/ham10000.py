@@ -30,9 +30,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medrobust.data.sources.base import Item, QuarantineRow, Rejected, Source, SourceError
+from medrobust.config import StrictModel
+from medrobust.data.sources.base import SOURCES, Item, QuarantineRow, Rejected, Source, SourceError
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +45,27 @@ REQUIRED = ("lesion_id", "image_id", "dx")
 SUFFIXES = {".jpg", ".jpeg"}
 
 
+class HamConfig(StrictModel):
+    """``data.ham10000``: image folder(s) plus ``HAM10000_metadata.csv``; splits are grouped by lesion_id."""
+
+    images_dir: str = ""
+    metadata_csv: str = ""
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@SOURCES.register("ham10000", dicom="none")
 class Ham10000Source(Source):
     """HAM10000 images labelled by ``dx`` and grouped by ``lesion_id`` (``data.ham10000``)."""
 
     name = "ham10000"
     classes = DX_CLASSES
 
-    def __init__(self, params: Any, images_dir: str | Path | None = None, metadata_csv: str | Path | None = None,
+    def __init__(self, data: DataConfig, images_dir: str | Path | None = None, metadata_csv: str | Path | None = None,
                  **_: Any) -> None:
-        cfg = params.data.ham10000
+        cfg = data.ham10000
         if not str(images_dir or cfg.images_dir) or not str(metadata_csv or cfg.metadata_csv):
             raise SourceError("data.ham10000.images_dir and data.ham10000.metadata_csv must both be set")
         self.root = Path(images_dir or cfg.images_dir)

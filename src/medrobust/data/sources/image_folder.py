@@ -27,12 +27,24 @@ import csv
 import logging
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medrobust.data.sources.base import Item, QuarantineRow, Source, SourceError
+from medrobust.config import StrictModel
+from medrobust.data.sources.base import SOURCES, Item, QuarantineRow, Source, SourceError
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
+
+
+class ImageFolderConfig(StrictModel):
+    """``data.image_folder``: one sub-folder per class (PNG/JPEG/TIFF/BMP); an optional CSV ``file,group``
+    groups images (e.g. by patient)."""
+
+    root: str = ""
+    groups_csv: str = ""
 
 def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
@@ -71,14 +83,15 @@ def read_groups(path: Path) -> dict[str, str]:
     return groups
 
 
+@SOURCES.register("image_folder", dicom="none")
 class ImageFolderSource(Source):
     """Images in ``<root>/<class>/...`` (``data.image_folder``)."""
 
     name = "image_folder"
 
-    def __init__(self, params: Any, root: str | Path | None = None, groups_csv: str | Path | None = None,
+    def __init__(self, data: DataConfig, root: str | Path | None = None, groups_csv: str | Path | None = None,
                  **_: Any) -> None:
-        cfg = params.data.image_folder
+        cfg = data.image_folder
         if not str(root or cfg.root):
             raise SourceError("data.image_folder.root is empty; set it to a folder with one sub-folder per class")
         self.root = Path(root or cfg.root)

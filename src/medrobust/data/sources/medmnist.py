@@ -46,11 +46,15 @@ import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medrobust.data.sources.base import Item, Rejected, Source, SourceError
+from medrobust.config import StrictModel
+from medrobust.data.sources.base import SOURCES, Item, Rejected, Source, SourceError
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,14 @@ MULTILABEL = {"chestmnist"}
 _NAME = re.compile(r"^(?P<flag>[a-z0-9]+?)(?:_(?P<size>\d+))?\.npz$")
 
 
+class MedmnistConfig(StrictModel):
+    """``data.medmnist``: a MedMNIST ``.npz`` file as the medmnist package writes it (``<flag>[_<size>].npz``)."""
+
+    path: str = ""
+    flag: str = ""         # pneumoniamnist | breastmnist | dermamnist | chestmnist | organamnist; empty: from the file name
+    multilabel: str = "any"  # ChestMNIST: any (normal vs finding) or one finding's name (absent vs present)
+
+
 def parse_name(name: str) -> tuple[str, int] | None:
     """``pneumoniamnist_64.npz`` -> (``pneumoniamnist``, 64); ``chestmnist.npz`` -> (``chestmnist``, 28);
     None when the name is not ``<flag>[_<size>].npz``."""
@@ -100,13 +112,14 @@ def _array_header(npz: Any, key: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), np.dtype(dtype)
 
 
+@SOURCES.register("medmnist", dicom="none")
 class MedmnistSource(Source):
     """Items from one MedMNIST ``.npz`` (``data.medmnist``): arrays, official splits, INFO label names."""
 
     name = "medmnist"
 
-    def __init__(self, params: Any, path: str | Path | None = None, **_: Any) -> None:
-        cfg = params.data.medmnist
+    def __init__(self, data: DataConfig, path: str | Path | None = None, **_: Any) -> None:
+        cfg = data.medmnist
         self.path = Path(path or cfg.path)
         if not str(path or cfg.path):
             raise SourceError(

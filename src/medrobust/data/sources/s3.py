@@ -1,7 +1,7 @@
 """``s3``: DICOM (and PNG/JPEG/TIFF/BMP) objects under a prefix of an S3 bucket.
 
 Works with AWS and any S3-compatible store (SeaweedFS, MinIO, Ceph...) through boto3; settings
-live under ``data.s3`` in params.yaml (:class:`medrobust.config.S3Config`)::
+live under ``data.s3`` in params.yaml (:class:`S3Config`)::
 
     data:
       source: s3
@@ -36,10 +36,16 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medrobust.data.sources.base import Item, LabelTable, Rejected, SourceError
+from pydantic import Field
+
+from medrobust.config import StrictModel
+from medrobust.data.sources.base import SOURCES, Item, LabelTable, Rejected, SourceError
 from medrobust.data.sources.folder import SKIP_NAMES, LabelledSource, kind_of
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,18 @@ AUTH_CODES = {
     "ExpiredToken", "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed",
 }
 CREDENTIAL_ENV = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+
+
+class S3Config(StrictModel):
+    """``data.s3``: an S3 bucket (AWS or any S3-compatible store). Credentials come from the environment
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` or a profile), never from here."""
+
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str = ""             # empty: AWS; e.g. http://127.0.0.1:8333 for SeaweedFS/MinIO
+    region: str = "us-east-1"
+    labels_key: str = ""               # a labels CSV inside the bucket; empty: data.labels_csv (local)
+    max_object_bytes: int = Field(512 * 1024 * 1024, ge=1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ def _error_code(exc: Exception) -> tuple[str, int]:
     return code, status
 
 
+@SOURCES.register("s3", dicom="some")
 class S3Source(LabelledSource):
     """Objects under ``data.s3.prefix`` of ``data.s3.bucket``; labels from a CSV object or a local CSV."""
 
@@ -81,18 +100,18 @@ class S3Source(LabelledSource):
     #: keys per ListObjectsV2 request (the S3 maximum; tests lower it to exercise pagination)
     page_size: int = 1000
 
-    def __init__(self, params: Any, labels_csv: str | Path | None = None, **_: Any) -> None:
+    def __init__(self, data: DataConfig, labels_csv: str | Path | None = None, **_: Any) -> None:
         """List the prefix and load the labels table (no image is downloaded yet).
 
         Args:
-            params: validated params; ``data.s3`` and, without ``labels_key``, ``data.labels_csv``.
+            data: the ``data`` section; ``data.s3`` and, without ``labels_key``, ``data.labels_csv``.
             labels_csv: overrides ``data.labels_csv`` (used only when ``data.s3.labels_key`` is empty).
 
         Raises:
             SourceError: bucket/prefix/endpoint/credentials/labels problems (the message names the
                 params.yaml key or environment variable to fix).
         """
-        cfg = params.data.s3
+        cfg = data.s3
         if not cfg.bucket:
             raise SourceError("data.s3.bucket is empty: set data.s3.bucket in params.yaml to the bucket that "
                               "holds the images")
@@ -111,7 +130,7 @@ class S3Source(LabelledSource):
             if self.labels_key:
                 self.table = LabelTable.from_text(self._labels_text(), f"s3://{self.bucket}/{self.labels_key}")
             else:
-                self.table = LabelTable.from_path(labels_csv or params.data.labels_csv,
+                self.table = LabelTable.from_path(labels_csv or data.labels_csv,
                                                   setting="data.labels_csv (or data.s3.labels_key)")
         except BaseException:
             self.client.close()

@@ -28,11 +28,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medrobust.data.sources.base import Item, Source
+from pydantic import Field
+
+from medrobust.config import StrictModel
+from medrobust.data.sources.base import SOURCES, Item, Source
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,15 @@ log = logging.getLogger(__name__)
 LOW = np.array([-1.5, -1.75])
 SCALE = 4.0
 VAL_FRACTION = 0.1
+
+
+class TwoMoonsConfig(StrictModel):
+    """``data.two_moons``: sklearn ``make_moons`` (the ARFL paper's toy data), scaled into [0, 1]."""
+
+    n_train: int = Field(10_000, ge=10, le=10_000_000)
+    n_test: int = Field(1_000, ge=10, le=10_000_000)
+    noise: float = Field(0.2, ge=0.0, le=10.0)
+    seed: int = 0
 
 
 def scale_points(points: np.ndarray) -> tuple[np.ndarray, int]:
@@ -63,14 +78,15 @@ def draw(n: int, noise: float, seed: int, stream: int) -> tuple[np.ndarray, np.n
     return scaled, y.astype(np.int64)
 
 
+@SOURCES.register("two_moons", dicom="none", vectors=True)
 class TwoMoonsSource(Source):
     """make_moons points as (1, 2) array items (``data.two_moons``)."""
 
     name = "two_moons"
     classes = ("moon0", "moon1")
 
-    def __init__(self, params: Any, **_: Any) -> None:
-        self.cfg = params.data.two_moons
+    def __init__(self, data: DataConfig, **_: Any) -> None:
+        self.cfg = data.two_moons
 
     def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{split: (points (N, 2) in [0, 1], labels (N,))}."""

@@ -1,0 +1,80 @@
+"""One attack of a suite as params.yaml writes it (``evaluate.attacks``, ``advgen.attacks``).
+
+The threat model (``norm``) always travels with the epsilons. ``name`` is any key of
+:data:`~medrobust.attacks.ATTACKS`; options left out (null) take the attack's own documented
+default, and an option the attack does not take is an error naming what it does take.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from medrobust.attacks import ATTACKS, Attack, attack_params, get_attack
+from medrobust.config import Eps, EpsTuple, InRegistry, Norm, StrictModel, field_error
+
+#: The options an :class:`AttackSpec` may set, besides the budget.
+OPTIONS = ("steps", "step_size", "random_start", "n_restarts", "n_queries")
+
+
+class AttackSpec(StrictModel):
+    """``{name, norm, eps: [...], steps, step_size, random_start, n_restarts, n_queries}``.
+
+    Example:
+        >>> AttackSpec(name="pgd", eps=(8 / 255,), steps=20).key
+        'pgd_linf'
+    """
+
+    name: Annotated[str, InRegistry(ATTACKS)]
+    norm: Norm = "linf"
+    eps: EpsTuple = (8 / 255,)
+    steps: int | None = Field(None, ge=0, le=100_000)
+    step_size: Eps | None = None
+    random_start: bool | None = None
+    n_restarts: int | None = Field(None, ge=1, le=1000)
+    n_queries: int | None = Field(None, ge=1, le=1_000_000)
+
+    @property
+    def key(self) -> str:
+        """``<name>_<norm>``: how metrics.json and the gates name this attack."""
+        return f"{self.name}_{self.norm}"
+
+    @model_validator(mode="after")
+    def _fits_the_attack(self) -> AttackSpec:
+        norms = ATTACKS[self.name].norms
+        if self.norm not in norms:
+            raise field_error("norm", f"{self.name} does not support {self.norm!r}; allowed values: {', '.join(norms)}")
+        allowed = set(attack_params(self.name))
+        for opt in OPTIONS:
+            if getattr(self, opt) is not None and opt not in allowed:
+                takes = sorted(allowed - {"norm", "eps", "targeted", "seed"})
+                raise field_error(opt, f"{self.name} takes no {opt!r}; it takes: {', '.join(takes) or 'nothing'}")
+        return self
+
+
+def from_spec(spec: AttackSpec, model: nn.Module, eps: float, seed: int | None = None) -> Attack:
+    """Build the attack ``spec`` describes at one of its epsilons.
+
+    Args:
+        spec: the suite entry.
+        model: the classifier to attack.
+        eps: one of ``spec.eps``.
+        seed: passed to attacks that draw random numbers.
+
+    Returns:
+        The attack, with every option the spec sets and the attack's defaults for the rest.
+    """
+    allowed = set(attack_params(spec.name))
+    kwargs: dict[str, Any] = {"eps": eps, "norm": spec.norm}
+    if "seed" in allowed:
+        kwargs["seed"] = seed
+    for key in OPTIONS:
+        value = getattr(spec, key)
+        if value is not None and key in allowed:
+            kwargs[key] = value
+    return get_attack(spec.name, model, **kwargs)
+
+
+__all__ = ["OPTIONS", "AttackSpec", "from_spec"]

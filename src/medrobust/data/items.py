@@ -1,0 +1,206 @@
+"""One item through ingest: read, hash, decode, de-duplicate, label, de-identify — or quarantine.
+
+The same steps for every source (:mod:`medrobust.data.sources`); :mod:`medrobust.data.pool` runs
+them over a whole source with decode worker processes. Identifiers (PatientID, SOPInstanceUID) are
+used here for grouping, de-duplication and label lookup and never leave memory: a record holds
+keyed-hash pseudonyms and the technical facts that pass the PS3.15 Annex E filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medrobust.data.deid import deidentify_facts, pseudonym
+from medrobust.data.dicom import array_to_image, decode_dicom, decode_image
+from medrobust.data.sources import Item, Rejected, Source
+
+if TYPE_CHECKING:
+    from medrobust.data.config import DataConfig
+
+#: DICOM attributes kept in the manifest -> their column names
+FACT_COLUMNS = {
+    "Modality": "modality", "PhotometricInterpretation": "photometric", "BitsStored": "bits_stored",
+    "Rows": "source_rows", "Columns": "source_columns", "NumberOfFrames": "frames",
+    "SamplesPerPixel": "samples_per_pixel", "BodyPartExamined": "body_part", "ViewPosition": "view_position",
+    "ImageLaterality": "laterality", "TransferSyntaxUID": "transfer_syntax",
+}
+
+
+@dataclass
+class Decoded:
+    """A decoded item with its group, unique id and label (identifiers: in memory only)."""
+
+    pixels: np.ndarray
+    group: str
+    uid: str
+    label: str
+    facts: dict[str, str]
+
+
+def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize: bool, size: int,
+                  dicom_cfg: Any) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+    """(pixels, lookup header, technical facts) of one item; pure, so it can run in a worker process.
+
+    Raises:
+        Rejected: the item cannot be decoded.
+    """
+    if kind == "dicom":
+        assert raw is not None
+        img = decode_dicom(raw, size, dicom_cfg)
+        return img.pixels, img.header, img.facts
+    if kind == "image":
+        assert raw is not None
+        return decode_image(raw, size), {}, {}
+    if array is None:
+        raise Rejected("unreadable", "an array item without an array")
+    if resize:
+        return array_to_image(array, size), {}, {}
+    pixels = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(pixels)):
+        raise Rejected("invalid_values", "NaN or inf values")
+    return pixels, {}, {}
+
+
+def resolve_item(item: Item, source: Source, pixels: np.ndarray, header: dict[str, str],
+                 facts: dict[str, str]) -> Decoded:
+    """Group, unique id and label of a decoded item (main process: label tables live here).
+
+    Raises:
+        Rejected: carrying the item's SOPInstanceUID, so its label row is not reported missing too.
+    """
+    try:
+        group = header.get("PatientID") or item.group or ""
+        if not group:
+            raise Rejected("missing_patient_id", {
+                "dicom": "PatientID is empty; add it or drop the file (a patient-level split needs it)",
+                "image": "no patient_id for this image: add it to the labels CSV's patient_id column (or a "
+                         "groups_csv row); a patient-level split needs it",
+            }.get(item.kind, "the source gives no group for this item"))
+        uid = header.get("SOPInstanceUID") or item.uid or ""
+        if not uid:
+            raise Rejected("missing_instance_uid", "the item has no unique id")
+        label = source.label(item, header)
+    except Rejected as rej:
+        rej.uid = rej.uid or header.get("SOPInstanceUID")
+        raise
+    return Decoded(pixels=pixels, group=group, uid=uid, label=label, facts=facts)
+
+
+@dataclass
+class IngestState:
+    """What the item loop accumulates: records and images kept, items quarantined, classes left out.
+
+    Attributes:
+        classes: ``data.classes``.
+        key: the pseudonymisation key (:func:`medrobust.data.deid.load_key`).
+        quarantine: rows of ``quarantine.csv``.
+        records: one manifest row per image kept (with the in-memory ``_order`` and ``_group``).
+        images: image id -> pixels.
+    """
+
+    classes: tuple[str, ...]
+    key: bytes
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    records: list[dict[str, object]] = field(default_factory=list)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    seen_uids: set[str] = field(default_factory=set)
+    seen_digests: set[str] = field(default_factory=set)
+    excluded: Counter[str] = field(default_factory=Counter)
+
+
+def read_item(item: Item) -> tuple[bytes | None, str]:
+    """(raw bytes, SHA-256) of an item (arrays are hashed by their bytes).
+
+    Raises:
+        Rejected: the source could not deliver the item.
+    """
+    raw = item.read() if item.read is not None else None
+    if raw is not None:
+        digest = hashlib.sha256(raw).hexdigest()
+    elif item.array is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(item.array).tobytes()).hexdigest()
+    else:
+        digest = ""
+    return raw, digest
+
+
+def quarantine(item: Item, src: Source, state: IngestState, rej: Rejected, digest: str) -> None:
+    """Record ``item`` in ``quarantine.csv`` with the rejection's reason and message."""
+    src.saw(item, rej.uid)
+    state.quarantine.append({"file": item.ref, "reason": rej.reason, "message": rej.message,
+                             "source_sha256": digest})
+
+
+def finish(item: Item, src: Source, state: IngestState, digest: str,
+            decoded: tuple[np.ndarray, dict[str, str], dict[str, str]]) -> None:
+    """Resolve, de-duplicate and record a decoded item (or quarantine it)."""
+    classes = state.classes
+    try:
+        if digest and digest in state.seen_digests:
+            raise Rejected("duplicate_image", "byte-identical to an earlier item")
+        dec = resolve_item(item, src, *decoded)
+        if dec.uid in state.seen_uids:
+            raise Rejected("duplicate_sop_uid", "an earlier image has the same SOPInstanceUID")
+        if dec.label not in classes:
+            if src.classes is not None and dec.label in src.classes:
+                state.excluded[dec.label] += 1  # a class left out on purpose (data.classes): counted
+                state.seen_digests.add(digest)
+                state.seen_uids.add(dec.uid)
+                return
+            raise Rejected("label_not_allowed", f"label {dec.label!r} is not one of data.classes {list(classes)}")
+    except Rejected as rej:
+        quarantine(item, src, state, rej, digest)
+        return
+    state.seen_digests.add(digest)
+    state.seen_uids.add(dec.uid)
+    image_id = pseudonym(state.key, "image", dec.uid)
+    row: dict[str, object] = {
+        "image_id": image_id,
+        "patient_id": pseudonym(state.key, "patient", dec.group),
+        "source_split": item.split or "",
+        # internal, dropped before anything is written: order and split must not depend on the
+        # pseudonymisation key, or the same params would give other metrics on another machine
+        "_order": dec.uid,
+        "_group": dec.group,
+        "label": dec.label,
+        "label_index": classes.index(dec.label),
+        "height": int(dec.pixels.shape[-2]) if dec.pixels.ndim >= 2 else 1,
+        "width": int(dec.pixels.shape[-1]),
+        "pixel_min": float(dec.pixels.min()),
+        "pixel_max": float(dec.pixels.max()),
+        "source_sha256": digest,
+    }
+    for tag, value in deidentify_facts(dec.facts, state.key).items():
+        row[FACT_COLUMNS.get(tag, tag)] = value
+    for k, v in item.extra.items():
+        row[k] = v
+    state.records.append(row)
+    state.images[image_id] = dec.pixels
+
+
+def process_item(item: Item, src: Source, cfg: DataConfig, state: IngestState) -> None:
+    """Read, hash, decode, de-duplicate, label and de-identify one item into ``state`` (or quarantine it).
+
+    Args:
+        item: the candidate image.
+        src: the source that delivered it (labels).
+        cfg: the ``data`` section (image size, DICOM policies).
+        state: what the loop has gathered so far.
+    """
+    digest = ""
+    try:
+        raw, digest = read_item(item)
+        decoded = decode_pixels(item.kind, raw, item.array, item.resize, cfg.image_size, cfg.dicom)
+    except Rejected as rej:
+        quarantine(item, src, state, rej, digest)
+        return
+    finish(item, src, state, digest, decoded)
+
+
+__all__ = ["FACT_COLUMNS", "Decoded", "IngestState", "decode_pixels", "finish", "process_item", "quarantine",
+           "read_item", "resolve_item"]

@@ -1,0 +1,198 @@
+"""params.yaml — the one configuration — as one typed, validated :class:`Params`.
+
+Every knob of every stage lives in params.yaml. DVC reads the same file for its ``params:``
+dependencies and the Kubeflow pipeline passes its text to each component, so the three runners can
+never disagree. Each section is defined beside the code it configures and composed here:
+
+==============  ==============================================================
+section         defined in
+==============  ==============================================================
+``data``        :mod:`medrobust.data.config` (each source's settings beside it)
+``validation``  :mod:`medrobust.data.validation`
+``advgen``      here (:class:`AdvgenConfig`: the surrogate and its attacks)
+``train``       :mod:`medrobust.training.config`
+``evaluate``    :mod:`medrobust.evaluation.config`
+``register``    :mod:`medrobust.registry.config` (the gates: :mod:`medrobust.registry.gates`)
+``mlflow``      :mod:`medrobust.registry.tracking`
+==============  ==============================================================
+
+Validation is strict (:mod:`medrobust.config`): an unknown key, a wrong type or a value outside its
+allowed set stops with a :class:`~medrobust.config.ConfigError` naming the full key
+(``train.method``) and what is allowed; the allowed names of sources, methods, attacks, backbones,
+heads and shifts are their registries'. :func:`params_schema` gives the JSON Schema editors use
+(``params.schema.json``).
+
+Example:
+    >>> params = load_params("params.yaml")
+    >>> params.train.method
+    'pgd_at'
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from medrobust.attacks.spec import AttackSpec
+from medrobust.config import ConfigError, Seq, StrictModel, config_error, eps_label, field_error
+from medrobust.data.config import DataConfig
+from medrobust.data.validation import ValidationConfig
+from medrobust.evaluation.config import EvaluateConfig
+from medrobust.registry.config import RegisterConfig
+from medrobust.registry.tracking import MlflowConfig
+from medrobust.training.config import SurrogateConfig, TrainConfig
+
+#: The first line of params.yaml: editors (the YAML language server) autocomplete from the schema.
+SCHEMA_COMMENT = "# yaml-language-server: $schema=params.schema.json"
+
+
+class AdvgenConfig(StrictModel):
+    """``advgen``: the surrogate and the attacks that make the transfer sets of the test split."""
+
+    surrogate: SurrogateConfig = SurrogateConfig()
+    attacks: Seq[AttackSpec] = (
+        AttackSpec(name="fgsm", eps=(4 / 255, 8 / 255)),
+        AttackSpec(name="pgd", eps=(4 / 255, 8 / 255), steps=10, random_start=True),
+    )
+    batch_size: int = Field(128, ge=1, le=100_000)
+
+
+# ``register`` is params.yaml's key; pydantic warns that it shadows ABCMeta.register, a class-level
+# method that instances (where the section lives) never see
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
+class Params(StrictModel):
+    """The whole of params.yaml."""
+
+    seed: int = Field(42, ge=0, le=2**63 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    advgen: AdvgenConfig = AdvgenConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _gate_is_evaluated(self) -> Params:
+        g = self.register.gates
+        keys = {a.key for a in self.evaluate.attacks}
+        if g.gate_attack not in keys:
+            raise field_error("register.gates.gate_attack", f"{g.gate_attack!r} is not evaluated; allowed values "
+                              f"(from evaluate.attacks): {', '.join(sorted(keys))}")
+        evaluated = [e for a in self.evaluate.attacks if a.key == g.gate_attack for e in a.eps]
+        if not any(abs(e - g.gate_eps) < 1e-9 for e in evaluated):
+            raise field_error("register.gates.gate_eps", f"{eps_label(g.gate_eps)} is not among the evaluated "
+                              f"epsilons of {g.gate_attack}; allowed values: "
+                              f"{', '.join(eps_label(e) for e in evaluated)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every value, defaults included (for logging the run's configuration)."""
+        return self.model_dump()
+
+    def updated(self, changes: dict[str, Any]) -> Params:
+        """A copy with ``changes`` merged in (nested mappings merge key by key), validated again.
+
+        Example:
+            >>> params.updated({"data": {"workers": 2}}).data.workers
+            2
+
+        Raises:
+            ConfigError: the changed params are invalid.
+        """
+        return parse_params(_merge(self.model_dump(), changes))
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping (as loaded from YAML) and return typed :class:`Params`.
+
+    Args:
+        raw: the mapping; None or missing sections take their defaults.
+
+    Raises:
+        ConfigError: naming each offending key and the allowed keys or values.
+    """
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        raise config_error(exc, Params) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation (the message starts with
+            the file's path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def params_as_text(path: str | Path) -> str:
+    """params.yaml as one line of JSON (valid YAML), validated first: what Kubeflow tasks receive.
+
+    One line because kfp copies a parameter's default into a YAML comment header, which a
+    multi-line value breaks.
+
+    Raises:
+        ConfigError: as :func:`load_params`.
+    """
+    load_params(path)
+    return json.dumps(yaml.safe_load(Path(path).read_text()), separators=(",", ":"))
+
+
+def params_from_text(text: str) -> Params:
+    """Parse params.yaml given as text (how Kubeflow components receive it).
+
+    Raises:
+        ConfigError: as :func:`parse_params`.
+    """
+    return parse_params(yaml.safe_load(text))
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON Schema of params.yaml (draft 2020-12), generated from :class:`Params`.
+
+    Names that come from a registry (sources, methods, attacks, backbones, heads, shifts) are
+    ``enum`` s of the registered names; each training method's section lists its parameters.
+    """
+    schema = Params.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "medrobust params.yaml"
+    return schema
+
+
+def schema_text() -> str:
+    """:func:`params_schema` as the text of ``params.schema.json``."""
+    return json.dumps(params_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+__all__ = ["SCHEMA_COMMENT", "AdvgenConfig", "Params", "load_params", "params_as_text", "params_from_text",
+           "params_schema", "parse_params", "schema_text"]

@@ -1,0 +1,67 @@
+"""The MLflow model registry: versions, the ``@champion`` alias, and the tags that explain a decision.
+
+Model *stages* are deprecated in MLflow 3; promotion is an alias (``@champion``) plus tags
+(``validation_status=passed|rejected``, ``failed_gates``). Each version also carries its gate
+numbers as tags (``gate.clean_accuracy``, ``gate.robust_accuracy``, ``gate.attack``, ``gate.eps``), so
+the next candidate is compared with the champion without re-evaluating it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from medrobust.registry.gates import GateReport, GatesConfig, GateResult
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+def current_champion(client: Any, name: str) -> tuple[str | None, dict[str, str] | None]:
+    """(version, tags) of ``name@champion``, or (None, None) when there is no champion.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    return str(mv.version), dict(mv.tags)
+
+
+def register_version(client: Any, name: str, model_uri: str, run_id: str) -> str:
+    """Register the logged model ``model_uri`` as a new version of ``name``; returns the version."""
+    import mlflow
+
+    mv = mlflow.register_model(model_uri, name, tags={"medrobust.run_id": run_id})
+    return str(mv.version)
+
+
+def tag_gate_numbers(client: Any, name: str, version: str, report: GateReport, gates: GatesConfig,
+                     run_info: dict[str, Any]) -> None:
+    """Store the gate numbers (and the method/backbone) on the version, for the next comparison."""
+    tags = {"gate.clean_accuracy": f"{report.clean_accuracy:.6f}", "gate.robust_accuracy": f"{report.robust_accuracy:.6f}",
+            "gate.attack": gates.gate_attack, "gate.eps": f"{gates.gate_eps:.9g}",
+            "medrobust.method": run_info.get("method", ""), "medrobust.backbone": run_info.get("backbone", "")}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def promote(client: Any, name: str, version: str) -> None:
+    """Move ``@champion`` to ``version`` and tag it ``validation_status=passed``."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "validation_status", "passed")
+
+
+def reject(client: Any, name: str, version: str, failed: list[GateResult]) -> None:
+    """Tag ``version`` ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays."""
+    client.set_model_version_tag(name, version, "validation_status", "rejected")
+    client.set_model_version_tag(name, version, "failed_gates", ",".join(g.name for g in failed))
+
+
+__all__ = ["CHAMPION", "current_champion", "promote", "register_version", "reject", "tag_gate_numbers"]

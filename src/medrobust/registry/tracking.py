@@ -1,0 +1,81 @@
+"""MLflow helpers: where the tracking store is, one run per pipeline execution, flat params.
+
+The tracking URI is ``$MLFLOW_TRACKING_URI`` when set (production: an MLflow server backed by
+PostgreSQL + S3), else ``mlflow.tracking_uri`` from params.yaml (default: a sqlite file in the
+repository, which gives tracking *and* the model registry with no server). A relative sqlite path
+is made absolute so that every process (DVC, Kubeflow's local runner, tests) hits the same file, and
+the experiment's artifacts go to ``mlartifacts/`` next to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from medrobust.config import StrictModel
+
+log = logging.getLogger(__name__)
+
+
+class MlflowConfig(StrictModel):
+    """``mlflow``: where runs and the model registry live (``$MLFLOW_TRACKING_URI`` wins)."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "medrobust"
+
+# pip requirements recorded with logged models (saves MLflow's slow environment inference)
+MODEL_PIP_REQUIREMENTS = ["torch==2.14.1", "medrobust"]
+
+
+def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
+    """Make a relative ``sqlite:///file.db`` absolute (relative to ``base`` or the cwd)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(uri[len(prefix):])
+        return prefix + str(((base or Path.cwd()) / path).resolve())
+    return uri
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri`` (a relative sqlite path made absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(cfg.tracking_uri)
+
+
+def configure(cfg: MlflowConfig) -> str:
+    """Point MLflow at the store and make sure the experiment exists.
+
+    Args:
+        cfg: the ``mlflow`` section.
+
+    Returns:
+        The experiment id.
+    """
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=exp_id)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return exp_id
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out

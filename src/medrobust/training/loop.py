@@ -1,0 +1,114 @@
+"""The training loop shared by every method (and by advgen's surrogate).
+
+It owns data order (a seeded generator), the optimiser, per-epoch validation, checkpoints and a
+per-epoch callback (the train stage logs to MLflow through it). The method decides the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medrobust.data.shards import ArraySplit
+from medrobust.defenses import TrainingMethod
+from medrobust.defenses.standard import Standard
+from medrobust.models.inference import accuracy
+from medrobust.training.config import OptimConfig
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam over the parameters that train, as ``train.optim`` says."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_model(
+    model: nn.Module,
+    method: TrainingMethod,
+    train: ArraySplit,
+    val: ArraySplit | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    optim: OptimConfig,
+    seed: int,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    hflip: bool = False,
+    clean_warmup_epochs: int = 0,
+    desc: str = "train",
+) -> History:
+    """Train ``model`` in place with ``method``'s loss.
+
+    Args:
+        checkpoint_dir: if given, ``epoch_NNN.pt`` (model + optimiser state) is written every epoch.
+        on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch.
+        clean_warmup_epochs: the first epochs minimise clean cross-entropy (a warm start: adversarial
+            objectives at full ε can stall a network trained from scratch at the constant predictor);
+            the method's own loss takes over afterwards, and its epoch counter starts there.
+
+    Returns:
+        Per-epoch metrics (mean loss, the method's stats, validation accuracy).
+    """
+    device = next(model.parameters()).device
+    opt = make_optimizer(model, optim)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    gen = torch.Generator().manual_seed(seed)
+    history = History()
+    n = len(train)
+    warmup = min(clean_warmup_epochs, epochs)
+    clean = Standard()
+    for epoch in range(epochs):
+        current = clean if epoch < warmup else method
+        if current is method:
+            method.start_epoch(epoch - warmup, epochs - warmup)
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        sums: dict[str, float] = {}
+        batches = range(0, n, batch_size)
+        for start in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:  # batch norm needs > 1 sample
+                continue
+            x, y = train.x[idx].to(device), train.y[idx].to(device)
+            if hflip:
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss, stats = current.loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in {"loss": loss.item(), **stats}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+        sched.step()
+        metrics = {f"train_{k}" if not k.startswith("train_") else k: v / n for k, v in sums.items()}
+        if val is not None:
+            metrics["val_accuracy"] = accuracy(model, val.x, val.y)
+        history.epochs.append(metrics)
+        log.info("%s epoch %d/%d: %s", desc, epoch + 1, epochs,
+                 ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if checkpoint_dir is not None:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict()},
+                       checkpoint_dir / f"epoch_{epoch + 1:03d}.pt")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+    model.eval()
+    return history

@@ -1,0 +1,14 @@
+"""Default locations, relative to the current folder (the repository root, as in dvc.yaml)."""
+
+from pathlib import Path
+
+RAW_SYNTHETIC = Path("data/raw/synthetic")
+INGESTED = Path("data/ingested")
+ADVGEN = Path("data/advgen")
+MODEL = Path("models/classifier")
+EVALUATION = Path("reports/evaluation")
+DECISION = Path("reports/decision.json")
+PIPELINE_YAML = Path("pipelines/medrobust_pipeline.yaml")
+COMPONENTS = Path("components")
+PARAMS_SCHEMA = Path("params.schema.json")
+KFP_LOCAL_ROOT = Path(".kfp")

@@ -1,0 +1,73 @@
+"""Kubeflow: the compiled pipeline matches the committed snapshot, is strictly valid, and its shape
+follows the source (no synthesize task for a PACS or a bucket)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medrobust.pipelines.compile import compile_pipeline
+from tests.conftest import REPO, tiny_raw, write_params
+
+SNAPSHOT = REPO / "pipelines" / "medrobust_pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    return compile_pipeline(tmp_path_factory.mktemp("kfp") / "pipeline.yaml", REPO / "params.yaml")
+
+
+def test_fresh_compile_matches_committed_snapshot(fresh):
+    assert fresh.read_text() == SNAPSHOT.read_text(), (
+        "the pipeline changed: run `make compile` and commit pipelines/medrobust_pipeline.yaml"
+    )
+
+
+def test_compiled_spec_is_strictly_valid(fresh):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    pipeline_doc, platform_doc = list(yaml.safe_load_all(fresh.read_text()))
+    spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
+    json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec())
+    tasks = spec.root.dag.tasks
+    assert {"synthesize", "ingest", "advgen", "train", "evaluate"} <= set(tasks)
+    # register sits under a condition on evaluate's output, in both branches
+    text = json.dumps(pipeline_doc)
+    assert "pipelinechannel--evaluate-Output" in text and text.count("comp-register") >= 2
+    for name in ("advgen", "train", "evaluate"):
+        res = spec.deployment_spec["executors"][f"exec-{name}"]["container"]["resources"]
+        assert res["accelerator"]["resourceCount"] == "1" and res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    k8s = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("advgen", "train", "evaluate"):
+        assert k8s[f"exec-{name}"]["nodeSelector"]["labels"] == {"medrobust.io/node-pool": "gpu"}
+        assert k8s[f"exec-{name}"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # ingest's source credentials and the pseudonymisation key come from an optional secret, never params
+    data_env = {e["envVar"]: e["secretKey"] for e in k8s["exec-ingest"]["secretAsEnv"][0]["keyToEnv"]}
+    assert k8s["exec-ingest"]["secretAsEnv"][0]["secretName"] == "medrobust-data"
+    assert {"MEDROBUST_PACS_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MEDROBUST_PSEUDONYM_KEY"} <= set(data_env)
+    assert tasks["train"].retry_policy.max_retry_count == 2
+    assert tasks["train"].caching_options.enable_cache
+
+
+@pytest.mark.parametrize("source", ["pacs", "s3", "medmnist"])
+def test_a_pipeline_for_a_pacs_or_a_bucket_has_no_synthesize_task(source, tmp_path):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    params = write_params(tmp_path / "params.yaml", tiny_raw(data={"source": source}))
+    out = compile_pipeline(tmp_path / "pipeline.yaml", params)
+    pipeline_doc, _ = list(yaml.safe_load_all(out.read_text()))
+    tasks = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec()).root.dag.tasks
+    assert "synthesize" not in tasks and {"ingest", "advgen", "train", "evaluate"} <= set(tasks)
+    assert "raw_data" not in tasks["ingest"].inputs.artifacts  # ingest reads the source itself
+
+
+def test_compile_is_independent_of_the_working_directory(tmp_path, monkeypatch):
+    """The installed package never looks for params.yaml itself: --params names it."""
+    monkeypatch.chdir(tmp_path)
+    out = compile_pipeline(tmp_path / "p.yaml", REPO / "params.yaml")
+    assert out.read_text() == SNAPSHOT.read_text()
