@@ -1,33 +1,44 @@
 # medrobust — the README's commands. `make run` and `make test` each create .venv if missing,
-# install the pinned dependencies, and then run.
+# install what they need (pinned by requirements.lock), and then run.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock
 export PATH := $(BIN):$(PATH)
 # pytest's temp folders and the torch thread count stay predictable on the 2-core machines
 export OMP_NUM_THREADS ?= 2
 
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup system-deps run test test-fast compile run-local mlflow-ui clean help
+.PHONY: setup setup-test system-deps run test lint compile run-local mlflow-ui clean help
 
 help:
 	@echo "make run        set up, then run the whole pipeline on the embedded default data (dvc repro)"
-	@echo "make test       set up, then run the test suite"
-	@echo "make compile    compile the Kubeflow pipeline to pipelines/medrobust_pipeline.yaml"
+	@echo "make test       set up (test extras + Orthanc), check the import layers, run the test suite"
+	@echo "make compile    compile the Kubeflow pipeline, the components and the params schema"
 	@echo "make run-local  run the Kubeflow DAG locally (kfp.local SubprocessRunner)"
 	@echo "make mlflow-ui  browse runs and the model registry at http://127.0.0.1:5000"
 
-$(STAMP): pyproject.toml requirements.lock
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
-	@# torchattacks (the reference for the exactness tests and `medrobust bench attacks`) pins
-	@# requests~=2.25 in its metadata, which would break MLflow; its real needs are all installed above
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1
-	@touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-setup: $(STAMP)
+# the pipeline's own dependencies only
+$(RUN_STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) -e .
+	@touch $(RUN_STAMP)
+
+# + the test extras; torchattacks (the reference for the exactness tests and `medrobust bench attacks`)
+# pins requests~=2.25 in its metadata, which would break MLflow: its real needs are all installed above
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps torchattacks==3.5.1
+	@touch $(TEST_STAMP)
+
+setup: $(RUN_STAMP)
+
+setup-test: $(TEST_STAMP)
 
 # The PACS integration test starts a real Orthanc (Debian packages orthanc + orthanc-dicomweb)
 system-deps:
@@ -42,11 +53,16 @@ run: setup
 	@echo; cat reports/evaluation/report.md; echo; echo "decision: $$(cat reports/decision.json | python -c 'import json,sys; d=json.load(sys.stdin); print(d["model_name"], "v"+d["version"], d["validation_status"], "failed:", d["failed_gates"])')"
 	@echo "MLflow UI: make mlflow-ui"
 
-test: setup system-deps
+# the import layers (pyproject.toml [tool.importlinter]): an import that runs up a layer fails here
+lint: setup-test
+	lint-imports
+
+test: setup-test system-deps lint
 	python -m pytest
 
 compile: setup
-	medrobust pipeline compile
+	medrobust pipeline compile --params params.yaml
+	medrobust params schema
 
 run-local: setup
 	medrobust pipeline run-local

@@ -1,8 +1,6 @@
 """Every stage is a reusable Kubeflow component: compiled to components/<stage>/component.yaml, current,
 loadable on its own, and a thin shell (parse params, call the stage, copy the result's fields)."""
 
-from __future__ import annotations
-
 import ast
 import inspect
 import textwrap

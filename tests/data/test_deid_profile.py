@@ -174,7 +174,7 @@ def test_dummy_values_have_the_attribute_vr():
 
 
 def test_the_table_is_the_profiles():
-    assert len(ANNEX_E_BASIC) >= 300
+    assert len(ANNEX_E_BASIC) == 476  # every attribute of Table E.1-1's Basic Profile column
     unknown = [k for k in ANNEX_E_BASIC if tag_for_keyword(k) is None]
     assert not unknown, f"not DICOM keywords: {unknown}"
     assert {resolve_action(c) for c in ANNEX_E_BASIC.values()} == {"X", "Z", "D", "U"}
@@ -203,3 +203,20 @@ def test_facts_follow_the_table():
     assert out == {"Modality": "CT", "TransferSyntaxUID": "1.2.840.10008.1.2.1",
                    "SeriesInstanceUID": _uid_pseudonym(KEY, "1.2.3.4.5"),
                    "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "FrameOfReferenceUID": _uid_pseudonym(KEY, "1.9.9.9")}
+
+
+def test_the_table_ships_as_a_data_file_with_tags_that_match_the_keywords():
+    import csv
+    import io
+    from importlib import resources
+
+    from pydicom.datadict import tag_for_keyword
+
+    text = resources.files("medrobust.data").joinpath("annex_e_basic_profile.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == len({r["keyword"] for r in rows}) == 476
+    assert {r["keyword"]: r["basic_profile"] for r in rows} == ANNEX_E_BASIC
+    for r in rows:
+        tag = tag_for_keyword(r["keyword"])
+        assert r["tag"] == f"({tag >> 16:04X},{tag & 0xFFFF:04X})", r
+    assert {r["group"] for r in rows} >= {"patient"}

@@ -12,6 +12,7 @@ import pytest
 
 from medrobust.data.validation import ValidationConfig
 from medrobust.data.validation import validate_manifest
+from medrobust.data.manifest import BASE_COLUMNS
 from medrobust.stages import ingest, synthesize
 from tests.conftest import tiny_params
 
@@ -43,10 +44,10 @@ def _manifest(kind: str, n_patients: int = 12, per_patient: int = 2) -> pd.DataF
                     "bits_stored": "12", "source_rows": "64", "source_columns": "48"} if kind == "dicom" else {}),
             })
     manifest = pd.DataFrame.from_records(rows)
-    for col in ingest.BASE_COLUMNS:  # as ingest does: a fact no image has is an empty column
+    for col in BASE_COLUMNS:  # as ingest does: a fact no image has is an empty column
         if col not in manifest.columns:
             manifest[col] = ""
-    return manifest[ingest.BASE_COLUMNS]
+    return manifest[BASE_COLUMNS]
 
 
 def _failed(report) -> set[tuple[str, str | None]]:

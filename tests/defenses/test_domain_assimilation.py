@@ -145,7 +145,7 @@ def test_save_load_round_trip_keeps_the_adapter(tmp_path):
 
 
 def test_parameters_are_checked():
-    assert method_settings("domain_assimilation", {"alpha": "49/50"}, "k")["alpha"] == pytest.approx(0.98)
+    assert method_settings("domain_assimilation", {"alpha": 0.9}, "k")["alpha"] == pytest.approx(0.9)
     for bad in ({"weighting": "product"}, {"alpha": 1.5}, {"levels": 1}, {"temperature": 0.0},
                 {"metric": "cosine"}, {"luma": "lab"}, {"distance": 0}):
         with pytest.raises(ConfigError, match="domain_assimilation"):

@@ -46,14 +46,10 @@ def _bare(files: list[Path]) -> float:
 
 
 def _ours(params: Params, root: Path, workers: int) -> tuple[float, int]:
-    from medrobust.data.deid import load_key
-    from medrobust.data.sources.folder import DicomFolderSource
-    from medrobust.stages.ingest import _State, process_items
-
     t0 = time.perf_counter()
-    src = DicomFolderSource(params, dicom_dir=root / "dicom", labels_csv=root / "labels.csv")
-    state = _State(classes=tuple(params.data.classes), key=load_key())
-    process_items(src.items(), src, params, state, workers)
+    src = open_source(params.data, raw_dir=root)
+    state = IngestState(classes=tuple(params.data.classes), key=load_key())
+    process_items(src.items(), src, params.data, state, workers)
     dt = time.perf_counter() - t0
     return dt, len(state.records)
 

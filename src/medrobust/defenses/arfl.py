@@ -1,5 +1,5 @@
 """ARFL — Hao, Arefan, Zuley, Berg & Wu, "Adversarially Robust Feature Learning for Breast Cancer
-Diagnosis" (shared/seeds/004), Section 3, Eqs. (1), (2) and (5).
+Diagnosis", arXiv 2402.08768, Section 3, Eqs. (1), (2) and (5).
 
 **Eq. (1), the robust loss** on a feature map ``f(θ, x)`` of height H and width W::
 

@@ -10,8 +10,8 @@ Loss")::
 with two independent AugMix views (:func:`medrobust.defenses.augment.augmix`) and λ = 12 (the
 paper's setting). **RobustAugMix** — Martínez-Martínez & Brown, "RobustAugMix: Joint Optimization of
 Natural and Adversarial Robustness", ML Safety Workshop @ NeurIPS 2022; the baseline the RTDA paper
-(shared/seeds/003, arXiv 2506.17133) compares against — replaces the second AugMix view by a PGD
-adversarial example of the clean image::
+("Robust Training with Data Augmentation for Medical Imaging Classification", arXiv 2506.17133)
+compares against — replaces the second AugMix view by a PGD adversarial example of the clean image::
 
     L = CE(f(x), y) + λ · JS(p(x); p(g_Aug(x)); p(x + δ)),   δ = PGD(x)
 

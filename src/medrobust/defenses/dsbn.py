@@ -1,5 +1,6 @@
 """Dual (domain-specific) batch normalisation for adversarial training — the "batch
-normalization-based method" the ARFL paper (shared/seeds/004, Sections 1 and 4.2) compares with:
+normalization-based method" the ARFL paper ("Adversarially Robust Feature
+Learning for Breast Cancer Diagnosis", arXiv 2402.08768, Sections 1 and 4.2) compares with:
 DSBN, Chang et al., "Domain-Specific Batch Normalization for Unsupervised Domain Adaptation",
 CVPR 2019, applied to clean vs adversarial data as in Han et al., Nature Communications 2021 and
 AdvProp (Xie et al., "Adversarial Examples Improve Image Recognition", CVPR 2020).

@@ -1,6 +1,6 @@
 """Dual adversarial training — the ARFL paper's Eq. (4) (Joel et al., 2022's dual adversarial
 training with a clean/adversarial mixing ratio; ARFL = "Adversarially Robust Feature Learning",
-the paper in shared/seeds/004):
+arXiv 2402.08768):
 
     min_θ  E_(x,y) [ (1 − r) · max_{δ ∈ Δ} L_cls(θ, x + δ, y)  +  r · L_cls(θ, x, y) ]        (4)
 

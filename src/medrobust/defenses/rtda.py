@@ -1,5 +1,5 @@
 """RTDA — Martínez-Martínez, Brown, Karami & Nabavi, "Robust Training with Data Augmentation for
-Medical Imaging Classification", W3PHIAI-25 @ AAAI 2025, arXiv 2506.17133 (shared/seeds/003), Eq. (10):
+Medical Imaging Classification", W3PHIAI-25 @ AAAI 2025, arXiv 2506.17133, Eq. (10):
 
     L = CE(f(x + δ), y) + λ · JSD(f(x), f(g_Aug(x)), f(x + δ)),   δ = PGD(x)                (10)
 

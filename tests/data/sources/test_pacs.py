@@ -4,7 +4,7 @@ Ten real DICOM files from the pydicom and pydicom-data wheels (CT, MR, NM, CR, s
 uncompressed, RLE, JPEG lossless/extended, JPEG 2000 lossy/lossless; MONOCHROME1 and 2; a VOI LUT;
 eight patients, one series with three instances) are uploaded to Orthanc by REST, then ingested
 from the folder, by DICOMweb (QIDO-RS + WADO-RS), by DIMSE C-FIND + C-MOVE and by C-FIND + C-GET.
-The four manifests and shard sets must agree. The multipart parser has its own unit tests.
+The four manifests and shard sets must agree.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pydicom.data import get_testdata_file
 from medrobust.params import Params
 from medrobust.data.deid import load_key, pseudonym
 from medrobust.data.sources import Rejected, SourceError
-from medrobust.data.sources.pacs import PacsSource, describe_filters, parse_multipart, split_filters
+from medrobust.data.sources.pacs import PacsSource
+from medrobust.data.sources.pacs.query import describe_filters, split_filters
 from medrobust.stages import ingest
 from tests.conftest import tiny_params
 from tests.support.orthanc import Orthanc, free_port, running_orthanc
@@ -178,7 +179,7 @@ def test_filters_select_studies_and_series(protocol, orthanc, dataset, credentia
     key = load_key()
 
     def selected(filters: dict[str, str]) -> set[str]:
-        src = PacsSource(_params(labels, **_pacs(orthanc, protocol, filters=filters)))
+        src = PacsSource(_params(labels, **_pacs(orthanc, protocol, filters=filters)).data)
         try:
             refs = [item.ref for item in src.items()] if protocol == "dicomweb" else [i.ref for i in src.instances]
         finally:
@@ -196,7 +197,7 @@ def test_filters_select_studies_and_series(protocol, orthanc, dataset, credentia
 @pytest.mark.integration
 def test_dicomweb_fetches_each_instance_only_when_read(orthanc, dataset, credentials):
     _, labels, uids = dataset
-    src = PacsSource(_params(labels, **_pacs(orthanc, "dicomweb")))
+    src = PacsSource(_params(labels, **_pacs(orthanc, "dicomweb")).data)
     urls: list[str] = []
     src.client.session.hooks["response"].append(lambda resp, *a, **k: urls.append(resp.request.path_url))
     try:
@@ -215,7 +216,7 @@ def test_dicomweb_fetches_each_instance_only_when_read(orthanc, dataset, credent
 @pytest.mark.parametrize("retrieve", ["move", "get"])
 def test_dimse_keeps_received_files_in_a_private_folder_until_read(retrieve, orthanc, dataset):
     _, labels, _ = dataset
-    src = PacsSource(_params(labels, **_pacs(orthanc, "dimse", retrieve, filters={"Modality": "NM"})))
+    src = PacsSource(_params(labels, **_pacs(orthanc, "dimse", retrieve, filters={"Modality": "NM"})).data)
     try:
         items = list(src.items())  # ingest may look ahead: every item stays readable
         folder = src.client._tmp
@@ -238,7 +239,7 @@ def test_dimse_keeps_received_files_in_a_private_folder_until_read(retrieve, ort
 @pytest.mark.parametrize(("protocol", "retrieve"), [("dicomweb", "move"), ("dimse", "move"), ("dimse", "get")])
 def test_an_instance_deleted_after_the_query_is_not_retrieved(protocol, retrieve, orthanc, dataset, credentials):
     folder, labels, _ = dataset
-    src = PacsSource(_params(labels, **_pacs(orthanc, protocol, retrieve, filters={"Modality": "NM"})))
+    src = PacsSource(_params(labels, **_pacs(orthanc, protocol, retrieve, filters={"Modality": "NM"})).data)
     gone = requests.post(f"{orthanc.url}/tools/lookup", data=_uid(folder / "JPGExtended.dcm"), auth=orthanc.auth,
                          timeout=10).json()[0]["ID"]
     assert requests.delete(f"{orthanc.url}/instances/{gone}", auth=orthanc.auth, timeout=10).status_code == 200
@@ -331,43 +332,15 @@ def test_filters_go_to_their_query_level_and_unknown_keywords_fail():
     assert describe_filters({"PatientID": "123", "Modality": "MG"}) == "PatientID=<set>, Modality=MG"
 
 
-def test_parse_multipart_reads_binary_parts_exactly():
-    # binary, with line breaks, the boundary text, even a line break + "--bound" not ending the line
-    payload = b"\x00DICM--bound\r\n--boundary\r\n--bound-x\r\n\r\n\xff\n" * 50
-    body = (b"preamble to ignore\r\n--bound \r\nContent-Type: application/dicom\r\nX-Other: 1\r\n\r\n" + payload
-            + b"\r\n--bound\r\nContent-Type: application/dicom\r\n\r\nsecond\r\n--bound--\r\nepilogue")
-    parts = parse_multipart(body, 'multipart/related; type="application/dicom"; boundary="bound"')
-    assert [h["content-type"] for h, _ in parts] == ["application/dicom"] * 2
-    assert parts[0][0]["x-other"] == "1"
-    assert parts[0][1] == payload and parts[1][1] == b"second"
-
-
-def test_parse_multipart_tolerates_bare_lf_and_headerless_parts():
-    body = b"--b\n\nfirst\n--b\nContent-Type: application/dicom\n\nsecond\n--b--\n"
-    parts = parse_multipart(body, "multipart/related; boundary=b")
-    assert parts == [({}, b"first"), ({"content-type": "application/dicom"}, b"second")]
-
-
-@pytest.mark.parametrize(("body", "ctype", "message"), [
-    (b"--b\r\n\r\nno end", "multipart/related; boundary=b", "truncated"),
-    (b"--b\r\nContent-Type: x", "multipart/related; boundary=b", "truncated"),
-    (b"no delimiter here", "multipart/related; boundary=b", "no multipart delimiter"),
-    (b"--b\r\n\r\nx\r\n--b--", "multipart/related", "no boundary"),
-])
-def test_parse_multipart_rejects_malformed_bodies(body, ctype, message):
-    with pytest.raises(ValueError, match=message):
-        parse_multipart(body, ctype)
-
-
 def test_credentials_come_from_the_environment_only(dataset, monkeypatch):
     _, labels, _ = dataset
     monkeypatch.delenv("MEDROBUST_PACS_TOKEN", raising=False)
     monkeypatch.delenv("MEDROBUST_PACS_PASSWORD", raising=False)
     monkeypatch.setenv("MEDROBUST_PACS_USER", "someone")
     with pytest.raises(SourceError, match="MEDROBUST_PACS_PASSWORD is not set"):
-        PacsSource(_params(labels, protocol="dicomweb", url="http://127.0.0.1:9/dicom-web"))
+        PacsSource(_params(labels, protocol="dicomweb", url="http://127.0.0.1:9/dicom-web").data)
     with pytest.raises(SourceError, match=r"data\.pacs\.url is empty"):
-        PacsSource(_params(labels, protocol="dicomweb", url=""))
+        PacsSource(_params(labels, protocol="dicomweb", url="").data)
     assert os.environ.get("MEDROBUST_PACS_TOKEN") is None
 
 

@@ -12,12 +12,14 @@ filter instances, and everything else (``StudyDate``, ``PatientID``, ``Modalitie
 queried when the source is opened, so refused credentials, an unreachable server or a filter that
 matches nothing stop ingest before anything is written.
 
-DICOMweb (``protocol: dicomweb``, ``url`` = the service root, e.g. ``http://host:8042/dicom-web``):
-QIDO-RS ``GET /studies``, ``/studies/{uid}/series``, ``.../series/{uid}/instances`` (JSON, paged
-with ``limit``/``offset``), then WADO-RS ``GET .../instances/{uid}`` with
-``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` so the object arrives in
-its original transfer syntax. Each instance is fetched only when its item is read, so one image is
-held at a time. Credentials come from the environment only: ``MEDROBUST_PACS_USER`` +
+DICOMweb (``protocol: dicomweb``, ``url`` = the service root, e.g. ``http://host:8042/dicom-web``)
+goes through the `dicomweb-client <https://github.com/ImagingDataCommons/dicomweb-client>`_ library,
+which does the HTTP and the multipart decoding: QIDO-RS searches for studies, series and instances
+(paged with ``limit``/``offset``), then one WADO-RS retrieval per instance that accepts any transfer
+syntax (``transfer-syntax=*``), so the object arrives as stored, and its bytes are handed on exactly
+as the server sent them. Each instance is fetched only when its item is read, so one image is held
+at a time. A request that gets no answer (or HTTP 408/429/503/504) is tried three times in all, with
+sub-second waits. Credentials come from the environment only: ``MEDROBUST_PACS_USER`` +
 ``MEDROBUST_PACS_PASSWORD`` (HTTP basic) or ``MEDROBUST_PACS_TOKEN`` (bearer; wins when both are set).
 
 DIMSE (``protocol: dimse``; ``host``, ``port``, ``called_aet``, ``calling_aet``): Study Root C-FIND
@@ -38,8 +40,9 @@ but not yet read: ingest may look ahead a few hundred items before it reads.
 
 Identifiers: UIDs travel in queries and URLs but never reach a log line, an error message or an
 output. ``ref`` is ``pacs:study-3/series-1/ima-<pseudonym>``: ordinals plus the keyed-hash image
-pseudonym that is also the manifest's ``image_id``. The debug loggers of urllib3 and pynetdicom,
-which would print URLs and query identifiers, are raised to WARNING unless they were configured.
+pseudonym that is also the manifest's ``image_id``. The loggers of urllib3, dicomweb-client and
+pynetdicom, which would print URLs, UIDs and query identifiers, are raised to WARNING unless they
+were configured.
 """
 
 from __future__ import annotations

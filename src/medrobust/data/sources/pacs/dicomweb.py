@@ -1,15 +1,24 @@
-"""DICOMweb: QIDO-RS queries and WADO-RS retrieval of the instances of a PACS."""
+"""DICOMweb: QIDO-RS queries and WADO-RS retrieval through the dicomweb-client library.
+
+`dicomweb-client <https://github.com/ImagingDataCommons/dicomweb-client>`_ does the HTTP, the paging
+parameters and the multipart decoding; :class:`DicomWebClient` pages with a guard against servers
+that ignore ``offset``, keeps the bytes exactly as the server sent them (``FileDataset.buffer``), and
+turns the library's exceptions into messages that name the setting to fix and hold no identifier.
+"""
 
 from __future__ import annotations
 
-import email.message
 import logging
 import os
-import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from dicomweb_client import DICOMwebClient
+from dicomweb_client.session_utils import create_session, create_session_from_user_pass
+from pydicom.errors import InvalidDicomError
+from retrying import RetryError
 
 from medrobust.data.sources.base import Rejected, SourceError
 from medrobust.data.sources.pacs.query import PacsInstance, safe_url
@@ -20,206 +29,245 @@ USER_ENV, PASSWORD_ENV, TOKEN_ENV = "MEDROBUST_PACS_USER", "MEDROBUST_PACS_PASSW
 CREDENTIALS_HINT = (f"set {USER_ENV} and {PASSWORD_ENV} (HTTP basic) or {TOKEN_ENV} (bearer token) "
                     "in the environment")
 
-JSON = "application/dicom+json"
-WADO_ORIGINAL = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-WADO_DEFAULT = 'multipart/related; type="application/dicom"'
+#: WADO-RS media types: any transfer syntax (the object as stored), or the server's default
+WADO_ORIGINAL: tuple[Any, ...] = (("application/dicom", "*"),)
+WADO_DEFAULT: tuple[Any, ...] = ("application/dicom",)
 QIDO_PAGE = 1000
+#: dicomweb-client tries a request that got no answer (refused, timed out) or HTTP 408/429/503/504
+#: this many times in all, waiting 2x then 4x the multiplier (ms) in between: 0.2 s, 0.4 s
+HTTP_ATTEMPTS, HTTP_WAIT_MULTIPLIER_MS = 3, 100
 
 # DICOM tags in DICOMweb JSON
 _STUDY_UID, _SERIES_UID, _SOP_UID, _SOP_CLASS, _INSTANCE_NO = "0020000D", "0020000E", "00080018", "00080016", "00200013"
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
-    """Split a ``multipart/related`` body (RFC 2046 section 5.1.1) into (headers, payload) parts.
+class DicomWebClient:
+    """QIDO-RS queries and WADO-RS retrieval through :class:`dicomweb_client.DICOMwebClient`.
 
-    Tolerates a preamble and an epilogue, transport padding after a delimiter, bare LF line breaks
-    and parts without headers. Payloads are binary-safe: a part ends only at a line break followed
-    by ``--boundary``.
+    The library does the HTTP, the paging parameters and the multipart decoding; this class pages,
+    de-duplicates, and turns the library's exceptions into messages that name the setting to fix
+    and hold no identifier.
 
     Args:
-        body: the HTTP body.
-        content_type: the response's Content-Type (it carries the boundary).
+        url: the DICOMweb service root (``data.pacs.url``), without credentials.
+        timeout_s: seconds each HTTP request may take (``data.pacs.timeout_s``).
 
-    Returns:
-        The parts in order; header names are lower-case.
+    Attributes:
+        shown: ``url`` as messages show it.
+        session: the :class:`requests.Session` every request goes through, with the credentials
+            from the environment.
 
     Raises:
-        ValueError: no boundary parameter, no delimiter in the body, or a truncated body.
+        SourceError: an empty or non-HTTP(S) url, credentials in the url, or only one of
+            ``MEDROBUST_PACS_USER`` / ``MEDROBUST_PACS_PASSWORD`` set.
     """
-    msg = email.message.Message()
-    msg["Content-Type"] = content_type
-    boundary = msg.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise ValueError(f"the Content-Type has no boundary parameter: {content_type[:120]!r}")
-    delim = b"--" + boundary.encode("latin-1")
-    if body.startswith(delim):
-        pos = len(delim)
-    else:
-        first = body.find(b"\n" + delim)
-        if first < 0:
-            raise ValueError("the body holds no multipart delimiter")
-        pos = first + 1 + len(delim)
-    parts: list[tuple[dict[str, str], bytes]] = []
-    next_delim = _delimiter_pattern(delim)
-    while True:
-        if body.startswith(b"--", pos):  # close delimiter
-            return parts
-        eol = body.find(b"\n", pos)
-        if eol < 0:
-            raise ValueError("the body ends inside a delimiter line (truncated)")
-        if body[pos:eol].strip(b" \t\r"):
-            raise ValueError("unexpected characters after a multipart delimiter")
-        start = eol + 1
-        headers: dict[str, str] = {}
-        blank = re.match(rb"\r?\n", body[start:start + 2])
-        if blank:
-            content = start + blank.end()
-        else:
-            end = re.compile(rb"\r?\n\r?\n").search(body, start)
-            if end is None:
-                raise ValueError("a part's headers never end (truncated)")
-            for line in body[start:end.start()].decode("latin-1").splitlines():
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            content = end.end()
-        found = next_delim.search(body, content)
-        if found is None:
-            raise ValueError("a part is not followed by a delimiter (truncated body)")
-        parts.append((headers, body[content:found.start()]))
-        pos = found.start() + len(found.group(1)) + len(delim)
-
-
-def _delimiter_pattern(delim: bytes) -> re.Pattern[bytes]:
-    """A line break, ``delim``, then ``--`` or (padding and) a line break: a real delimiter line,
-    not the boundary's text followed by other characters inside a payload."""
-    return re.compile(rb"(\r?\n)" + re.escape(delim) + rb"(?=--|[ \t]*\r?\n)")
-
-
-class DicomWebClient:
-    """QIDO-RS queries and WADO-RS retrieval over one :class:`requests.Session`."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
         if not url:
             raise SourceError("data.pacs.url is empty; set it to the DICOMweb service root, "
                               "e.g. http://127.0.0.1:8042/dicom-web (Orthanc)")
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise SourceError(f"data.pacs.url must start with http:// or https://, got {safe_url(url)!r}")
-        self.base = url.rstrip("/")
-        self.shown = safe_url(self.base)
+        self.shown = safe_url(url.rstrip("/"))
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise SourceError(f"data.pacs.url must start with http:// or https://, got {self.shown!r}")
+        if parts.username is not None or parts.password is not None:
+            raise SourceError(f"data.pacs.url must not hold credentials (user:password@); {CREDENTIALS_HINT}")
         self.timeout = timeout_s
-        self.session = requests.Session()
-        self.has_credentials = True
-        token, user, password = (os.environ.get(v) for v in (TOKEN_ENV, USER_ENV, PASSWORD_ENV))
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        elif user or password:
-            if not (user and password):
-                missing = PASSWORD_ENV if user else USER_ENV
-                raise SourceError(f"{missing} is not set: HTTP basic authentication needs both {USER_ENV} "
-                                  f"and {PASSWORD_ENV} (or set {TOKEN_ENV} for a bearer token)")
-            self.session.auth = (user, password)
-        else:
-            self.has_credentials = False
-        self._accept = WADO_ORIGINAL
-
-    def get(self, path: str, accept: str, params: dict[str, Any] | None = None) -> requests.Response:
-        """GET ``base + path``; maps transport failures and 401/403 to :class:`SourceError`."""
+        self.session, self.has_credentials = session_from_environment()
         try:
-            resp = self.session.get(self.base + path, params=params, headers={"Accept": accept}, timeout=self.timeout)
-        except requests.Timeout:
-            raise SourceError(f"the PACS at {self.shown} did not answer within {self.timeout:g} s "
-                              "(data.pacs.timeout_s); check data.pacs.url and the network") from None
-        except requests.ConnectionError as exc:
-            why = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
-            raise SourceError(f"cannot connect to the PACS at {self.shown} ({why}); check data.pacs.url and "
-                              "that the server is running") from None
-        except requests.RequestException as exc:
-            raise SourceError(f"request to the PACS at {self.shown} failed ({type(exc).__name__}); "
-                              "check data.pacs.url") from None
-        if resp.status_code in (401, 403):
-            given = "" if self.has_credentials else " (none are set now)"
-            raise SourceError(f"the PACS at {self.shown} refused the credentials (HTTP {resp.status_code}): "
-                              f"{CREDENTIALS_HINT}{given}")
-        return resp
+            # permissive_uid: accept the UIDs the PACS itself reports, as any client of it would
+            self.api = DICOMwebClient(url.rstrip("/"), session=self.session, timeout=timeout_s, permissive_uid=True)
+        except ValueError:
+            raise SourceError(f"data.pacs.url {self.shown!r} is not a URL of the form "
+                              "http(s)://host[:port]/path") from None
+        # the library sends ``Host: <host>`` without the port (and mangles an IPv6 literal); send the
+        # url's host[:port] as HTTP/1.1 asks (RFC 9110 section 7.2), as requests itself would
+        self.api.host = parts.netloc
+        self.api.set_http_retry_params(max_attempts=HTTP_ATTEMPTS, wait_exponential_multiplier=HTTP_WAIT_MULTIPLIER_MS)
+        self._media_types = WADO_ORIGINAL
 
-    def query(self, path: str, params: dict[str, str], what: str) -> list[dict[str, Any]]:
-        """A paged QIDO-RS query; ``what`` names the level in messages."""
+    # -- query ------------------------------------------------------------------------------------
+    def find(self, study_keys: dict[str, str], series_keys: dict[str, str],
+             instance_keys: dict[str, str]) -> list[tuple[str, str, str, str, str]]:
+        """Query the hierarchy study -> series -> instance, each level with its filter keys.
+
+        Args:
+            study_keys: filters sent with the study search.
+            series_keys: filters sent with each series search.
+            instance_keys: filters sent with each instance search.
+
+        Returns:
+            One (study UID, series UID, InstanceNumber, SOP instance UID, SOP class UID) row per instance.
+
+        Raises:
+            SourceError: refused credentials, no answer, no DICOMweb service at the url, a rejected
+                query, or an answer that is not DICOM JSON.
+        """
+        rows = []
+        for study in self._search("study", study_keys):
+            st = json_value(study, _STUDY_UID)
+            for series in self._search("series", series_keys, study_instance_uid=st) if st else []:
+                se = json_value(series, _SERIES_UID)
+                if not se:
+                    continue
+                for inst in self._search("instance", instance_keys, study_instance_uid=st, series_instance_uid=se):
+                    sop = json_value(inst, _SOP_UID)
+                    if sop:
+                        rows.append((st, se, json_value(inst, _INSTANCE_NO), sop, json_value(inst, _SOP_CLASS)))
+        return rows
+
+    def _search(self, level: str, filters: dict[str, str], **parent: str) -> list[dict[str, Any]]:
+        """Every result of one QIDO-RS search, page by page, each object once.
+
+        ``get_remaining`` is not used: it asks again until a page is empty, forever against a server
+        that ignores ``offset``. Here paging stops at a short page or one that brings nothing new.
+        """
+        search: Callable[..., list[dict[str, Any]]] = {
+            "study": self.api.search_for_studies, "series": self.api.search_for_series,
+            "instance": self.api.search_for_instances,
+        }[level]
         results: list[dict[str, Any]] = []
         seen: set[tuple[str, str, str]] = set()
         offset = 0
         while True:
-            resp = self.get(path, JSON, {**params, "limit": QIDO_PAGE, "offset": offset})
-            if resp.status_code == 204:
-                break
-            if resp.status_code == 404 and path == "/studies":
-                raise SourceError(f"no DICOMweb service at {self.shown} (HTTP 404 for /studies); set data.pacs.url "
-                                  "to the service root, e.g. http://host:8042/dicom-web for Orthanc")
-            if resp.status_code == 404:  # a study or series deleted between two queries
-                break
-            if resp.status_code == 400:
-                raise SourceError(f"the PACS at {self.shown} rejected the {what} query (HTTP 400); "
-                                  "check data.pacs.filters")
-            if resp.status_code != 200:
-                raise SourceError(f"the {what} query to the PACS at {self.shown} failed with HTTP "
-                                  f"{resp.status_code}; check data.pacs.url")
-            try:
-                page = resp.json() if resp.content.strip() else []
-            except ValueError:
-                raise SourceError(f"the PACS at {self.shown} answered the {what} query with something that is "
-                                  "not DICOM JSON; is data.pacs.url the DICOMweb root?") from None
-            if not isinstance(page, list):
-                raise SourceError(f"the PACS at {self.shown} answered the {what} query with something that is "
-                                  "not a DICOM JSON list; is data.pacs.url the DICOMweb root?")
+            page = self._page(search, level, filters, offset, parent)
             fresh = [obj for obj in page if _identity(obj) not in seen]
             seen.update(_identity(obj) for obj in fresh)
             results.extend(fresh)
             if len(page) < QIDO_PAGE or not fresh:  # last page, or a server that ignores offset
-                break
+                return results
             offset += len(page)
-        return results
 
-    def find(self, study_keys: dict[str, str], series_keys: dict[str, str],
-             instance_keys: dict[str, str]) -> list[tuple[str, str, str, str, str]]:
-        rows = []
-        for study in self.query("/studies", study_keys, "study"):
-            st = json_value(study, _STUDY_UID)
-            for series in self.query(f"/studies/{st}/series", series_keys, "series"):
-                se = json_value(series, _SERIES_UID)
-                for inst in self.query(f"/studies/{st}/series/{se}/instances", instance_keys, "instance"):
-                    sop = json_value(inst, _SOP_UID)
-                    if st and se and sop:
-                        rows.append((st, se, json_value(inst, _INSTANCE_NO), sop, json_value(inst, _SOP_CLASS)))
-        return rows
-
-    def fetch(self, inst: PacsInstance) -> bytes:
-        """WADO-RS: the instance's bytes in its original transfer syntax. Raises :class:`Rejected`."""
-        path = f"/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}"
-        resp = self.get(path, self._accept)
-        if resp.status_code == 406 and self._accept == WADO_ORIGINAL:
-            log.warning("the PACS at %s cannot send original transfer syntaxes (HTTP 406 for transfer-syntax=*); "
-                        "asking for its default (usually Explicit VR Little Endian)", self.shown)
-            self._accept = WADO_DEFAULT
-            resp = self.get(path, self._accept)
-        if resp.status_code != 200:
-            raise Rejected("not_retrieved", f"the PACS answered HTTP {resp.status_code} to the WADO-RS request for "
-                                            "this instance (deleted or moved since the query?)")
-        ctype = resp.headers.get("Content-Type", "")
-        if ctype.lower().startswith("application/dicom"):
-            return bytes(resp.content)
+    def _page(self, search: Callable[..., list[dict[str, Any]]], level: str, filters: dict[str, str],
+              offset: int, parent: dict[str, str]) -> list[dict[str, Any]]:
+        """One page of a search; library exceptions become :class:`SourceError` (a 404 below the
+        study level, a study or series deleted between two queries, is an empty page)."""
         try:
-            parts = parse_multipart(resp.content, ctype)
-        except ValueError as exc:
-            raise Rejected("not_retrieved",
-                           f"the WADO-RS answer is not a valid multipart/related body: {exc}") from None
-        dicom = [body for headers, body in parts
-                 if headers.get("content-type", "application/dicom").lower().startswith("application/dicom")]
-        if len(dicom) != 1:
-            raise Rejected("not_retrieved", f"the WADO-RS answer for one instance holds {len(dicom)} DICOM parts")
-        return dicom[0]
+            page = search(**parent, search_filters=dict(filters), limit=QIDO_PAGE, offset=offset)
+        except (requests.HTTPError, RetryError) as exc:
+            status = self._status(exc)
+            if status == 404 and level == "study":
+                raise SourceError(f"no DICOMweb service at {self.shown} (HTTP 404 for /studies); set data.pacs.url "
+                                  "to the service root, e.g. http://host:8042/dicom-web for Orthanc") from None
+            if status == 404:
+                return []
+            if status == 400:
+                raise SourceError(f"the PACS at {self.shown} rejected the {level} query (HTTP 400); "
+                                  "check data.pacs.filters") from None
+            raise SourceError(f"the {level} query to the PACS at {self.shown} failed with HTTP {status}; "
+                              "check data.pacs.url") from None
+        except requests.exceptions.InvalidJSONError:
+            raise SourceError(f"the PACS at {self.shown} answered the {level} query with something that is "
+                              "not DICOM JSON; is data.pacs.url the DICOMweb root?") from None
+        except requests.RequestException as exc:
+            raise self._no_answer(exc) from None
+        except ValueError:  # the library refused a UID of the previous answer (it holds '/' or '@')
+            raise SourceError(f"the PACS at {self.shown} answered with a UID that cannot be used in a DICOMweb "
+                              f"URL; the {level} query was not sent") from None
+        if not isinstance(page, list) or not all(isinstance(obj, dict) for obj in page):
+            raise SourceError(f"the PACS at {self.shown} answered the {level} query with something that is "
+                              "not a DICOM JSON list; is data.pacs.url the DICOMweb root?")
+        return page
+
+    # -- retrieval --------------------------------------------------------------------------------
+    def fetch(self, inst: PacsInstance) -> bytes:
+        """WADO-RS: the instance in its original transfer syntax, byte for byte as the server sent it.
+
+        Args:
+            inst: an instance that :meth:`find` reported.
+
+        Returns:
+            The DICOM file's bytes.
+
+        Raises:
+            Rejected: ``not_retrieved`` (an HTTP error, or an answer that is not one DICOM object)
+                or ``not_dicom`` (a part without a DICOM header).
+            SourceError: refused credentials, or no answer.
+        """
+        try:
+            ds = self._retrieve(inst)
+        except (requests.HTTPError, RetryError) as exc:
+            raise Rejected("not_retrieved", f"the PACS answered HTTP {self._status(exc)} to the WADO-RS request for "
+                                            "this instance (deleted or moved since the query?)") from None
+        except requests.RequestException as exc:
+            raise self._no_answer(exc) from None
+        except InvalidDicomError:
+            raise Rejected("not_dicom", "the WADO-RS answer holds no DICOM file (no 'DICM' preamble)") from None
+        except Exception as exc:  # noqa: BLE001 - the library and pydicom raise many types on a malformed answer
+            raise Rejected("not_retrieved", "the WADO-RS answer is not one readable DICOM object "
+                                            f"({type(exc).__name__})") from None
+        buffer = getattr(ds, "buffer", None)  # pydicom 3 keeps the bytes a FileDataset was read from
+        if not hasattr(buffer, "getvalue"):
+            raise Rejected("not_retrieved", "the WADO-RS answer was decoded but its bytes were not kept "
+                                            "(pydicom's FileDataset.buffer is missing)")
+        return bytes(buffer.getvalue())
+
+    def _retrieve(self, inst: PacsInstance) -> Any:
+        """``retrieve_instance``; on HTTP 406 for ``transfer-syntax=*`` switch, once and for all later
+        requests, to the server's default transfer syntax."""
+        try:
+            return self.api.retrieve_instance(inst.study, inst.series, inst.sop, media_types=self._media_types)
+        except requests.HTTPError as exc:
+            if self._status(exc) != 406 or self._media_types != WADO_ORIGINAL:
+                raise
+        log.warning("the PACS at %s cannot send original transfer syntaxes (HTTP 406 for transfer-syntax=*); "
+                    "asking for its default (usually Explicit VR Little Endian)", self.shown)
+        self._media_types = WADO_DEFAULT
+        return self.api.retrieve_instance(inst.study, inst.series, inst.sop, media_types=self._media_types)
+
+    # -- errors -----------------------------------------------------------------------------------
+    def _status(self, exc: requests.HTTPError | RetryError) -> int:
+        """The HTTP status of a request that failed with an error status (``RetryError``: a
+        retriable status, 503 say, until the attempts ran out).
+
+        Raises:
+            SourceError: HTTP 401/403, refused credentials.
+        """
+        response = exc.response if isinstance(exc, requests.HTTPError) else exc.last_attempt.value
+        status = int(getattr(response, "status_code", 0) or 0)
+        if status in (401, 403):
+            given = "" if self.has_credentials else " (none are set now)"
+            raise SourceError(f"the PACS at {self.shown} refused the credentials (HTTP {status}): "
+                              f"{CREDENTIALS_HINT}{given}")
+        return status
+
+    def _no_answer(self, exc: requests.RequestException) -> SourceError:
+        """The error for a request that got no HTTP answer (after the library's attempts)."""
+        if isinstance(exc, requests.Timeout):
+            return SourceError(f"the PACS at {self.shown} did not answer within {self.timeout:g} s "
+                               f"(data.pacs.timeout_s; {HTTP_ATTEMPTS} attempts); check data.pacs.url and the network")
+        if isinstance(exc, requests.ConnectionError):
+            why = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+            return SourceError(f"cannot connect to the PACS at {self.shown} ({why}); check data.pacs.url and "
+                               "that the server is running")
+        return SourceError(f"request to the PACS at {self.shown} failed ({type(exc).__name__}); check data.pacs.url")
 
     def close(self) -> None:
+        """Close the HTTP session."""
         self.session.close()
+
+
+def session_from_environment() -> tuple[requests.Session, bool]:
+    """A :class:`requests.Session` carrying the PACS credentials from the environment.
+
+    Returns:
+        The session, and whether it carries credentials (a bearer token wins over user + password).
+
+    Raises:
+        SourceError: only one of ``MEDROBUST_PACS_USER`` and ``MEDROBUST_PACS_PASSWORD`` is set.
+    """
+    token, user, password = (os.environ.get(v) for v in (TOKEN_ENV, USER_ENV, PASSWORD_ENV))
+    if token:
+        session = create_session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        return session, True
+    if user and password:
+        return create_session_from_user_pass(user, password), True
+    if user or password:
+        missing = PASSWORD_ENV if user else USER_ENV
+        raise SourceError(f"{missing} is not set: HTTP basic authentication needs both {USER_ENV} "
+                          f"and {PASSWORD_ENV} (or set {TOKEN_ENV} for a bearer token)")
+    return create_session(), False
 
 
 def _identity(obj: dict[str, Any]) -> tuple[str, str, str]:
@@ -231,3 +279,5 @@ def json_value(obj: dict[str, Any], tag: str) -> str:
     values = (obj.get(tag) or {}).get("Value") or [""]
     return "" if values[0] is None else str(values[0])
 
+
+__all__ = ["CREDENTIALS_HINT", "DicomWebClient", "json_value", "session_from_environment"]

@@ -90,8 +90,9 @@ def is_loopback(host: str) -> bool:
 
 
 def quiet_identifier_loggers() -> None:
-    """urllib3 logs request URLs (with UIDs) at DEBUG; pynetdicom dumps query identifiers at INFO."""
-    for name in ("urllib3.connectionpool", "pynetdicom"):
+    """urllib3 logs request URLs (with UIDs) at DEBUG, dicomweb-client UIDs at INFO (URLs at DEBUG),
+    pynetdicom query identifiers at INFO: raise them to WARNING unless they were configured."""
+    for name in ("urllib3.connectionpool", "dicomweb_client", "pynetdicom"):
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.WARNING)
