@@ -80,6 +80,16 @@ def eps_label(eps: float) -> str:
     """``8/255`` when ε is a whole number of 1/255 steps, else the decimal (``0.3``).
 
     The label keys ε in ``metrics.json`` and reports, so every family formats it the same way.
+
+    Args:
+        eps: the budget in [0, 1] pixel units.
+
+    Returns:
+        ``"<k>/255"`` when ``eps · 255`` is within 1e-6 of an integer ``k``, else ``eps`` in ``:.6g`` format.
+
+    Example:
+        >>> eps_label(8 / 255), eps_label(0.3)
+        ('8/255', '0.3')
     """
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.6g}"
@@ -138,6 +148,10 @@ class InRegistry:
     The check and the JSON Schema's ``enum`` read the registry when they run, so a member registered
     by a plugin after import is allowed too.
 
+    Args:
+        registry: the family's registry (any mapping whose keys are the allowed names).
+        extra: names allowed besides the registry's (e.g. ``"default"`` for the head).
+
     Example:
         >>> backbone: Annotated[str, InRegistry(BACKBONES)] = "small_cnn"
     """
@@ -147,9 +161,21 @@ class InRegistry:
         self.extra = extra
 
     def names(self) -> list[str]:
+        """The allowed names: ``extra`` first, then the registry's keys, sorted."""
         return [*self.extra, *sorted(self.registry)]
 
     def check(self, value: str) -> str:
+        """The pydantic after-validator: ``value`` if it is allowed.
+
+        Args:
+            value: the name read from params.yaml.
+
+        Returns:
+            ``value``, unchanged.
+
+        Raises:
+            PydanticCustomError: ``value`` is not allowed (``not_allowed``; the message lists the allowed values).
+        """
         if value not in self.extra and value not in self.registry:
             raise PydanticCustomError("not_allowed", "{message}", {
                 "message": f"{value!r} is not allowed; allowed values: {', '.join(self.names())}"})
@@ -165,7 +191,18 @@ class InRegistry:
 
 
 def field_error(field: str, message: str) -> PydanticCustomError:
-    """An error raised by a model validator about one of its fields: ``field`` joins the key."""
+    """An error raised by a model validator about one of its fields: ``field`` joins the key.
+
+    :func:`config_error` reports it as ``<section>.<field>: <message>``.
+
+    Args:
+        field: the field's key relative to the validated model, dotted for nested keys
+            (``"register.gates.gate_eps"``).
+        message: what is wrong and what is allowed.
+
+    Returns:
+        The error, for the validator to raise (``raise field_error("method", str(exc)) from None``).
+    """
     return PydanticCustomError("field_error", "{message}", {"field": field, "message": message})
 
 
@@ -269,6 +306,10 @@ def config_error(exc: ValidationError, root: Any, prefix: str = "", at: str = ""
         root: the validated type (to list the allowed keys of a mapping).
         prefix: prepended to the message (e.g. the params file's path).
         at: the params.yaml key ``root`` was validated at (``train.methods.pgd_at``), prepended to each key.
+
+    Returns:
+        The error, for the caller to raise (``raise config_error(exc, Params) from None``); one line per
+        key, each key reported once.
     """
     lines: list[str] = []
     seen: set[str] = set()

@@ -22,6 +22,13 @@ allowed set stops with a :class:`~medrobust.config.ConfigError` naming the full 
 heads and shifts are their registries'. :func:`params_schema` gives the JSON Schema editors use
 (``params.schema.json``).
 
+The top-level fields of :class:`Params` (listed here: a class docstring is its JSON Schema description):
+``seed`` (0 .. 2**63 − 1, default 42), ``device`` (``auto``: CUDA when available, else CPU; ``cpu``;
+``cuda``) and the sections above; ``register.gates.gate_attack`` and ``gate_eps`` must be among those
+``evaluate.attacks`` evaluates. :class:`AdvgenConfig` holds ``surrogate`` (the surrogate model, trained or
+loaded), ``attacks`` (each (attack, norm, ε) makes one transfer set; default FGSM and PGD-10 with a random
+start at 4/255 and 8/255) and ``batch_size`` (images per attack batch, 1 .. 100,000, default 128).
+
 Example:
     >>> params = load_params("params.yaml")
     >>> params.train.method
@@ -95,11 +102,21 @@ class Params(StrictModel):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Every value, defaults included (for logging the run's configuration)."""
+        """Every value, defaults included (for logging the run's configuration).
+
+        Returns:
+            The nested mapping (``model_dump()``: ε values as floats, sequences as tuples).
+        """
         return self.model_dump()
 
     def updated(self, changes: dict[str, Any]) -> Params:
         """A copy with ``changes`` merged in (nested mappings merge key by key), validated again.
+
+        Args:
+            changes: a partial params mapping; a value that is not a mapping replaces the old one.
+
+        Returns:
+            The new params (``self`` is unchanged).
 
         Example:
             >>> params.updated({"data": {"workers": 2}}).data.workers
@@ -124,6 +141,9 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
     Args:
         raw: the mapping; None or missing sections take their defaults.
 
+    Returns:
+        The validated params.
+
     Raises:
         ConfigError: naming each offending key and the allowed keys or values.
     """
@@ -137,6 +157,12 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``.
+
+    Args:
+        path: the params file.
+
+    Returns:
+        The validated params.
 
     Raises:
         ConfigError: the file is missing, is not YAML, or fails validation (the message starts with
@@ -161,6 +187,12 @@ def params_as_text(path: str | Path) -> str:
     One line because kfp copies a parameter's default into a YAML comment header, which a
     multi-line value breaks.
 
+    Args:
+        path: the params file.
+
+    Returns:
+        The file's mapping as compact JSON (``separators=(",", ":")``), as written: defaults are not filled in.
+
     Raises:
         ConfigError: as :func:`load_params`.
     """
@@ -170,6 +202,12 @@ def params_as_text(path: str | Path) -> str:
 
 def params_from_text(text: str) -> Params:
     """Parse params.yaml given as text (how Kubeflow components receive it).
+
+    Args:
+        text: YAML or JSON text (:func:`params_as_text`'s output).
+
+    Returns:
+        The validated params.
 
     Raises:
         ConfigError: as :func:`parse_params`.
@@ -182,6 +220,9 @@ def params_schema() -> dict[str, Any]:
 
     Names that come from a registry (sources, methods, attacks, backbones, heads, shifts) are
     ``enum`` s of the registered names; each training method's section lists its parameters.
+
+    Returns:
+        The schema, with ``$schema`` and ``title`` set.
     """
     schema = Params.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -6,12 +6,7 @@ import pytest
 import torch
 
 from medrobust.attacks import ATTACKS, eval_mode, get_attack
-from medrobust.defenses import get_method
-from medrobust.models import ModelSpec, build_model
 from medrobust.models import accuracy
-from medrobust.training import train_model
-from medrobust.data.shards import ArraySplit
-from medrobust.training import OptimConfig
 
 EPS = 8 / 255
 

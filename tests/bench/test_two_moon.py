@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from medrobust.attacks import FGSM, PGD
 from medrobust.bench.report import publish
-from medrobust.bench.two_moon import (SETTINGS, TwoMoonConfig, UnitBox, bench_two_moon, format_table, make_data,
-                                      moon_model, paper_pattern, to_markdown)
+from medrobust.bench.two_moon import SETTINGS, TwoMoonConfig, UnitBox, bench_two_moon, make_data, moon_model
+from medrobust.bench.two_moon_report import format_table, paper_pattern, to_markdown
 from medrobust.cli import app
 from medrobust.defenses.arfl import ARFL
 from medrobust.defenses.dual_at import DualAT

@@ -42,6 +42,7 @@ def test_readme_lists_the_inputs_outputs_and_image():
     assert "ghcr.io/medrobust/medrobust" in text and "load_component_from_file" in text
     ingest = (COMMITTED / "ingest" / "README.md").read_text()
     assert "| input | `raw_data` | system.Dataset | optional |" in ingest
+    assert "| input | `params_yaml` | STRING |  | params.yaml as one line of JSON" in ingest
 
 
 def test_a_pipeline_built_from_the_yaml_files_alone_compiles(tmp_path):

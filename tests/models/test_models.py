@@ -169,3 +169,28 @@ def test_pretrained_from_a_medrobust_model_loads_the_encoder_not_the_head(tmp_pa
     assert model.head.out_features == 3
     with pytest.raises(ValueError, match="does not fit this backbone"):
         build_model(ModelSpec("small_cnn", 2, width=8), pretrained=tmp_path / "model.pt")
+
+
+def test_a_backbone_entry_carries_its_normalisation():
+    """timm's pretrained_cfg: ImageNet weights bring ImageNet's mean/std (grey: the mean of the three),
+    CLIP normalises inside itself, a backbone trained from scratch gets the spec's default."""
+    from medrobust.models import IMAGENET_MEAN, IMAGENET_STD, backbone_cfg
+
+    assert backbone_cfg("resnet18").normalization(3, pretrained=True) == {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    assert backbone_cfg("densenet121").normalization(1, pretrained=True) == {"mean": 0.449, "std": 0.226}
+    assert backbone_cfg("vgg16").normalization(1, pretrained=False) == {"mean": 0.5, "std": 0.25}
+    assert backbone_cfg("clip_vit_b32").normalization(1, pretrained=False) == {"mean": 0.0, "std": 1.0}
+    assert backbone_cfg("small_cnn").normalization(1, pretrained=True) == {"mean": 0.5, "std": 0.25}
+    assert not backbone_cfg("small_cnn").has_weights and backbone_cfg("resnet50").has_weights
+
+
+
+def test_pretrained_files_that_are_not_usable_give_clear_errors(tmp_path):
+    torchvision_like = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, torchvision_like)
+    with pytest.raises(ValueError, match="small_cnn has no ImageNet weights"):
+        build_model(ModelSpec("small_cnn", 2), pretrained=torchvision_like)
+    not_weights = tmp_path / "notes.txt"
+    not_weights.write_text("not a weights file")
+    with pytest.raises(ValueError, match="not a weights file torch can read"):
+        build_model(ModelSpec("resnet18", 2), pretrained=not_weights)

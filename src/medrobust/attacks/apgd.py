@@ -1,5 +1,5 @@
 """APGD — Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks", ICML 2020 (Algorithm 1, Sec. 3).
+parameter-free attacks", ICML 2020, arXiv 2003.01690 (Algorithm 1, Sec. 3).
 
 Step-size-free projected gradient ascent with momentum:
 
@@ -45,7 +45,18 @@ LOSSES = ("ce", "dlr", "margin")
 
 
 def checkpoints(n_iter: int) -> list[int]:
-    """The iterations ``w_j = ⌈p_j·N⌉`` at which step sizes are checked (``w₀ = 0`` excluded)."""
+    """The iterations ``w_j = ⌈p_j·N⌉`` at which step sizes are checked (``w₀ = 0`` excluded).
+
+    Args:
+        n_iter: the number of iterations ``N``.
+
+    Returns:
+        The distinct checkpoints below ``n_iter``, ascending.
+
+    Example:
+        >>> checkpoints(100)
+        [22, 41, 57, 70, 80, 87, 93, 99]
+    """
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
@@ -61,7 +72,17 @@ def _other_max(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
 
 
 def per_point_loss(kind: str, z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """The loss APGD maximises, one value per point (see the module docstring)."""
+    """The loss APGD maximises, one value per point (see the module docstring).
+
+    Args:
+        kind: ``"ce"``, ``"dlr"`` or ``"margin"`` (any other value is read as ``"dlr"``).
+        z: ``(N, C)`` logits; DLR needs ``C >= 3`` (targeted: ``C >= 4``).
+        y: ``(N,)`` true classes.
+        target: ``(N,)`` target classes for the targeted form, or ``None`` for the untargeted one.
+
+    Returns:
+        ``(N,)`` losses, differentiable w.r.t. ``z``.
+    """
     if kind == "ce":
         return -F.cross_entropy(z, target, reduction="none") if target is not None else F.cross_entropy(
             z, y, reduction="none")
@@ -80,7 +101,27 @@ def per_point_loss(kind: str, z: torch.Tensor, y: torch.Tensor, target: torch.Te
 
 
 class APGD(Attack):
-    """APGD with a chosen loss; registered as ``apgd_ce``, ``apgd_dlr`` and ``apgd_margin``."""
+    """APGD with a chosen loss; registered as ``apgd_ce``, ``apgd_dlr`` and ``apgd_margin``.
+
+    Args:
+        model: a classifier taking [0, 1] images and returning logits.
+        eps: the budget, a fraction of the [0, 1] range (L∞) or an L2 radius; default 8/255.
+        norm: ``"linf"`` or ``"l2"``.
+        steps: iterations ``N`` per run (>= 1); default 100.
+        n_restarts: random restarts per target (>= 1), each only on points not fooled yet; default 1.
+        rho: the checkpoint condition ρ: the step size halves if the loss rose in fewer than this
+            fraction of the steps since the last checkpoint; default 0.75.
+        momentum: the weight α of the new step against the previous one; default 0.75.
+        targeted: APGD-T: attack each of the top ``n_target_classes`` other classes in turn;
+            ``labels`` stay the true classes.
+        n_target_classes: targets per point in targeted mode; ``None``: ``min(9, C-1)``.
+        loss: ``"ce"``, ``"dlr"`` or ``"margin"``; ``None`` takes the class's ``loss_kind``.
+        seed: seed for the random starts; ``None`` uses the global RNG.
+
+    Raises:
+        ValueError: an unknown ``loss``, ``steps`` or ``n_restarts`` below 1, an unsupported
+            ``norm``, or ``eps < 0``.
+    """
 
     name = "apgd"
     norms = ("linf", "l2")
@@ -193,6 +234,15 @@ class APGD(Attack):
         return [order[:, i] for i in range(1, min(k, n_classes - 1) + 1)]
 
     def run(self, images, labels, active=None, early_stop=True):
+        """:meth:`Attack.run` for APGD: a point misclassified on its clean image counts as fooled.
+
+        Returns, per point, the first fooling iterate, else the highest-loss iterate of the latest
+        run; without ``early_stop`` every restart and target runs on every point.
+
+        Raises:
+            ValueError: DLR with fewer than 3 classes, or targeted DLR with fewer than 4.
+            TypeError: ``images`` is not a float32 or float64 tensor.
+        """
         self._check(images)
         x, y = images.detach(), labels.detach()
         n = len(x)
@@ -226,29 +276,46 @@ class APGD(Attack):
         return out.detach(), fooled
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The adversarial images of :meth:`run` with early stopping."""
         return self.run(images, labels, early_stop=True)[0]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The adversarial images of :meth:`run` with early stopping (``eps == 0``: a copy of ``images``)."""
         self._check(images)
         return self.run(images.detach(), labels.detach(), early_stop=True)[0]
 
     def is_fooled(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Misclassified: ``labels`` are the true classes, in targeted mode too (APGD-T).
+
+        Args:
+            logits: ``(N, C)`` model outputs.
+            labels: ``(N,)`` true classes.
+
+        Returns:
+            ``(N,)`` bool, True where the top-1 class is not the label.
+        """
         return logits.argmax(1) != labels  # APGD-T: labels are true labels; success = misclassified
 
 
 @ATTACKS.register()
 class APGDCE(APGD):
+    """APGD on the cross-entropy (``apgd_ce``). Args as :class:`APGD`."""
+
     name = "apgd_ce"
     loss_kind = "ce"
 
 
 @ATTACKS.register()
 class APGDDLR(APGD):
+    """APGD on the DLR loss (``apgd_dlr``; >= 3 classes, targeted >= 4). Args as :class:`APGD`."""
+
     name = "apgd_dlr"
     loss_kind = "dlr"
 
 
 @ATTACKS.register()
 class APGDMargin(APGD):
+    """APGD on the CW margin loss (``apgd_margin``; defined for 2 classes). Args as :class:`APGD`."""
+
     name = "apgd_margin"
     loss_kind = "margin"

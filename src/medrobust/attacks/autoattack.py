@@ -1,5 +1,6 @@
-"""``autoattack`` — an AutoAttack-style ensemble (Croce & Hein, ICML 2020) that also works for
-binary tasks.
+"""``autoattack`` — an AutoAttack-style ensemble (Croce & Hein, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks", ICML 2020, arXiv 2003.01690) that also
+works for binary tasks.
 
 The attacks run in sequence, each only on the points every earlier attack failed to fool (and
 never on points the model already misclassifies); a point is robust only if it survives them all.
@@ -40,6 +41,25 @@ log = logging.getLogger(__name__)
 
 @ATTACKS.register()
 class AutoAttack(Attack):
+    """The ensemble of the module docstring; untargeted only (its APGD-T members pick their own targets).
+
+    Args:
+        model: a classifier taking [0, 1] images and returning logits.
+        eps: the budget, a fraction of the [0, 1] range (L∞) or an L2 radius; default 8/255.
+        norm: ``"linf"`` or ``"l2"`` (L2 runs without Square).
+        steps: APGD iterations per member; default 100.
+        n_restarts: APGD restarts per member (and target); default 1.
+        n_queries: Square's query budget per image; default 1000.
+        seed: seed for every member's random numbers; default 0, ``None`` uses the global RNG.
+
+    Attributes:
+        last_log: after :meth:`run`, one ``{"attack": name, "robust_accuracy": value}`` per member
+            that ran, the accuracy being that of the whole batch after that member.
+
+    Raises:
+        ValueError: an unsupported ``norm`` or ``eps < 0``.
+    """
+
     name = "autoattack"
     norms = ("linf", "l2")
 
@@ -50,7 +70,16 @@ class AutoAttack(Attack):
         self.last_log: list[dict[str, float]] = []
 
     def components(self, n_classes: int) -> list[Attack]:
-        """The attacks of the ensemble for ``n_classes`` classes, in order."""
+        """The attacks of the ensemble for ``n_classes`` classes, in order.
+
+        Args:
+            n_classes: the number of classes ``C`` of the model (>= 2).
+
+        Returns:
+            APGD-CE, then APGD-margin (``C == 2``); APGD-DLR and targeted APGD-margin (``C == 3``);
+            or targeted APGD-DLR and targeted APGD-margin (``C >= 4``); then Square when it supports
+            ``norm``. Targeted members use ``min(9, C-1)`` target classes.
+        """
         kw = {"eps": self.eps, "norm": self.norm, "steps": self.steps, "n_restarts": self.n_restarts,
               "seed": self.seed}
         n_targets = min(9, n_classes - 1)
@@ -68,6 +97,11 @@ class AutoAttack(Attack):
         return out
 
     def run(self, images, labels, active=None, early_stop=True):
+        """:meth:`Attack.run` for the ensemble: each member attacks the points every earlier one missed.
+
+        Points misclassified on their clean image count as fooled and are never attacked; a point's
+        output is the adversarial of the first member that fools it. Fills :attr:`last_log`.
+        """
         self._check(images)
         x, y = images.detach(), labels.detach()
         with eval_mode(self.model), torch.no_grad():
@@ -91,4 +125,5 @@ class AutoAttack(Attack):
         return out, fooled
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The adversarial images of :meth:`run` on every point, with early stopping."""
         return self.run(images, labels)[0]

@@ -32,7 +32,19 @@ from medrobust.utils.registry import Registry
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` (and every submodule) in eval mode; restore each module's mode on exit."""
+    """Put ``model`` (and every submodule) in eval mode; restore each module's mode on exit.
+
+    Args:
+        model: the module to switch; every submodule's ``training`` flag is recorded first.
+
+    Yields:
+        ``model`` itself, in eval mode. On exit (also on an exception) each submodule gets back its
+        own recorded mode, so a model that was partly in train mode is restored exactly.
+
+    Example:
+        >>> with eval_mode(model):
+        ...     logits = model(x)
+    """
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -52,9 +64,16 @@ class Attack:
     Args:
         model: a classifier taking [0, 1] images and returning logits.
         eps: the budget, a fraction of the [0, 1] range (L∞) or an L2 radius.
-        norm: ``"linf"`` or ``"l2"``.
+        norm: ``"linf"`` or ``"l2"``; must be one of the class's :attr:`norms`.
         targeted: if True, ``labels`` passed to the call are the target classes.
         seed: seed for random starts; ``None`` uses the global RNG.
+
+    Attributes:
+        name: the registry key (:data:`ATTACKS`) and the name used in messages.
+        norms: the threat models the attack supports.
+
+    Raises:
+        ValueError: ``norm`` is not in :attr:`norms`, or ``eps < 0``.
     """
 
     name = "attack"
@@ -78,6 +97,19 @@ class Attack:
             raise TypeError(f"{self.name}: images must be float in [0, 1], got {images.dtype}")
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of ``images`` (the last iterate for iterative attacks).
+
+        Args:
+            images: float32/float64 ``(N, C, H, W)`` images in [0, 1].
+            labels: ``(N,)`` true classes (targeted: target classes).
+
+        Returns:
+            Detached adversarial images, shaped like ``images``, in [0, 1] and inside the ε-ball; a
+            copy of ``images`` when ``eps == 0``.
+
+        Raises:
+            TypeError: ``images`` is not a float32 or float64 tensor.
+        """
         self._check(images)
         images = images.detach()
         with eval_mode(self.model):
@@ -97,6 +129,19 @@ class Attack:
 
         The default runs the attack on the active points and checks the result once; iterative
         attacks override it to track every iterate.
+
+        Args:
+            images: float32/float64 ``(N, C, H, W)`` images in [0, 1].
+            labels: ``(N,)`` true classes (targeted: target classes).
+            active: ``(N,)`` bool, the points to attack; ``None`` attacks every point.
+            early_stop: if True, only ``active`` points are attacked; if False, every point is.
+
+        Returns:
+            ``(x_adv, fooled)``: the adversarial images (unattacked points keep their clean image) and
+            an ``(N,)`` bool tensor, True where the attack fooled the model.
+
+        Raises:
+            TypeError: ``images`` is not a float32 or float64 tensor.
         """
         self._check(images)
         images, labels = images.detach(), labels.detach()
@@ -113,14 +158,44 @@ class Attack:
         return x_adv, fooled
 
     def is_fooled(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Whether each prediction counts as a success of the attack.
+
+        Args:
+            logits: ``(N, C)`` model outputs.
+            labels: ``(N,)`` true classes (targeted: target classes).
+
+        Returns:
+            ``(N,)`` bool: the top-1 class differs from the label (targeted: equals the target).
+        """
         pred = logits.argmax(1)
         return pred == labels if self.targeted else pred != labels
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The attack itself; :meth:`__call__` runs it in eval mode on detached inputs when ``eps > 0``.
+
+        Args:
+            images: detached float ``(N, C, H, W)`` images in [0, 1].
+            labels: detached ``(N,)`` true classes (targeted: target classes).
+
+        Returns:
+            Adversarial images shaped like ``images``, in [0, 1] and inside the ε-ball.
+
+        Raises:
+            NotImplementedError: always, in the base class.
+        """
         raise NotImplementedError
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator | None:
+        """A fresh generator seeded with :attr:`seed`, so random starts do not touch the global RNG.
+
+        Args:
+            device: the device the random numbers are drawn on (that of the images).
+
+        Returns:
+            A new ``torch.Generator`` on ``device``, seeded anew on every call; ``None`` when ``seed``
+            is ``None`` (then the global RNG is used).
+        """
         if self.seed is None:
             return None
         g = torch.Generator(device=device)
@@ -128,7 +203,18 @@ class Attack:
         return g
 
     def loss_grad(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gradient of the mean cross-entropy w.r.t. ``x``, logits at ``x``); descends when targeted."""
+        """(gradient of the mean cross-entropy w.r.t. ``x``, logits at ``x``); descends when targeted.
+
+        Only ``x`` requires a gradient (``torch.autograd.grad``): the model's parameter ``.grad`` is
+        left untouched.
+
+        Args:
+            x: float ``(N, C, H, W)`` images at which the gradient is taken.
+            labels: ``(N,)`` true classes (targeted: target classes, and the loss is negated).
+
+        Returns:
+            ``(grad, logits)``, both detached: ``grad`` shaped like ``x``, ``logits`` ``(N, C)``.
+        """
         x = x.detach().requires_grad_(True)
         logits = self.model(x)
         loss = F.cross_entropy(logits, labels)
@@ -140,7 +226,22 @@ class Attack:
 
 class IterativeAttack(Attack):
     """An attack made of ``steps`` identical iterations: subclasses implement :meth:`init_adv`,
-    optionally :meth:`init_state` (per-point tensors such as momentum), and :meth:`step`."""
+    optionally :meth:`init_state` (per-point tensors such as momentum), and :meth:`step`.
+
+    Args:
+        model: a classifier taking [0, 1] images and returning logits.
+        eps: the budget, a fraction of the [0, 1] range (L∞) or an L2 radius.
+        norm: ``"linf"`` or ``"l2"``; must be one of the class's ``norms``.
+        steps: number of iterations (>= 1).
+        step_size: the step α per iteration; ``None`` takes ``2.5 · eps / steps`` (Madry et al.).
+        random_start: whether :meth:`init_adv` starts from a random point of the ball (subclasses
+            decide how to draw it).
+        targeted: if True, ``labels`` passed to the call are the target classes.
+        seed: seed for random starts; ``None`` uses the global RNG.
+
+    Raises:
+        ValueError: ``steps < 1``, an unsupported ``norm``, or ``eps < 0``.
+    """
 
     def __init__(
         self,
@@ -161,18 +262,50 @@ class IterativeAttack(Attack):
         self.random_start = random_start
 
     def init_adv(self, images: torch.Tensor) -> torch.Tensor:
+        """The first iterate, for the whole batch; the base class starts from the clean images.
+
+        Args:
+            images: float ``(N, C, H, W)`` clean images in [0, 1].
+
+        Returns:
+            A new tensor shaped like ``images``: here a copy of them.
+        """
         return images.clone()
 
     def init_state(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-point state carried between steps (e.g. momentum); the base class keeps none.
+
+        Args:
+            images: float ``(N, C, H, W)`` clean images in [0, 1].
+
+        Returns:
+            ``{name: tensor}``, each tensor indexed by point along dim 0 (so :meth:`run` can slice it
+            to the points still attacked); here ``{}``.
+        """
         return {}
 
     def step(
         self, adv: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, state: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One iteration: returns (next iterate, logits at ``adv``); may update ``state`` in place."""
+        """One iteration: returns (next iterate, logits at ``adv``); may update ``state`` in place.
+
+        Args:
+            adv: ``(n, C, H, W)`` current iterates of the points still attacked.
+            images: ``(n, C, H, W)`` their clean images (the centre of the ε-ball).
+            labels: ``(n,)`` their true classes (targeted: target classes).
+            state: the :meth:`init_state` tensors of those points; entries may be reassigned.
+
+        Returns:
+            ``(next_adv, logits)``: the next iterate, in [0, 1] and inside the ε-ball, and the
+            ``(n, C)`` logits at ``adv`` (used to decide whether ``adv`` already fooled the model).
+
+        Raises:
+            NotImplementedError: always, in the base class.
+        """
         raise NotImplementedError
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Run :meth:`init_adv`, then ``steps`` times :meth:`step`; returns the last iterate."""
         adv = self.init_adv(images)
         state = self.init_state(images)
         for _ in range(self.steps):
@@ -186,6 +319,27 @@ class IterativeAttack(Attack):
         active: torch.Tensor | None = None,
         early_stop: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Attack.run` tracking every iterate: per point the first iterate that fooled the model.
+
+        ``steps + 1`` iterates are checked (the start and every step's result). With ``early_stop`` a
+        point leaves the batch once fooled; without it every point runs every step.
+
+        Args:
+            images: float32/float64 ``(N, C, H, W)`` images in [0, 1].
+            labels: ``(N,)`` true classes (targeted: target classes).
+            active: ``(N,)`` bool, the points to attack; ``None`` attacks every point. Ignored (every
+                point attacked) when ``early_stop`` is False.
+            early_stop: stop attacking a point as soon as it is fooled.
+
+        Returns:
+            ``(x_adv, fooled)``: per point the first fooling iterate, else the last iterate (points
+            never attacked keep their :meth:`init_adv` start), and an ``(N,)`` bool tensor of
+            successes. With ``eps == 0``: the clean images and whether the (active) points are
+            already fooled.
+
+        Raises:
+            TypeError: ``images`` is not a float32 or float64 tensor.
+        """
         self._check(images)
         images, labels = images.detach(), labels.detach()
         n, device = len(images), images.device

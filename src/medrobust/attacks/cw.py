@@ -1,4 +1,5 @@
-"""CW — Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017 (L2 attack).
+"""CW — Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017, arXiv 1608.04644
+(L2 attack).
 
 Distance measure: L2. Change of variables ``x' = (tanh(w) + 1) / 2`` (so ``x'`` is always in
 [0, 1]), ``w`` initialised at ``atanh((2x - 1) · 0.999999)`` (the authors' code), and Adam on ``w``
@@ -51,7 +52,23 @@ _ATANH_SCALE = 0.999999  # keeps atanh finite at pixels equal to 0 or 1 (Carlini
 
 @ATTACKS.register()
 class CW(Attack):
-    """Carlini-Wagner L2 attack with a fixed ``c``, restricted to the ε-ball. See the module docstring."""
+    """Carlini-Wagner L2 attack with a fixed ``c``, restricted to the ε-ball. See the module docstring.
+
+    Args:
+        model: classifier taking [0, 1] NCHW images, returning logits.
+        eps: L2 radius within which results are returned; default ``inf`` (no limit).
+        norm: ``"l2"``.
+        c: weight of the classification term ``f`` (>= 0); default 1.
+        kappa: confidence margin κ (>= 0); default 0.
+        steps: Adam iterations (>= 1); default 100.
+        lr: Adam learning rate (> 0); default 0.01.
+        targeted: if True, ``labels`` passed to the call are the target classes.
+        seed: unused (the attack is deterministic).
+
+    Raises:
+        ValueError: ``steps < 1``, ``c < 0``, ``kappa < 0``, ``lr <= 0``, a norm other than ``"l2"``
+            or ``eps < 0``.
+    """
 
     name = "cw"
     norms = ("l2",)
@@ -92,6 +109,7 @@ class CW(Attack):
         return z_other - z_label if self.targeted else z_label - z_other
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adam on ``w``; per image the closest adversarial found, or the clean image if none lies within ε."""
         labels = labels.to(images.device)
         n = images.shape[0]
         w = torch.atanh((2 * images - 1) * _ATANH_SCALE).detach().requires_grad_(True)

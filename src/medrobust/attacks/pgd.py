@@ -1,4 +1,5 @@
-"""PGD (L∞) — Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
+"""PGD (L∞) — Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018,
+arXiv 1706.06083.
 
 Projected sign-gradient ascent on the cross-entropy inside the L∞ ball. Order of operations as in
 torchattacks 3.5.1's ``PGD``: step ``x + α·sign(∇)``, project ``δ = clip(x - x₀, -ε, ε)``, clip
@@ -18,6 +19,22 @@ from medrobust.attacks.base import ATTACKS, IterativeAttack
 
 @ATTACKS.register()
 class PGD(IterativeAttack):
+    """PGD in the L∞ ball. See the module docstring.
+
+    Args:
+        model: a classifier taking [0, 1] images and returning logits.
+        eps: the L∞ budget (fraction of the [0, 1] range); default 8/255.
+        norm: ``"linf"``.
+        steps: iterations (>= 1); default 10.
+        step_size: the step α; ``None`` (default): ``2.5 · eps / steps``.
+        random_start: start uniformly in the ε-box (clipped to [0, 1]); default True.
+        targeted: if True, ``labels`` passed to the call are the target classes.
+        seed: seed for the random start; ``None`` uses the global RNG.
+
+    Raises:
+        ValueError: ``steps < 1``, a norm other than ``"linf"`` or ``eps < 0``.
+    """
+
     name = "pgd"
     norms = ("linf",)
 
@@ -27,6 +44,7 @@ class PGD(IterativeAttack):
         super().__init__(model, eps, norm, steps, step_size, random_start, targeted, seed)
 
     def init_adv(self, images: torch.Tensor) -> torch.Tensor:
+        """``clip_[0,1](x + U(-ε, ε))`` with ``random_start``, else a copy of ``images``."""
         if not self.random_start:
             return images.clone()
         noise = torch.rand(images.shape, generator=self.generator(images.device), device=images.device,
@@ -34,6 +52,17 @@ class PGD(IterativeAttack):
         return torch.clamp(images + (2 * noise - 1) * self.eps, 0.0, 1.0)
 
     def step(self, adv, images, labels, state):
+        """``x + α·sign(∇)``, then ``δ = clip(x - x₀, -ε, ε)`` and ``clip_[0,1](x₀ + δ)``.
+
+        Args:
+            adv: ``(n, C, H, W)`` current iterates.
+            images: ``(n, C, H, W)`` clean images (the centre of the ball).
+            labels: ``(n,)`` true classes (targeted: target classes).
+            state: unused (PGD keeps no state).
+
+        Returns:
+            ``(next iterate, logits at adv)``.
+        """
         grad, logits = self.loss_grad(adv, labels)
         adv = adv + self.step_size * grad.sign()
         delta = torch.clamp(adv - images, -self.eps, self.eps)

@@ -3,6 +3,13 @@
 The threat model (``norm``) always travels with the epsilons. ``name`` is any key of
 :data:`~medrobust.attacks.ATTACKS`; options left out (null) take the attack's own documented
 default, and an option the attack does not take is an error naming what it does take.
+
+Fields of :class:`AttackSpec` (documented here: its class docstring is the JSON Schema's description):
+
+* ``name`` — a registered attack; ``norm`` — ``"linf"`` (default) or ``"l2"``, which the attack must support;
+* ``eps`` — one or more budgets, numbers or fractions such as ``"8/255"`` (default ``[8/255]``);
+* ``steps`` (0 .. 100,000; for ``bim`` 0 selects Kurakin's rule), ``step_size``, ``random_start``;
+* ``n_restarts`` (1 .. 1000: APGD, AutoAttack, Square) and ``n_queries`` (1 .. 1,000,000: Square, AutoAttack).
 """
 
 from __future__ import annotations
@@ -61,10 +68,17 @@ def from_spec(spec: AttackSpec, model: nn.Module, eps: float, seed: int | None =
         spec: the suite entry.
         model: the classifier to attack.
         eps: one of ``spec.eps``.
-        seed: passed to attacks that draw random numbers.
+        seed: passed to attacks whose constructor takes a ``seed``.
 
     Returns:
         The attack, with every option the spec sets and the attack's defaults for the rest.
+
+    Raises:
+        ValueError: the attack's constructor rejects a value (e.g. ``random_start=True`` for ``bim``
+            or ``mifgsm``).
+
+    Example:
+        >>> attack = from_spec(AttackSpec(name="pgd", eps=(4 / 255, 8 / 255)), model, 8 / 255, seed=0)
     """
     allowed = set(attack_params(spec.name))
     kwargs: dict[str, Any] = {"eps": eps, "norm": spec.norm}

@@ -1,5 +1,5 @@
 """Square Attack — Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a query-efficient
-black-box adversarial attack via random search", ECCV 2020.
+black-box adversarial attack via random search", ECCV 2020, arXiv 1912.00049.
 
 Score-based black box: the attack only reads the model's logits (forward passes under
 ``torch.no_grad``), never its gradients. Random search over the vertices of the L∞ ε-ball:
@@ -74,6 +74,21 @@ _LOSSES = ("margin", "ce")
 class Square(Attack):
     """Square Attack (L∞), score-based black box. See the module docstring.
 
+    Args:
+        model: classifier taking [0, 1] NCHW images, returning logits.
+        eps: L∞ radius (fraction of the [0, 1] range).
+        norm: ``"linf"``.
+        n_queries: query budget per image and restart (>= 1); default 1000.
+        p_init: initial fraction of the ``n_features`` changed by a square, in (0, 1]; default 0.8.
+        n_restarts: number of independent runs on the images not yet fooled (>= 1); default 1.
+        loss: ``"margin"`` (default) or ``"ce"``.
+        targeted: if True, ``labels`` passed to the call are the target classes.
+        seed: seeds a local ``torch.Generator``; ``None`` uses the global RNG.
+
+    Raises:
+        ValueError: ``n_queries < 1``, ``p_init`` outside (0, 1], ``n_restarts < 1``, an unknown
+            ``loss``, a norm other than ``"linf"`` or ``eps < 0``.
+
     Attributes:
         queries_used: after a call, a ``long`` tensor ``(N,)`` of model queries spent per image
             (``None`` before the first call).
@@ -110,13 +125,25 @@ class Square(Attack):
         self.queries_used: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`Attack.__call__`, also setting :attr:`queries_used` (zeros when ``eps == 0``)."""
         # reset so that eps == 0 (handled by the base class without perturb) reports zero queries
         self.queries_used = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         return super().__call__(images, labels)
 
     # -- pieces ---------------------------------------------------------------------------------
     def p_selection(self, it: int) -> float:
-        """Fraction ``p`` at iteration ``it`` (0-based): the 10k-iteration schedule rescaled to ``n_queries``."""
+        """Fraction ``p`` at iteration ``it`` (0-based): the 10k-iteration schedule rescaled to ``n_queries``.
+
+        Args:
+            it: the random-search iteration, 0-based (the stripe initialisation excluded).
+
+        Returns:
+            ``p_init / 2**h``, ``h`` the number of schedule thresholds below ``it · 10000 / n_queries``.
+
+        Example:
+            >>> Square(model, eps=8 / 255, n_queries=1000).p_selection(5)  # 50 of 10k: one halving
+            0.4
+        """
         it_10k = int(it / self.n_queries * 10000)
         halvings = sum(it_10k > t for t in _SCHEDULE_10K)
         return self.p_init / 2**halvings
@@ -198,6 +225,11 @@ class Square(Attack):
 
     @torch.no_grad()
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Random search with restarts on the images not fooled at the start; sets :attr:`queries_used`.
+
+        Raises:
+            ValueError: ``images`` is not 4-D (NCHW).
+        """
         if images.dim() != 4:
             raise ValueError(f"square: images must be NCHW, got shape {tuple(images.shape)}")
         g = self.generator(images.device)

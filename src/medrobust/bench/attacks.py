@@ -37,6 +37,15 @@ EPS = 8 / 255
 
 @dataclass
 class Row:
+    """One attack's throughput, ours and the reference's.
+
+    Attributes:
+        attack: the :data:`~medrobust.attacks.ATTACKS` name.
+        ours: our attack's images per second.
+        reference: torchattacks' images per second; None without a reference.
+        note: the setting (steps, queries) or why there is no reference.
+    """
+
     attack: str
     ours: float  # images / s
     reference: float | None
@@ -44,6 +53,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
+        """``ours / reference`` (above 1: ours is faster); None without a reference."""
         return None if self.reference is None else self.ours / self.reference
 
 
@@ -66,7 +76,15 @@ def _interleaved(a: Callable[[], Any], b: Callable[[], Any] | None, repeats: int
 
 
 def bench_model(params: Params, dataset_dir: Path | None = None) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """A standard small CNN on the built-in data, and the evaluation batch (val + test)."""
+    """A standard small CNN on the built-in data, and the evaluation batch (val + test).
+
+    Args:
+        params: the configuration (``seed``, ``data``, and ``train``'s width, epochs, batch size, optimiser).
+        dataset_dir: an ingested built-in dataset (made in a temporary folder when missing).
+
+    Returns:
+        (the model in eval mode, the val + test images, their labels).
+    """
     dataset_dir = default_dataset(params, dataset_dir)
     seed_everything(params.seed)
     model = build_model(ModelSpec("small_cnn", len(params.data.classes), width=params.train.model.width,
@@ -148,7 +166,14 @@ def bench_attacks(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a plain-text table."""
+    """The report as a plain-text table.
+
+    Args:
+        report: :func:`bench_attacks`'s report.
+
+    Returns:
+        A throughput table and an early-stopping table.
+    """
     lines = [f"batch: {report['n_images']} images, clean accuracy {report['clean_accuracy']:.3f}, "
              f"{report['threads']} threads, median of {report['repeats']}",
              "", f"{'attack':<12} {'ours img/s':>11} {'torchattacks':>13} {'ratio':>7}  note",
@@ -167,7 +192,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
-    """The report as markdown: the command and the table."""
+    """The report as markdown: the command and the table.
+
+    Args:
+        report: :func:`bench_attacks`'s report.
+        command: the command line that reproduces it.
+
+    Returns:
+        The markdown page.
+    """
     return "\n".join(["# Attack throughput", "", f"Command: `{command}`", "", "```", format_report(report), "```", ""])
 
 

@@ -13,6 +13,10 @@ def default_dataset(params: Params, dataset_dir: Path | None = None) -> Path:
     """The ingested built-in dataset: ``dataset_dir`` when it holds one, else synthesised and ingested
     into a temporary folder (``data.synthetic``, ``data.image_size`` of ``params``).
 
+    Args:
+        params: the configuration the synthesize and ingest stages run with.
+        dataset_dir: an ingest output folder (used when it holds ``manifest.csv``), or None.
+
     Returns:
         The ingest stage's output folder.
     """

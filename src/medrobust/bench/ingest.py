@@ -109,7 +109,15 @@ def bench_ingest(params: Params, n_files: int = 1000, repeats: int = 3, stage: b
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
-    """The report as markdown: the command and a table of files/s and ratios."""
+    """The report as markdown: the command and a table of files/s and ratios.
+
+    Args:
+        report: :func:`bench_ingest`'s report.
+        command: the command line that reproduces it.
+
+    Returns:
+        The markdown page.
+    """
     r = report
     return "\n".join([
         "# Ingest throughput",

@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 def check_methods(methods: list[str] | None) -> list[str]:
     """``methods``, or every registered training method (sorted).
 
+    Args:
+        methods: training method names; None or empty: all of them.
+
+    Returns:
+        The method names (``methods`` itself when given).
+
     Raises:
         KeyError: an unknown method, listing the registered ones.
     """
@@ -110,7 +116,15 @@ def bench_methods(params: Params, methods: list[str] | None = None, dataset_dir:
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
-    """The report as markdown: the budget, then one table row per method."""
+    """The report as markdown: the budget, then one table row per method.
+
+    Args:
+        report: :func:`bench_methods`'s report.
+        command: the command line that reproduces it.
+
+    Returns:
+        The markdown page.
+    """
     a = report["attack"]
     lines = [
         "# Training methods on the built-in data",

@@ -17,6 +17,9 @@ def command_line(name: str, options: dict[str, Any], defaults: dict[str, Any] | 
         options: option name (with underscores) -> value, as given.
         defaults: option name -> default; options equal to their default (or None/empty) are left out.
 
+    Returns:
+        The command line: booleans as ``--flag`` / ``--no-flag``, floats in ``:g`` format.
+
     Example:
         >>> command_line("train", {"methods": "pgd_at", "repeats": 3}, {"methods": "", "repeats": 3})
         'medrobust bench train --methods pgd_at'
@@ -36,6 +39,12 @@ def command_line(name: str, options: dict[str, Any], defaults: dict[str, Any] | 
 
 def publish(out: str | Path, report: dict[str, Any], markdown: str, command: str) -> tuple[Path, Path]:
     """Write ``<out>.json`` (``report`` plus ``command``) and ``<out>.md``.
+
+    Args:
+        out: the path without its suffix (any suffix is replaced); its folder is created.
+        report: the JSON-able numbers.
+        markdown: the page for people.
+        command: the command line that reproduces them (stored under ``"command"``).
 
     Returns:
         (the JSON path, the markdown path).

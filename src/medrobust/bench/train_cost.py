@@ -127,7 +127,15 @@ def bench_train(params: Params, methods: list[str] | None = None, n_batches: int
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
-    """The report as markdown: the setting, then one table row per method."""
+    """The report as markdown: the setting, then one table row per method.
+
+    Args:
+        report: :func:`bench_train`'s report.
+        command: the command line that reproduces it.
+
+    Returns:
+        The markdown page.
+    """
     lines = [
         "# Training cost per method",
         "",

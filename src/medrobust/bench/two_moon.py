@@ -52,6 +52,7 @@ import torch
 
 from medrobust.attacks import FGSM
 from medrobust.bench.report import publish
+from medrobust.bench.two_moon_report import format_table, paper_pattern, sample_std, to_markdown
 from medrobust.data.shards import ArraySplit
 from medrobust.defenses import TrainingMethod
 from medrobust.defenses.arfl import ARFL
@@ -111,16 +112,22 @@ class UnitBox:
 
     @classmethod
     def fit(cls, points: np.ndarray, margin: float) -> UnitBox:
-        """The smallest square box holding ``points`` with ``margin`` raw units on every side."""
+        """The smallest square box holding ``points`` with ``margin`` raw units on every side.
+
+        Args:
+            points, margin: raw coordinates ``[N, 2]``, and the raw units left free around them.
+        """
         lo = points.min(axis=0) - margin
         hi = points.max(axis=0) + margin
         return cls((float(lo[0]), float(lo[1])), float((hi - lo).max()))
 
     def to_unit(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw coordinates ``[..., 2]`` (array or tensor) → float32 unit-box coordinates."""
         x = torch.as_tensor(x, dtype=torch.float32)
         return (x - torch.tensor(self.lo, dtype=torch.float32)) / self.scale
 
     def to_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-box coordinates ``[..., 2]`` → raw coordinates (the inverse of :meth:`to_unit`)."""
         return x * self.scale + torch.tensor(self.lo, dtype=torch.float32)
 
     @property
@@ -130,11 +137,13 @@ class UnitBox:
 
     @property
     def normalize_std(self) -> tuple[float, float]:
+        """``Normalize`` std (``1 / scale`` for both coordinates), the pair of :attr:`normalize_mean`."""
         return (1.0 / self.scale, 1.0 / self.scale)
 
 
 @dataclass
 class MoonData:
+    """One seed's ``make_moons`` draws: ``[N, 2]`` float points and ``[N]`` 0/1 labels, train and test."""
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -142,7 +151,15 @@ class MoonData:
 
 
 def make_data(cfg: TwoMoonConfig, seed: int) -> MoonData:
-    """``make_moons`` train and test sets for one seed (independent draws, balanced classes)."""
+    """``make_moons`` train and test sets for one seed (independent draws, balanced classes).
+
+    Args:
+        cfg: the benchmark's knobs (``n_train``, ``n_test``, ``noise``).
+        seed: the run's seed; the draws use ``random_state`` 2·seed (train) and 2·seed + 1 (test).
+
+    Returns:
+        The points in raw make_moons coordinates and their labels.
+    """
     from sklearn.datasets import make_moons
 
     x_tr, y_tr = make_moons(n_samples=cfg.n_train, noise=cfg.noise, random_state=2 * seed)
@@ -151,7 +168,15 @@ def make_data(cfg: TwoMoonConfig, seed: int) -> MoonData:
 
 
 def moon_model(box: UnitBox, seed: int) -> Classifier:
-    """The paper's 2-10-10-1 MLP whose ``Normalize`` undoes ``box`` (the network sees raw coordinates)."""
+    """The paper's 2-10-10-1 MLP whose ``Normalize`` undoes ``box``, so the network sees raw coordinates.
+
+    Args:
+        box: the unit-box map of this seed's points.
+        seed: seeds the initial weights.
+
+    Returns:
+        The model (binary head: cross-entropy equals binary cross-entropy).
+    """
     torch.manual_seed(seed)
     return build_model(ModelSpec("mlp", 2, in_channels=2, width=10, head="binary",
                                  mean=box.normalize_mean, std=box.normalize_std))
@@ -162,6 +187,7 @@ def moon_model(box: UnitBox, seed: int) -> Classifier:
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Setting:
+    """A Table 1 row: key, label, ``build(cfg, ε₁ in [0, 1] units, seed) -> method`` (None: not run), note."""
     key: str
     label: str
     build: Callable[[TwoMoonConfig, float, int], TrainingMethod] | None  # (cfg, ε₁ in [0,1] units, seed) -> method
@@ -194,7 +220,13 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in [
 # running
 # --------------------------------------------------------------------------------------------------
 def run_one(cfg: TwoMoonConfig, setting: Setting, data: MoonData, seed: int) -> dict[str, float]:
-    """Train one setting on one seed's data; clean and FGSM-ε₂ test accuracy."""
+    """Train one setting on one seed's data: ``clean`` and FGSM-ε₂ ``adv`` test accuracy, box ``scale``, ``lo``.
+
+    Args:
+        cfg: the benchmark's budgets.
+        setting: a row with a ``build`` (not H).
+        data, seed: one seed's draws (:func:`make_data`) and that seed (initial weights, method, data order).
+    """
     assert setting.build is not None
     box = UnitBox.fit(np.concatenate([data.x_train, data.x_test]), cfg.margin)
     x_tr, x_te = box.to_unit(data.x_train), box.to_unit(data.x_test)
@@ -211,12 +243,9 @@ def run_one(cfg: TwoMoonConfig, setting: Setting, data: MoonData, seed: int) -> 
             "scale": box.scale, "lo": list(box.lo)}
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 @dataclass
 class Row:
+    """One setting's per-seed clean and FGSM-ε₂ test accuracies; key, label and note as in :class:`Setting`."""
     key: str
     label: str
     clean: list[float] = field(default_factory=list)
@@ -224,12 +253,13 @@ class Row:
     note: str = ""
 
     def summary(self) -> dict[str, Any]:
+        """The row as JSON: per-seed values, their means and sample stds, and the ``mean`` of both means."""
         if not self.clean:
             return {"setting": self.key, "label": self.label, "note": self.note, "clean": [], "adv": [],
                     "clean_mean": None, "clean_std": None, "adv_mean": None, "adv_std": None, "mean": None}
         cm, am = statistics.fmean(self.clean), statistics.fmean(self.adv)
         return {"setting": self.key, "label": self.label, "note": self.note, "clean": self.clean, "adv": self.adv,
-                "clean_mean": cm, "clean_std": _std(self.clean), "adv_mean": am, "adv_std": _std(self.adv),
+                "clean_mean": cm, "clean_std": sample_std(self.clean), "adv_mean": am, "adv_std": sample_std(self.adv),
                 "mean": (cm + am) / 2}
 
 
@@ -268,155 +298,30 @@ def bench_two_moon(cfg: TwoMoonConfig = TwoMoonConfig()) -> dict[str, Any]:
     return report
 
 
-#: (key, setting a, setting b, metric, the paper's claim "a beats b on metric") — Section 5.1
-CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("C_adv_above_A", "C", "A", "adv", "adversarial training (C) has higher adversarial accuracy than standard (A)"),
-    ("C_clean_below_A", "A", "C", "clean", "adversarial training (C) has lower clean accuracy than standard (A)"),
-    ("E_adv_above_A", "E", "A", "adv", "dual adversarial training (E) has higher adversarial accuracy than A"),
-    ("B_mean_above_A", "B", "A", "mean", "ARFL raises the mean accuracy of standard training (B > A)"),
-    ("D_mean_above_C", "D", "C", "mean", "ARFL raises the mean accuracy of adversarial training (D > C)"),
-    ("F_mean_above_E", "F", "E", "mean", "ARFL raises the mean accuracy of dual adversarial training (F > E)"),
-    ("F_mean_above_G", "F", "G", "mean", "dual adversarial training + ARFL beats TRADES on mean accuracy (F > G)"),
-)
-
-
-def _per_seed(row: dict[str, Any], metric: str) -> list[float]:
-    if metric == "mean":
-        return [(c + a) / 2 for c, a in zip(row["clean"], row["adv"])]
-    return list(row[metric])
-
-
-def paper_pattern(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The qualitative claims of the paper's Section 5.1 checked on our numbers, each with the paired
-    per-seed difference (mean, sample std, seeds where it holds) so that noise is visible."""
-    by = {r["setting"]: r for r in rows if r["mean"] is not None}
-    out: dict[str, Any] = {}
-    for key, a, b, metric, _text in CLAIMS:
-        if a in by and b in by:
-            diffs = [x - y for x, y in zip(_per_seed(by[a], metric), _per_seed(by[b], metric))]
-            mean = statistics.fmean(diffs)
-            out[key] = {"holds": mean > 0, "diff_mean": mean, "diff_std": _std(diffs),
-                        "seeds_holding": sum(d > 0 for d in diffs), "seeds": len(diffs)}
-    out["best_mean"] = max(by, key=lambda k: by[k]["mean"]) if by else None
-    return out
-
-
-def _cell(mean: float | None, std: float | None) -> str:
-    return "—" if mean is None else f"{mean:.4f} ({std:.4f})"
-
-
-def format_table(report: dict[str, Any], markdown: bool = False) -> str:
-    """The Table 1 layout: setting, clean acc mean (std), adversarial acc mean (std), mean of the two."""
-    head = ["", "setting", "clean acc mean (std)", "FGSM ε₂ acc mean (std)", "mean acc"]
-    body = [[r["setting"], r["label"] + (f" — {r['note']}" if r["note"] else ""),
-             _cell(r["clean_mean"], r["clean_std"]),
-             _cell(r["adv_mean"], r["adv_std"]), "—" if r["mean"] is None else f"{r['mean']:.4f}"]
-            for r in report["rows"]]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([fmt(head), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [fmt(b) for b in body])
-
-
-#: measured once for the default budget (Adam, lr 0.01, batch 128, 40 epochs, 10,000 points)
-CONVERGENCE_NOTE = (" Measured for this budget: on seed 0, settings A and F changed by at most 0.005 in clean or FGSM "
-                    "accuracy between 20, 40 and 80 epochs (A: 0.972/0.746, 0.972/0.751, 0.972/0.752; F: 0.971/0.769, "
-                    "0.971/0.766, 0.972/0.767). 40 epochs of 79 batches are ≈3,200 Adam steps.")
-
-
-def _is_default_budget(cfg: dict[str, Any]) -> bool:
-    d = asdict(TwoMoonConfig())
-    return all(cfg[k] == d[k] for k in ("epochs", "batch_size", "lr", "optimizer", "n_train"))
-
-
-def to_markdown(report: dict[str, Any], command: str, json_name: str = "two_moon.json") -> str:
-    """A markdown page with the command, the table, the choices and the paper's claims checked.
-
-    Args:
-        report: :func:`bench_two_moon`'s report.
-        command: the command line that reproduces it.
-        json_name: the file name of the numbers, for the page to point at.
-    """
-    cfg = report["config"]
-    scales = [b["scale"] for b in report["unit_box"]]
-    pat = report["pattern"]
-    n_seeds = len(cfg["seeds"])
-    lines = [
-        "# ARFL two-moon benchmark (paper Section 4, Table 1)",
-        "",
-        "Reproduce with:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        f"Ran in {report['seconds']:.0f} s with {report['torch_threads']} torch thread(s), torch "
-        f"{report['torch_version']}. Numbers: `{json_name}` (per-seed accuracies included).",
-        "",
-        format_table(report, markdown=True),
-        "",
-        f"Mean (std) over {n_seeds} seed(s) {list(cfg['seeds'])}; std is the sample standard deviation. "
-        "Accuracy on the full test set, clean and under FGSM at ε₂; \"mean acc\" is the mean of the two.",
-        "",
-        "## Choices",
-        "",
-        f"- Data: `sklearn.datasets.make_moons`, noise {cfg['noise']}, {cfg['n_train']} train / {cfg['n_test']} test "
-        "points, independent draws per seed (`random_state` 2·seed and 2·seed+1).",
-        "- Model: 2-10-10-1 MLP (`ModelSpec(\"mlp\", 2, in_channels=2, width=10, head=\"binary\")`; the binary "
-        "head makes cross-entropy equal binary cross-entropy), PyTorch default initialisation seeded by the seed.",
-        f"- Training: `medrobust.training.train_model` — {cfg['optimizer']} with lr {cfg['lr']} and cosine decay "
-        f"to 0, {cfg['epochs']} epochs, batch size {cfg['batch_size']}, no weight decay. The paper trains 5000 "
-        "epochs (optimiser and batch size not given); this budget keeps the whole table within about ten minutes "
-        "on two CPU cores." + (CONVERGENCE_NOTE if _is_default_budget(cfg) else ""),
-        f"- Budgets (raw units): FGSM ε₁ = {cfg['eps_train']} in training (C–F; G's inner maximisation budget), "
-        f"FGSM ε₂ = {cfg['eps_attack']} for the attack. λ = {cfg['lam']} (B, D, F). ARFL's L_robust is taken on "
-        "the penultimate layer (10 ReLU units), with `adv_robust_sign = +1` (the default; see "
-        "`medrobust/defenses/arfl.py`).",
-        "- C and E: `dual_at` with r = 0 / 0.5 and one PGD step of size ε₁ from x without random start, "
-        "which is FGSM. D and F: `arfl` with `attack: fgsm`, r = 0 / 0.5. B: `arfl` with r = 1.",
-        f"- G: `trades`, β = {cfg['trades_beta']}, {cfg['trades_steps']} steps of 2.5·ε₁/{cfg['trades_steps']} "
-        "in the ε₁ ball.",
-        "- H: MIRST (Sun et al., 2022) is not implemented in medrobust.",
-        f"- Pixel space: each seed's points are mapped into [0, 1]² by x' = (x − lo)/s with a margin of "
-        f"{cfg['margin']} raw units (≥ ε₂) around the data, so attacks never clamp; the model's Normalize "
-        f"undoes the map (mean = −lo/s, std = 1/s) and a raw ε becomes ε/s. s ranged over "
-        f"{min(scales):.3f}–{max(scales):.3f}.",
-        "",
-        "## The paper's qualitative pattern, checked",
-        "",
-        "Each claim of the paper's Section 5.1 on our numbers, with the paired per-seed difference (same data and "
-        "initialisation per seed); a difference smaller than its per-seed std is not evidence either way.",
-        "",
-    ]
-    for key, _a, _b, _metric, text in CLAIMS:
-        if key in pat:
-            c = pat[key]
-            lines.append(f"- {text}: **{'yes' if c['holds'] else 'no'}** (paired difference {c['diff_mean']:+.4f}, "
-                         f"per-seed std {c['diff_std']:.4f}; holds on {c['seeds_holding']}/{c['seeds']} seeds)")
-    lines.append(f"- best mean accuracy: **{pat.get('best_mean')}** (the paper: F)")
-    return "\n".join(lines) + "\n"
-
-
 def config_from_options(seeds: int = 0, epochs: int = 0, batch_size: int = 0, lr: float = 0.0,
                         n_train: int = 0) -> TwoMoonConfig:
-    """The CLI's options as a :class:`TwoMoonConfig`: options left at 0 keep its defaults."""
+    """The CLI's options as a :class:`TwoMoonConfig`: options left at 0 keep its defaults.
+
+    Args:
+        seeds: run seeds ``0 .. seeds - 1``.
+        epochs, batch_size, lr, n_train: the :class:`TwoMoonConfig` fields of those names.
+    """
     given = {"seeds": tuple(range(seeds)) if seeds else None, "epochs": epochs or None,
              "batch_size": batch_size or None, "lr": lr or None, "n_train": n_train or None}
     return TwoMoonConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def run(out: Path, command: str, cfg: TwoMoonConfig = TwoMoonConfig()) -> dict[str, Any]:
-    """Run the benchmark and write ``<out>.json`` and ``<out>.md`` with ``command``.
+    """Run the benchmark and write ``<out>.json`` and ``<out>.md`` with ``command``; returns the report.
 
-    Returns:
-        The report.
+    Args:
+        out, command: the output path without its suffix, and the command line that reproduces the run.
+        cfg: the benchmark's knobs.
     """
     report = bench_two_moon(cfg)
     publish(out, report, to_markdown(report, command, Path(out).with_suffix(".json").name), command)
     return report
 
 
-__all__ = ["SETTINGS", "TwoMoonConfig", "UnitBox", "bench_two_moon", "config_from_options", "format_table",
-           "make_data", "moon_model", "paper_pattern", "run", "run_one", "to_markdown"]
+__all__ = ["SETTINGS", "TwoMoonConfig", "UnitBox", "bench_two_moon", "config_from_options", "make_data", "moon_model",
+           "run", "run_one"]

@@ -16,7 +16,28 @@ def evaluate(
     metrics: Output[Metrics],
     report: Output[Markdown],
 ) -> bool:
-    """Evaluate; returns whether the absolute gates pass (the DAG branches on it)."""
+    """Evaluate; returns whether the absolute gates pass (the DAG branches on it).
+
+    Runs medrobust.stages.evaluate.run: clean accuracy and AUC, the white-box attacks of evaluate.attacks,
+    the gradient-masking checks, natural shifts and the transfer sets, all logged to the train task's
+    MLflow run; then the absolute gates of register.gates.
+
+    Args:
+        params_yaml: params.yaml as one line of JSON (medrobust.params.params_as_text).
+        dataset: the ingest task's dataset.
+        adversarial: the advgen task's transfer sets.
+        model: the train task's model.
+
+    Returns:
+        evaluation: metrics.json, robustness.csv, robustness.png, shifts.png (with natural shifts),
+            report.md, gates.json and timing.json.
+        metrics: clean_accuracy, clean_auc and gate_robust_accuracy (the gate attack at the gate epsilon).
+        report: report.md, the readable evaluation report.
+        Output: whether every absolute gate passes (the champion comparison comes at registration).
+
+    Raises:
+        ConfigError: params_yaml is invalid.
+    """
     import shutil
 
     from medrobust.params import params_from_text

@@ -8,7 +8,25 @@ from medrobust.components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register(params_yaml: str, model: Input[Model], evaluation: Input[Artifact], decision: Output[Artifact]) -> bool:
-    """Register the model version; returns whether it became ``@champion``."""
+    """Register the model version; returns whether it became ``@champion``.
+
+    Runs medrobust.stages.register.run: a new version of register.model_name in the MLflow registry,
+    promoted to the champion alias only if it passes every gate, including the comparison with the
+    current champion; otherwise tagged as rejected.
+
+    Args:
+        params_yaml: params.yaml as one line of JSON (medrobust.params.params_as_text).
+        model: the train task's model (its run.json names the MLflow run and the logged model).
+        evaluation: the evaluate task's evaluation (its metrics.json).
+
+    Returns:
+        decision: the decision as JSON (version, promoted, validation status, failed and all gates,
+            previous and current champion); metadata version and promoted.
+        Output: whether the version became the champion.
+
+    Raises:
+        ConfigError: params_yaml is invalid.
+    """
     from medrobust.params import params_from_text
     from medrobust.stages import register as stage
     from medrobust.utils import setup_logging

@@ -43,7 +43,19 @@ def _default_key_file() -> Path:
 
 
 def load_key() -> bytes:
-    """The pseudonymisation key: from the environment, else a local key file (created if absent)."""
+    """The pseudonymisation key: from the environment, else a local key file (created if absent).
+
+    ``MEDROBUST_PSEUDONYM_KEY`` wins; otherwise the file ``MEDROBUST_PSEUDONYM_KEY_FILE`` names (default
+    ``~/.config/medrobust/pseudonym.key``) is read, and created first (mode 600, 32 random bytes as hex,
+    with a warning) when it does not exist.
+
+    Returns:
+        The key's bytes.
+
+    Raises:
+        ValueError: ``MEDROBUST_PSEUDONYM_KEY`` is set but shorter than 16 characters.
+        OSError: the key file cannot be created or read.
+    """
     env = os.environ.get(KEY_ENV)
     if env:
         if len(env) < 16:
@@ -60,7 +72,20 @@ def load_key() -> bytes:
 
 
 def pseudonym(key: bytes, kind: str, value: str, length: int = 16) -> str:
-    """A stable pseudonym for ``value`` of a given ``kind`` (e.g. ``patient``, ``image``)."""
+    """A stable pseudonym for ``value`` of a given ``kind`` (e.g. ``patient``, ``image``).
+
+    The same key, kind and value always give the same pseudonym; without the key it cannot be mapped
+    back by hashing candidate values.
+
+    Args:
+        key: the pseudonymisation key (:func:`load_key`).
+        kind: what ``value`` is; it salts the hash and its first three letters prefix the result.
+        value: the identifier to replace (e.g. a PatientID or SOPInstanceUID).
+        length: hex digits of the HMAC-SHA256 kept.
+
+    Returns:
+        ``<kind[:3]>-<length hex digits>``, e.g. ``pat-`` followed by 16 hex digits for ``kind="patient"``.
+    """
     digest = hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
     return f"{kind[:3]}-{digest[:length]}"
 
@@ -123,6 +148,16 @@ _DUMMY: dict[str, Any] = {
 def resolve_action(code: str) -> str:
     """The single action applied for a (possibly combined) code: its strictest part.
 
+    Args:
+        code: an action code of Table E.1-1 (``X``, ``Z``, ``D``, ``C``, ``U``, ``K``), or several joined
+            by ``/``; a trailing ``*`` is ignored.
+
+    Returns:
+        One of :data:`STRICTNESS`: the part that comes first in that order.
+
+    Raises:
+        ValueError: a part is not a known action code.
+
     Example:
         >>> resolve_action("X/Z/D"), resolve_action("Z/D"), resolve_action("X/Z/U*"), resolve_action("U")
         ('X', 'Z', 'X', 'U')
@@ -162,6 +197,13 @@ def deidentify_facts(facts: dict[str, str], key: bytes) -> dict[str, str]:
     information worth a column), U replaces the UID with a keyed-hash UID, K keeps it. Attributes
     the profile does not list are kept (the caller passes technical attributes from an explicit
     allow-list), except UIDs that are not registered DICOM UIDs: those are replaced like U.
+
+    Args:
+        facts: DICOM keyword -> value, e.g. :attr:`DecodedImage.facts <medrobust.data.dicom.DecodedImage.facts>`.
+        key: the pseudonymisation key (:func:`load_key`), for replaced UIDs.
+
+    Returns:
+        The facts that may be written (keyword -> value), UIDs replaced where required.
     """
     out: dict[str, str] = {}
     for keyword, value in facts.items():

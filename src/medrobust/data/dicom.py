@@ -35,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 from pydantic import Field
 
 from medrobust.config import StrictModel
-from medrobust.data.sources.base import REASONS, Rejected
+from medrobust.data.sources.base import Rejected
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,13 @@ class DicomConfig(StrictModel):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A decoded image plus header facts. ``header`` holds identifiers: never persist it."""
+    """A decoded image plus header facts. ``header`` holds identifiers: never persist it.
+
+    Attributes:
+        pixels: float32, (size, size), in [0, 1].
+        header: the :data:`LOOKUP_KEYS` present in the object (identifiers: for lookups only).
+        facts: the :data:`KEPT_TAGS` present, raw (de-identified by ingest before they are written).
+    """
 
     pixels: np.ndarray  # float32, (size, size), in [0, 1]
     header: dict[str, str] = field(default_factory=dict)  # LOOKUP_KEYS present in the object
@@ -115,6 +121,18 @@ def to_display(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     Works in float32, in place: 24 bits of mantissa hold any 16-bit stored value exactly, and the
     result only needs [0, 1] precision. NaN/inf (from a broken rescale or float pixel data) are
     caught through the min/max every image needs anyway.
+
+    Args:
+        ds: the data set the pixels come from (RescaleSlope/Intercept, WindowCenter/Width,
+            VOILUTFunction, VOILUTSequence, PhotometricInterpretation are read).
+        stored: one frame of stored values, (rows, columns).
+
+    Returns:
+        Display values, float32, same shape, in [0, 1]; bright means dense (MONOCHROME1 is inverted).
+
+    Raises:
+        Rejected: ``invalid_values``: a non-finite window, WindowWidth < 1 (``LINEAR``) or <= 0 (``SIGMOID``),
+            an unknown VOILUTFunction, or a constant / non-finite image without a VOI window.
     """
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
@@ -162,6 +180,13 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     averaging, also for non-integer factors); upscaling is bilinear. Pillow works on float32 ('F')
     images here, so no precision is lost to 8 bits, and no torch is needed (decoding runs in
     light worker processes).
+
+    Args:
+        img: a 2-D float image with values in [0, 1].
+        size: the output side length in pixels.
+
+    Returns:
+        float32, (size, size), in [0, 1].
     """
     from PIL import Image
 
@@ -240,7 +265,9 @@ def decode_dicom(data: bytes | str | Path, size: int, cfg: DicomConfig | None = 
         The decoded image, lookup header and technical facts.
 
     Raises:
-        Rejected: with a specific ``reason`` (see :data:`REASONS`).
+        Rejected: with a specific ``reason`` (see :data:`REASONS`), and the object's SOPInstanceUID in
+            ``uid`` whenever it could be read.
+        OSError: ``data`` is a path that cannot be read.
     """
     cfg = cfg or DicomConfig()
     ds = _read(data)
@@ -325,7 +352,23 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
-    """A PNG/JPEG/TIFF/BMP file's bytes -> grey float image in [0, 1], resized (Pillow, no pickle)."""
+    """A PNG/JPEG/TIFF/BMP file's bytes -> grey float image in [0, 1], resized (Pillow, no pickle).
+
+    8-bit images are scaled by 1/255, 16/32-bit integer ones by 1/65535 (1/255 when no value exceeds 255),
+    float (``F``) ones are taken as they are; other modes (palette, CMYK...) are converted to RGB, and colour
+    becomes BT.601 luma (:func:`array_to_image`).
+
+    Args:
+        data: the file's bytes.
+        size: the output side length in pixels.
+
+    Returns:
+        float32, (size, size), in [0, 1].
+
+    Raises:
+        Rejected: ``empty_file``, ``unreadable`` (not an image Pillow can read), ``truncated``, or a
+            reason of :func:`array_to_image`.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if len(data) == 0:
@@ -358,7 +401,22 @@ def _pil_to_float(im: object) -> np.ndarray:
 
 
 def array_to_image(arr: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) or (H, W, 3) uint8 / float [0, 1] -> grey (size, size) float32 in [0, 1]."""
+    """(H, W) or (H, W, 3) uint8 / float [0, 1] -> grey (size, size) float32 in [0, 1].
+
+    uint8 is scaled by 1/255 and uint16 by 1/65535; other dtypes must already lie in [0, 1]. Three or four
+    channels (RGB, RGBA: alpha is ignored) become BT.601 luma; then :func:`resize_square`.
+
+    Args:
+        arr: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) pixels, both sides at least :data:`MIN_SIDE`.
+        size: the output side length in pixels.
+
+    Returns:
+        float32, (size, size), in [0, 1].
+
+    Raises:
+        Rejected: ``unsupported_dimensions`` (another shape, or a side below :data:`MIN_SIDE`),
+            ``empty_image`` (zero size), ``invalid_values`` (NaN/inf, or float values outside [0, 1]).
+    """
     a = np.asarray(arr)
     if a.dtype == np.uint8:
         a = a.astype(np.float64) / 255.0

@@ -33,7 +33,15 @@ FACT_COLUMNS = {
 
 @dataclass
 class Decoded:
-    """A decoded item with its group, unique id and label (identifiers: in memory only)."""
+    """A decoded item with its group, unique id and label (identifiers: in memory only).
+
+    Attributes:
+        pixels: the image, float32 in [0, 1] ((size, size), or as stored for ``resize=False`` arrays).
+        group: the source patient (or lesion) id the split groups by.
+        uid: the unique instance id (SOPInstanceUID or the source's own id).
+        label: the class name.
+        facts: the :data:`~medrobust.data.dicom.KEPT_TAGS` present, not yet de-identified.
+    """
 
     pixels: np.ndarray
     group: str
@@ -46,8 +54,23 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
                   dicom_cfg: Any) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
     """(pixels, lookup header, technical facts) of one item; pure, so it can run in a worker process.
 
+    Args:
+        kind: the item's kind (``dicom``, ``image`` or ``array``).
+        raw: the item's bytes (``dicom`` and ``image`` items), else None.
+        array: the item's pixels (``array`` items), else None.
+        resize: for arrays: True to make a grey (size, size) image (:func:`~medrobust.data.dicom.array_to_image`),
+            False to keep the array as it is, as float32 (feature vectors).
+        size: output side length in pixels (``data.image_size``).
+        dicom_cfg: ``data.dicom`` (:class:`~medrobust.data.dicom.DicomConfig`), for DICOM items.
+
+    Returns:
+        The pixels (float32), the lookup header (:data:`~medrobust.data.dicom.LOOKUP_KEYS`, identifying: never
+        persist it) and the raw technical facts; header and facts are empty unless ``kind`` is ``dicom``.
+
     Raises:
-        Rejected: the item cannot be decoded.
+        Rejected: the item cannot be decoded (an array item without an array; NaN/inf in a kept array;
+            any reason of :func:`~medrobust.data.dicom.decode_dicom`, :func:`~medrobust.data.dicom.decode_image`
+            or :func:`~medrobust.data.dicom.array_to_image`).
     """
     if kind == "dicom":
         assert raw is not None
@@ -70,8 +93,22 @@ def resolve_item(item: Item, source: Source, pixels: np.ndarray, header: dict[st
                  facts: dict[str, str]) -> Decoded:
     """Group, unique id and label of a decoded item (main process: label tables live here).
 
+    The group is the header's PatientID, else ``item.group``; the unique id the header's SOPInstanceUID,
+    else ``item.uid``; the label comes from :meth:`Source.label <medrobust.data.sources.base.Source.label>`.
+
+    Args:
+        item: the item.
+        source: the source that delivered it.
+        pixels: the decoded pixels.
+        header: the lookup header from :func:`decode_pixels`.
+        facts: the technical facts from :func:`decode_pixels`.
+
+    Returns:
+        The decoded item with its group, unique id and label.
+
     Raises:
-        Rejected: carrying the item's SOPInstanceUID, so its label row is not reported missing too.
+        Rejected: ``missing_patient_id``, ``missing_instance_uid``, or the source's label rejection;
+            carrying the item's SOPInstanceUID, so its label row is not reported missing too.
     """
     try:
         group = header.get("PatientID") or item.group or ""
@@ -101,6 +138,10 @@ class IngestState:
         quarantine: rows of ``quarantine.csv``.
         records: one manifest row per image kept (with the in-memory ``_order`` and ``_group``).
         images: image id -> pixels.
+        seen_uids: unique ids of the items kept (or left out on purpose) so far, for ``duplicate_sop_uid``.
+        seen_digests: SHA-256 of the items kept (or left out on purpose) so far, for ``duplicate_image``.
+        excluded: class name -> number of items of a source class not in ``data.classes`` (left out, not
+            quarantined).
     """
 
     classes: tuple[str, ...]
@@ -116,6 +157,13 @@ class IngestState:
 def read_item(item: Item) -> tuple[bytes | None, str]:
     """(raw bytes, SHA-256) of an item (arrays are hashed by their bytes).
 
+    Args:
+        item: the item; its ``read()`` is called here, if it has one.
+
+    Returns:
+        The bytes (None for an item without ``read``) and their SHA-256 hex digest (of the array's bytes
+        for an array item; ``""`` when there is neither).
+
     Raises:
         Rejected: the source could not deliver the item.
     """
@@ -130,7 +178,18 @@ def read_item(item: Item) -> tuple[bytes | None, str]:
 
 
 def quarantine(item: Item, src: Source, state: IngestState, rej: Rejected, digest: str) -> None:
-    """Record ``item`` in ``quarantine.csv`` with the rejection's reason and message."""
+    """Record ``item`` in ``quarantine.csv`` with the rejection's reason and message.
+
+    The source is told (:meth:`Source.saw <medrobust.data.sources.base.Source.saw>`), so the item's
+    labels-table row is not reported as ``image_missing`` as well.
+
+    Args:
+        item: the rejected item (its ``ref`` is the row's ``file``).
+        src: the source that delivered it.
+        state: the loop's state; a row is appended to ``state.quarantine``.
+        rej: the rejection (reason, message, and the SOPInstanceUID when known).
+        digest: the item's SHA-256 (``""`` when it was not read).
+    """
     src.saw(item, rej.uid)
     state.quarantine.append({"file": item.ref, "reason": rej.reason, "message": rej.message,
                              "source_sha256": digest})
@@ -138,7 +197,19 @@ def quarantine(item: Item, src: Source, state: IngestState, rej: Rejected, diges
 
 def finish(item: Item, src: Source, state: IngestState, digest: str,
             decoded: tuple[np.ndarray, dict[str, str], dict[str, str]]) -> None:
-    """Resolve, de-duplicate and record a decoded item (or quarantine it)."""
+    """Resolve, de-duplicate and record a decoded item (or quarantine it).
+
+    A kept item becomes a manifest record (keyed-hash ``image_id`` and ``patient_id``, de-identified facts,
+    ``item.extra``) in ``state.records`` and its pixels go to ``state.images``. An item whose label is a
+    source class left out of ``data.classes`` is counted in ``state.excluded``, not quarantined.
+
+    Args:
+        item: the item.
+        src: the source that delivered it (labels).
+        state: what the loop has gathered so far; updated in place.
+        digest: the item's SHA-256 (``""`` if unknown), for ``duplicate_image``.
+        decoded: (pixels, lookup header, technical facts) from :func:`decode_pixels`.
+    """
     classes = state.classes
     try:
         if digest and digest in state.seen_digests:

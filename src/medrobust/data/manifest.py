@@ -61,6 +61,13 @@ def write_manifest_shards(out_dir: Any, manifest: pd.DataFrame, images: dict[str
                           shard_size: int) -> pd.DataFrame:
     """Write each split's images as shards under ``out_dir`` and fill the manifest's shard columns.
 
+    Args:
+        out_dir: the dataset folder, a :class:`~pathlib.Path` (shards go to ``out_dir/shards/<split>-NNNN.npy``).
+        manifest: the manifest from :func:`build_manifest`; its ``shard`` / ``shard_index`` columns are set
+            in place.
+        images: ``image_id`` -> pixels, for every manifest row.
+        shard_size: images per shard file (``data.shard_size``).
+
     Returns:
         The manifest with ``shard`` / ``shard_index`` set and its columns in order (base, then the rest sorted).
     """

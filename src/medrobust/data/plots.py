@@ -12,7 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_samples(images: list[np.ndarray], labels: list[str], classes: tuple[str, ...], path: Path) -> None:
-    """A grid of up to six images per class (display space, [0, 1]), written to ``path`` as PNG."""
+    """A grid of up to six images per class (display space, [0, 1]), written to ``path`` as PNG.
+
+    Each row is one class, titled with its name, holding the first images of that class in ``images`` order.
+
+    Args:
+        images: 2-D images with values in [0, 1], shown in grey.
+        labels: the class name of each image, in the same order.
+        classes: the classes to show, one row each (at least one).
+        path: the PNG file to write.
+    """
     per_class = 6
     fig, axes = plt.subplots(len(classes), per_class, figsize=(1.6 * per_class, 1.8 * len(classes)))
     axes = np.atleast_2d(axes)

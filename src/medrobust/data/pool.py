@@ -28,7 +28,16 @@ POOL_CHUNK = 16  # items per worker task
 
 
 def decode_chunk(jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, int, Any]]) -> list[tuple[Any, ...]]:
-    """Worker side: decode a chunk; picklable outcomes (exceptions with custom args do not pickle)."""
+    """Worker side: decode a chunk; picklable outcomes (exceptions with custom args do not pickle).
+
+    Args:
+        jobs: one tuple of :func:`~medrobust.data.items.decode_pixels` arguments per item
+            (kind, raw bytes, array, resize, size, ``data.dicom``).
+
+    Returns:
+        One outcome per job, in order: ``("ok", sha256, (pixels, header, facts))`` or
+        ``("rejected", sha256, reason, message, uid)``; the SHA-256 is of the raw bytes (``""`` without bytes).
+    """
     out: list[tuple[Any, ...]] = []
     for job in jobs:
         raw = job[1]
@@ -47,7 +56,17 @@ def process_items(items: Iterable[Item], src: Source, cfg: DataConfig, state: In
     The main process reads (network/disk), labels and records, in item order; workers hash and
     decode the bytes. So the result is identical with and without the pool; at most ``2 * workers`` chunks of
     :data:`POOL_CHUNK` raw items are in flight, so memory stays bounded however large the source.
-    Returns the number of items.
+    Returns the number of items. Sources of fewer than :data:`POOL_MIN_ITEMS` items are processed in-process.
+
+    Args:
+        items: the source's items (consumed once).
+        src: the source that delivered them (labels).
+        cfg: the ``data`` section (image size, DICOM policies).
+        state: what the loop gathers; updated in place.
+        workers: decode processes; ``<= 1`` decodes in the main process.
+
+    Returns:
+        The number of items processed (kept, quarantined or left out).
     """
     it = iter(items)
     n = 0

@@ -19,7 +19,13 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class ArraySplit:
-    """One split in memory: images (N, 1, H, W) float32 in [0, 1] and integer labels (N,)."""
+    """One split in memory: images (N, 1, H, W) float32 in [0, 1] and integer labels (N,).
+
+    Attributes:
+        x: the images, float32, (N, 1, H, W).
+        y: the label indices, int64, (N,).
+        manifest: the split's manifest rows, in the order of ``x`` and ``y``.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -32,7 +38,18 @@ class ArraySplit:
 def write_shards(
     out_dir: Path, split: str, images: list[np.ndarray], shard_size: int, prefix: str | None = None
 ) -> list[tuple[str, int]]:
-    """Write ``images`` of one split into shards; returns (shard file, index) per image."""
+    """Write ``images`` of one split into shards; returns (shard file, index) per image.
+
+    Args:
+        out_dir: the dataset folder; shards go to ``out_dir/shards/``.
+        split: the split name, the shard files' prefix unless ``prefix`` is given.
+        images: (H, W) or (1, H, W) arrays of one shape, in manifest order.
+        shard_size: images per shard file.
+        prefix: the shard files' name prefix instead of ``split``.
+
+    Returns:
+        (shard path relative to ``out_dir``, index in that shard) per image, in order; empty for no images.
+    """
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     refs: list[tuple[str, int]] = []
@@ -48,7 +65,20 @@ def write_shards(
 
 
 def load_split(dataset_dir: str | Path, split: str, manifest_name: str = "manifest.csv") -> ArraySplit:
-    """Load one split of a dataset folder written by ingest (or advgen) into tensors."""
+    """Load one split of a dataset folder written by ingest (or advgen) into tensors.
+
+    Args:
+        dataset_dir: the dataset folder (manifest plus ``shards/``).
+        split: ``train``, ``val`` or ``test``.
+        manifest_name: the manifest's file name in ``dataset_dir``.
+
+    Returns:
+        The split's images, labels and manifest rows.
+
+    Raises:
+        ValueError: the manifest has no row for ``split``.
+        FileNotFoundError: the manifest or a shard it names does not exist.
+    """
     dataset_dir = Path(dataset_dir)
     manifest = pd.read_csv(dataset_dir / manifest_name)
     rows = manifest[manifest["split"] == split].reset_index(drop=True)
@@ -58,7 +88,20 @@ def load_split(dataset_dir: str | Path, split: str, manifest_name: str = "manife
 
 
 def load_rows(dataset_dir: Path, rows: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels for manifest ``rows`` (columns ``shard``, ``shard_index``, ``label_index``)."""
+    """Images and labels for manifest ``rows`` (columns ``shard``, ``shard_index``, ``label_index``).
+
+    Each shard is read once (``allow_pickle=False``), however many rows refer to it.
+
+    Args:
+        dataset_dir: the dataset folder the ``shard`` paths are relative to.
+        rows: manifest rows, at least one.
+
+    Returns:
+        (images float32 (N, 1, H, W), label indices int64 (N,)), in row order.
+
+    Raises:
+        FileNotFoundError: a shard file does not exist.
+    """
     cache: dict[str, np.ndarray] = {}
     out = []
     for shard, idx in zip(rows["shard"], rows["shard_index"], strict=True):

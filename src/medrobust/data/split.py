@@ -29,7 +29,12 @@ def split_patients(patients: list[str], cfg: SplitConfig, seed: int) -> dict[str
 
     The order is a seeded permutation of the sorted patient list, so the assignment depends on the
     seed and the set of patients only, not on file order. Each non-empty fraction gets at least one
-    patient when there are enough patients.
+    patient when there are enough patients (at least 3).
+
+    Args:
+        patients: source patient IDs, one per image or already unique (duplicates are merged).
+        cfg: ``data.split``, the fractions of patients per split.
+        seed: the permutation's seed (params.yaml's ``seed``).
 
     Returns:
         Mapping patient -> split name.

@@ -61,13 +61,30 @@ class SyntheticConfig(StrictModel):
 
 @dataclass(frozen=True)
 class SyntheticPatient:
+    """The identifying header values of one synthetic patient: made up, shaped like real ones, for de-id tests.
+
+    Attributes:
+        patient_id: PatientID (``MRN`` and seven digits).
+        patient_name: PatientName, ``Family^Given^P<index>``.
+        birth_date: PatientBirthDate, ``YYYYMMDD``.
+    """
+
     patient_id: str
     patient_name: str
     birth_date: str
 
 
 def power_law_texture(rng: np.random.Generator, size: int, beta: float = 3.0) -> np.ndarray:
-    """Gaussian random field with a 1/f^β power spectrum, scaled to zero mean and unit std."""
+    """Gaussian random field with a 1/f^β power spectrum, scaled to zero mean and unit std.
+
+    Args:
+        rng: the random generator (consumed).
+        size: the side length of the square field.
+        beta: the spectral exponent; larger values give smoother, blobbier texture.
+
+    Returns:
+        float64, (size, size).
+    """
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
     f = np.sqrt(fx**2 + fy**2)
@@ -83,7 +100,17 @@ def power_law_texture(rng: np.random.Generator, size: int, beta: float = 3.0) ->
 def synth_intensity(
     rng: np.random.Generator, size: int, lesion: bool, laterality: str
 ) -> np.ndarray:
-    """One mammography-like image as intensities in [0, 1] (1 = dense / bright)."""
+    """One mammography-like image as intensities in [0, 1] (1 = dense / bright).
+
+    Args:
+        rng: the random generator (consumed).
+        size: the side length in pixels.
+        lesion: whether to add a compact bright mass inside the breast.
+        laterality: ``L`` puts the chest wall on the left edge, anything else (``R``) on the right.
+
+    Returns:
+        float64, (size, size), in [0, 1]; the background (air) is 0.
+    """
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
     # breast: a half ellipse against the chest wall, background air = 0
     cx = 0.0 if laterality == "L" else 1.0
@@ -136,7 +163,29 @@ def make_dataset(
     intercept: float = 0.0,
     mono1: bool = False,
 ) -> FileDataset:
-    """Build a DICOM MG dataset holding ``intensity`` (values in [0, 1])."""
+    """Build a DICOM MG dataset holding ``intensity`` (values in [0, 1]).
+
+    The stored values go through the rescale and a ``LINEAR`` VOI window spanning the modality range, so
+    decoding recovers ``intensity`` up to quantisation. The header also holds the identifying attributes
+    de-identification must remove (patient, accession number, institution, referring physician).
+
+    Args:
+        intensity: the image, (rows, columns), in [0, 1] (1 = dense).
+        patient: the patient's identifying values.
+        study_uid: StudyInstanceUID.
+        series_uid: SeriesInstanceUID.
+        sop_uid: SOPInstanceUID (also the file meta's MediaStorageSOPInstanceUID).
+        instance_number: InstanceNumber.
+        laterality: ImageLaterality (``L`` / ``R``).
+        view: ViewPosition (``CC`` / ``MLO``).
+        bits_stored: BitsStored (BitsAllocated is 16).
+        slope: RescaleSlope.
+        intercept: RescaleIntercept.
+        mono1: store as MONOCHROME1 (inverted) instead of MONOCHROME2.
+
+    Returns:
+        The data set (Explicit VR Little Endian, 128-byte preamble), ready for ``save_as``.
+    """
     stored, center, width = _encode(intensity, bits_stored, slope, intercept, mono1)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MG_SOP_CLASS
@@ -182,6 +231,13 @@ def make_dataset(
 
 def generate_tree(out_dir: str | Path, cfg: SyntheticConfig) -> dict[str, int]:
     """Write a synthetic DICOM study tree and ``labels.csv`` under ``out_dir``.
+
+    The tree is ``out_dir/dicom/study_NNNN/series_01/img_NNNN.dcm``; ``labels.csv`` has the columns
+    ``SOPInstanceUID,label`` (``lesion`` or ``normal``). Bit depth, rescale and polarity vary per study.
+
+    Args:
+        out_dir: the folder to write into (created if needed; files of the same name are overwritten).
+        cfg: ``data.synthetic``.
 
     Returns:
         Counts: patients, images and lesions written.
@@ -234,7 +290,17 @@ def generate_tree(out_dir: str | Path, cfg: SyntheticConfig) -> dict[str, int]:
 
 
 def read_identifiers(dicom_root: str | Path) -> set[str]:
-    """All patient identifiers in a tree (names, name parts, IDs, birth dates): for PHI scans."""
+    """All patient identifiers in a tree (names, IDs, birth dates, accession numbers, UIDs): for PHI scans.
+
+    Unreadable ``.dcm`` files are skipped.
+
+    Args:
+        dicom_root: the folder searched recursively for ``*.dcm``.
+
+    Returns:
+        PatientID, PatientBirthDate, AccessionNumber, PatientName (as stored and with ``^`` replaced by
+        spaces) and the Study/Series/SOP Instance UIDs of every file.
+    """
     found: set[str] = set()
     for path in Path(dicom_root).rglob("*.dcm"):
         try:

@@ -118,7 +118,15 @@ class ValidationReport:
         return [c for c in self.checks if not c["success"]]
 
     def add_failure(self, table: str, expectation: str, details: str) -> None:
-        """Record a failed check made outside Great Expectations (e.g. the quarantine fraction)."""
+        """Record a failed check made outside Great Expectations (e.g. the quarantine fraction).
+
+        Sets :attr:`success` to False.
+
+        Args:
+            table: the table the check is about, for the report.
+            expectation: the check's name.
+            details: why it failed (no identifier).
+        """
         self.success = False
         self.checks.append({"table": table, "expectation": expectation, "column": None, "success": False,
                             "details": details})
@@ -129,7 +137,12 @@ class ValidationReport:
         return [c for c in self.checks if c.get("skipped")]
 
     def to_markdown(self) -> str:
-        """``validation.md``: one table row per check."""
+        """``validation.md``: one table row per check.
+
+        Returns:
+            Markdown: a title saying PASSED or FAILED, then a table of table, expectation, column, result
+            (ok, skipped or **FAILED**) and details.
+        """
         title = f"# Ingest validation{f' ({self.source})' if self.source else ''}: "
         lines = [
             title + ("PASSED" if self.success else "FAILED"),
@@ -335,6 +348,7 @@ def validate_manifest(
 
     Raises:
         ValueError: ``source`` is not a known ``data.source``.
+        RuntimeError: ``docs_dir`` is given but Great Expectations built no Data Docs site.
     """
     if source not in SOURCES:
         raise ValueError(f"validate_manifest: unknown source {source!r}; allowed values: {', '.join(sorted(SOURCES))}")

@@ -62,7 +62,14 @@ CHANNEL_REDUCTIONS = ("mean", "sum")
 
 
 def signed_labels(y: torch.Tensor) -> torch.Tensor:
-    """Class indices → ±1 as the paper's y: class 0 → −1, any other class → +1 (float)."""
+    """Class indices → ±1 as the paper's y: class 0 → −1, any other class → +1 (float).
+
+    Args:
+        y: class indices (any shape, usually ``[N]``).
+
+    Returns:
+        A float32 tensor of the same shape and device with values in {−1, +1}.
+    """
     return torch.where(y > 0, 1.0, -1.0).to(torch.float32)
 
 
@@ -112,6 +119,21 @@ def arfl_objective(
 
     ``s = adv_robust_sign``: +1 (default) as in Eq. (2), −1 as Eq. (5) is printed. The clean terms
     may be None when r = 0, the adversarial ones when r = 1.
+
+    Args:
+        ce_clean: scalar ``L_cls(x)``, the mean cross-entropy on the clean batch (None allowed if r = 0).
+        robust_clean: scalar ``L_robust(x)`` (:func:`arfl_robust_loss`; None allowed if r = 0).
+        ce_adv: scalar ``L_cls(x')`` on the adversarial batch (None allowed if r = 1).
+        robust_adv: scalar ``L_robust(x')`` (None allowed if r = 1).
+        r: the share of clean data in [0, 1]; a term whose weight is 0 is left out entirely.
+        lam: λ, the weight of the robust loss.
+        adv_robust_sign: s, the sign of λ on the adversarial robust term (+1, −1 or 0).
+
+    Returns:
+        The scalar objective.
+
+    Raises:
+        ValueError: r > 0 and a clean term is None, or r < 1 and an adversarial term is None.
     """
     total: torch.Tensor | None = None
     if r > 0.0:
@@ -138,7 +160,32 @@ def _features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
 
 @TRAINING_METHODS.register()
 class ARFL(TrainingMethod):
-    """Adversarially robust feature learning (Eqs. 1, 2, 5); see the module docstring."""
+    """Adversarially robust feature learning (Eqs. 1, 2, 5); see the module docstring.
+
+    The model must be a medrobust ``Classifier`` (``forward_features``, ``pool``, ``head``).
+
+    Args:
+        r: the share of clean data in [0, 1] (as :class:`~medrobust.defenses.dual_at.DualAT`).
+        lam: λ ≥ 0, the weight of L_robust (Eq. 2).
+        attack: ``"pgd"`` or ``"fgsm"`` (the inner maximisation of L_cls).
+        norm: ``"linf"`` or ``"l2"`` for PGD; FGSM is L∞ only.
+        eps: ε, a fraction of the [0, 1] pixel range (L∞) or an L2 radius in the same units.
+        steps: PGD iterations (≥ 1; unused by FGSM).
+        step_size: PGD step in the units of ``eps``; None: ``2.5·ε/steps``.
+        random_start: start PGD at a random point of the ε-ball (else at ``x``).
+        channel_reduction: ``"mean"`` or ``"sum"`` of σ(|f·y|) over the feature channels.
+        adv_robust_sign: +1 (λ·L_robust on the adversarial data, as Eq. 2), −1 (Eq. 5 as printed) or
+            0 (no adversarial robust term).
+        seed: makes the PGD random starts reproducible (one attack seed per batch from a local
+            generator); None uses the global RNG.
+
+    Raises:
+        ValueError: a value outside the ranges above, an unknown ``attack``, ``norm`` or
+            ``channel_reduction``, or ``attack="fgsm"`` with ``norm="l2"``.
+
+    Stats: ``train_acc`` and ``train_robust`` (clean; not for r = 0), ``train_adv_acc`` and
+    ``train_robust_adv`` (not for r = 1).
+    """
 
     name = "arfl"
 
@@ -182,7 +229,16 @@ class ARFL(TrainingMethod):
         self.channel_reduction, self.adv_robust_sign, self.seed = channel_reduction, float(adv_robust_sign), seed
 
     def make_attack(self, model: nn.Module) -> Attack:
-        """The inner maximisation of L_cls (a fresh attack seed per batch)."""
+        """The inner maximisation of L_cls (a fresh attack seed per batch).
+
+        Args:
+            model: the classifier to attack.
+
+        Returns:
+            :class:`medrobust.attacks.FGSM` (``attack="fgsm"``, no random start), else
+            :class:`medrobust.attacks.PGD` / :class:`medrobust.attacks.PGDL2` seeded with
+            :meth:`attack_seed` (which advances the method's generator).
+        """
         if self.attack == "fgsm":
             return FGSM(model, eps=self.eps)
         cls = PGD if self.norm == "linf" else PGDL2
@@ -190,6 +246,11 @@ class ARFL(TrainingMethod):
                    seed=self.attack_seed())
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """ARFL Eq. (5) (:func:`arfl_objective`) with L_robust (Eq. 1) on the ``forward_features`` map.
+
+        Raises:
+            TypeError: the model lacks ``forward_features``, ``pool`` or ``head``.
+        """
         ys = signed_labels(y).to(x.device)
         stats: dict[str, float] = {}
         ce_c = rob_c = ce_a = rob_a = None

@@ -66,7 +66,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TVF
 
 #: every op this module implements; the default set is all of them (see the module docstring)
 DEFAULT_OPS: tuple[str, ...] = (
@@ -79,6 +78,13 @@ MAX_LEVEL = 10.0
 
 def parse_ops(ops: str | Sequence[str]) -> tuple[str, ...]:
     """``"contrast, rotate"`` or a sequence of names -> validated tuple; ``""`` -> :data:`DEFAULT_OPS`.
+
+    Args:
+        ops: a comma-separated string or a sequence of op names (surrounding spaces and empty
+            names are dropped).
+
+    Returns:
+        The names in the given order, or :data:`DEFAULT_OPS` when none is given.
 
     Raises:
         ValueError: for an unknown or repeated op name.
@@ -96,7 +102,17 @@ def parse_ops(ops: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def check_augmix_params(severity: int, width: int, depth: int, alpha: float) -> None:
-    """Raise ValueError unless 1 ≤ severity ≤ 10, width ≥ 1, depth = -1 or ≥ 1, α > 0."""
+    """Raise ValueError unless 1 ≤ severity ≤ 10, width ≥ 1, depth = -1 or ≥ 1, α > 0.
+
+    Args:
+        severity: upper bound of the op intensity (a bool is refused).
+        width: number of augmentation chains k.
+        depth: ops per chain; -1 draws 1..3 per chain.
+        alpha: Dirichlet / Beta concentration.
+
+    Raises:
+        ValueError: for the first parameter outside its range, naming it.
+    """
     if isinstance(severity, bool) or not 1 <= severity <= MAX_LEVEL:
         raise ValueError(f"augmix severity must be in 1..10, got {severity!r}")
     if width < 1:
@@ -128,6 +144,8 @@ def _autocontrast(x: Tensor, level: Tensor, sign: Tensor) -> Tensor:
 
 
 def _equalize(x: Tensor, level: Tensor, sign: Tensor) -> Tensor:
+    from torchvision.transforms.v2 import functional as TVF  # torchvision loads in ~2 s: only when used
+
     return TVF.equalize(x.clamp(0.0, 1.0))
 
 
@@ -217,7 +235,18 @@ def apply_op(name: str, x: Tensor, level: float | Tensor, sign: float | Tensor =
         name: one of :data:`DEFAULT_OPS`.
         x: float images ``(N, C, H, W)`` in [0, 1].
         level: intensity in [0, 10] (a number or one per image).
-        sign: ``+1`` / ``-1`` (direction of rotation, shear, translation, enhancement, gamma).
+        sign: ``+1`` / ``-1`` (direction of rotation, shear, translation, enhancement, gamma), a
+            number or one per image.
+
+    Returns:
+        The transformed batch, same shape, computed without gradient, clamped to [0, 1].
+
+    Raises:
+        ValueError: for an unknown op name.
+
+    Example:
+        >>> apply_op("contrast", torch.rand(2, 1, 8, 8), level=5.0, sign=torch.tensor([1.0, -1.0])).shape
+        torch.Size([2, 1, 8, 8])
     """
     if name not in DEFAULT_OPS:
         raise ValueError(f"unknown augmentation op {name!r}; allowed: {', '.join(DEFAULT_OPS)}")
@@ -265,6 +294,10 @@ def augmix(
 
     Returns:
         The augmented batch: same shape, dtype and device, values in [0, 1].
+
+    Raises:
+        ValueError: ``x`` is not a float ``(N, C, H, W)`` tensor, an AugMix parameter is out of
+            range (:func:`check_augmix_params`) or an op name is unknown or repeated (:func:`parse_ops`).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)

@@ -71,6 +71,15 @@ def jsd(*logits: torch.Tensor) -> torch.Tensor:
     ``(1/M) Σ_m KL(p_m ‖ M̄)`` with ``M̄ = clamp(mean_m p_m, 1e-7, 1)``, KL summed over classes and
     averaged over the batch.
 
+    Args:
+        *logits: M ≥ 2 logit tensors ``[N, K]`` of the same shape (e.g. clean, augmented, adversarial).
+
+    Returns:
+        A scalar in ``[0, log M]``, symmetric in its arguments; gradients flow through every input.
+
+    Raises:
+        ValueError: fewer than two logit tensors.
+
     Example:
         >>> a = torch.tensor([[0.0, 0.0]])
         >>> float(jsd(a, a, a))
@@ -87,18 +96,50 @@ def jsd(*logits: torch.Tensor) -> torch.Tensor:
 
 def augmix_loss(logits_clean: torch.Tensor, logits_aug1: torch.Tensor, logits_aug2: torch.Tensor,
                 y: torch.Tensor, jsd_weight: float) -> torch.Tensor:
-    """AugMix Eq. (1): ``CE(f(x), y) + λ·JS(p(x); p(aug₁); p(aug₂))``."""
+    """AugMix Eq. (1): ``CE(f(x), y) + λ·JS(p(x); p(aug₁); p(aug₂))``.
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images (the only ones the CE sees).
+        logits_aug1: logits ``[N, K]`` of the first AugMix view.
+        logits_aug2: logits ``[N, K]`` of the second AugMix view.
+        y: class indices ``[N]``.
+        jsd_weight: λ, the weight of the Jensen–Shannon term (:func:`jsd`).
+
+    Returns:
+        A scalar.
+    """
     return F.cross_entropy(logits_clean, y) + jsd_weight * jsd(logits_clean, logits_aug1, logits_aug2)
 
 
 def robust_augmix_loss(logits_clean: torch.Tensor, logits_aug: torch.Tensor, logits_adv: torch.Tensor,
                        y: torch.Tensor, jsd_weight: float) -> torch.Tensor:
-    """RobustAugMix: ``CE(f(x), y) + λ·JS(p(x); p(g_Aug(x)); p(x + δ))`` — CE on the clean batch."""
+    """RobustAugMix: ``CE(f(x), y) + λ·JS(p(x); p(g_Aug(x)); p(x + δ))`` — CE on the clean batch.
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images (the only ones the CE sees).
+        logits_aug: logits ``[N, K]`` of the AugMix view.
+        logits_adv: logits ``[N, K]`` of the PGD adversarial examples.
+        y: class indices ``[N]``.
+        jsd_weight: λ, the weight of the Jensen–Shannon term (:func:`jsd`).
+
+    Returns:
+        A scalar.
+    """
     return F.cross_entropy(logits_clean, y) + jsd_weight * jsd(logits_clean, logits_aug, logits_adv)
 
 
 def forward_views(model: nn.Module, views: list[torch.Tensor], joint_batch: bool) -> list[torch.Tensor]:
-    """Logits of each batch in ``views``: one concatenated forward pass, or one pass each."""
+    """Logits of each batch in ``views``: one concatenated forward pass, or one pass each.
+
+    Args:
+        model: the classifier, in the caller's mode.
+        views: batches ``[N_i, C, H, W]`` with the same ``C, H, W``.
+        joint_batch: True: one forward pass over ``torch.cat(views)`` (batch norm sees the mix);
+            False: one forward pass per view.
+
+    Returns:
+        One logit tensor ``[N_i, K]`` per view, in the order of ``views``.
+    """
     if joint_batch:
         return list(model(torch.cat(views)).split([len(v) for v in views]))
     return [model(v) for v in views]
@@ -117,13 +158,39 @@ class _AugMixParams:
         self.mix_alpha, self.ops = float(mix_alpha), parse_ops(ops)
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One AugMix view of ``x`` with the validated parameters (:func:`medrobust.defenses.augment.augmix`).
+
+        Args:
+            x: float images ``[N, C, H, W]`` in [0, 1].
+            generator: source of all augmentation draws (advanced); None uses the global torch RNG.
+
+        Returns:
+            The augmented batch, same shape, dtype and device, in [0, 1], without gradient.
+        """
         return augmix(x, generator, severity=self.severity, width=self.width, depth=self.depth,
                       alpha=self.mix_alpha, ops=self.ops)
 
 
 @TRAINING_METHODS.register()
 class AugMix(_AugMixParams, TrainingMethod):
-    """AugMix (Hendrycks et al. 2020): clean CE + λ·JSD over the clean image and two AugMix views."""
+    """AugMix (Hendrycks et al. 2020): clean CE + λ·JSD over the clean image and two AugMix views.
+
+    Args:
+        jsd_weight: λ ≥ 0, the weight of the Jensen–Shannon term (AugMix's 12).
+        severity: upper bound of the op intensity, 1..10.
+        width: number of chains k per view (≥ 1).
+        depth: ops per chain; -1 draws 1..3 per chain.
+        mix_alpha: α > 0, the Dirichlet / Beta concentration of the mixing weights.
+        ops: comma-separated op names (:data:`medrobust.defenses.augment.DEFAULT_OPS`); ``""``: all.
+        joint_batch: one concatenated forward pass over clean and both views (else three passes).
+        seed: seeds a local generator for the augmentation draws (advancing from batch to batch);
+            None uses the global RNG.
+
+    Raises:
+        ValueError: ``jsd_weight`` < 0, an AugMix parameter out of range, or an unknown or repeated op.
+
+    Stats: ``train_acc`` (clean), ``train_aug_acc`` (first view), ``train_jsd``.
+    """
 
     name = "augmix"
     image_only = True
@@ -147,11 +214,19 @@ class AugMix(_AugMixParams, TrainingMethod):
         self.jsd_weight, self.joint_batch, self.seed = float(jsd_weight), bool(joint_batch), seed
 
     def make_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independent AugMix views of ``x`` (advances the generator)."""
+        """Two independent AugMix views of ``x`` (advances the generator).
+
+        Args:
+            x: float images ``[N, C, H, W]`` in [0, 1].
+
+        Returns:
+            Two augmented batches of the same shape, in [0, 1], without gradient.
+        """
         gen = self.generator(x.device)
         return self.augment(x, gen), self.augment(x, gen)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """AugMix Eq. (1) (:func:`augmix_loss`) over the clean batch and two AugMix views."""
         x_aug1, x_aug2 = self.make_views(x)
         clean, aug1, aug2 = forward_views(model, [x, x_aug1, x_aug2], self.joint_batch)
         consistency = jsd(clean, aug1, aug2)
@@ -169,6 +244,31 @@ class RobustAugMix(_AugMixParams, TrainingMethod):
     allows a root-mean-square change of ``ε / sqrt(n)`` per pixel, so the *same per-pixel*
     perturbation needs ε ∝ sqrt(#pixels) (the channel count is assumed equal to the reference's).
     L∞ budgets are per pixel already and are never rescaled.
+
+    Args:
+        jsd_weight: λ ≥ 0, the weight of the Jensen–Shannon term.
+        norm: ``"l2"`` (:class:`medrobust.attacks.PGDL2`) or ``"linf"`` (:class:`medrobust.attacks.PGD`).
+        eps: fallback ε for modalities not in ``eps_by_modality``: an L2 radius of [0, 1] images, or
+            a fraction of the [0, 1] pixel range for L∞.
+        eps_by_modality: DICOM Modality → ε (keys matched case-insensitively); None:
+            :data:`RTDA_EPS_BY_MODALITY` (the RTDA paper's L2 radii; ``{}`` uses ``eps`` everywhere).
+        eps_reference_size: side of the square image the ε values were set for; > 0 rescales an L2 ε
+            by ``sqrt(H·W) / eps_reference_size``; 0: no rescaling.
+        steps: PGD iterations (≥ 1).
+        step_size: PGD step in the units of ε; None: ``2.5·ε/steps`` of the ε actually used.
+        random_start: start PGD at a random point of the ε-ball (else at ``x``).
+        severity, width, depth, mix_alpha, ops: the AugMix view's parameters, as in :class:`AugMix`.
+        joint_batch: one concatenated forward pass over clean, augmented and adversarial batches
+            (else three passes).
+        seed: seeds a local generator for the augmentation draws and one attack seed per batch;
+            None uses the global RNG.
+
+    Raises:
+        ValueError: ``jsd_weight``, ``eps``, an ``eps_by_modality`` value or ``eps_reference_size``
+            negative, an unknown ``norm``, ``steps`` < 1, ``step_size`` ≤ 0, an AugMix parameter out
+            of range, or an unknown or repeated op.
+
+    Stats: ``train_acc`` (clean), ``train_adv_acc``, ``train_jsd``, ``train_eps``.
     """
 
     name = "robust_augmix"
@@ -221,7 +321,19 @@ class RobustAugMix(_AugMixParams, TrainingMethod):
 
     def resolve_eps(self, modality: str, image_shape: tuple[int, ...] | torch.Size) -> float:
         """ε for a DICOM Modality (``eps_by_modality``, case-insensitive; else ``eps``), rescaled for
-        L2 from ``eps_reference_size`` to the images' ``H × W`` when that is > 0."""
+        L2 from ``eps_reference_size`` to the images' ``H × W`` when that is > 0.
+
+        Args:
+            modality: a DICOM Modality code such as ``"MG"``, ``"CR"`` or ``"DX"``.
+            image_shape: the images' shape; only the last two entries (H, W) are read.
+
+        Returns:
+            The budget, in the units of ``eps``.
+
+        Example:
+            >>> RobustAugMix(eps_reference_size=224).resolve_eps("dx", (1, 1, 112, 112))
+            1.0
+        """
         eps = self.eps_by_modality.get(str(modality).upper(), self.eps)
         if self.norm == "l2" and self.eps_reference_size > 0:
             h, w = int(image_shape[-2]), int(image_shape[-1])
@@ -229,7 +341,17 @@ class RobustAugMix(_AugMixParams, TrainingMethod):
         return eps
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modality: str = "default") -> None:
-        """Pick ε for the training data's DICOM Modality and image size (logged)."""
+        """Pick ε for the training data's DICOM Modality and image size (logged).
+
+        Args:
+            model: the classifier (not used here).
+            x: the training images ``[N, C, H, W]``; their ``H × W`` sets the L2 rescaling.
+            y: the training labels (not used here).
+            modality: the data's DICOM Modality, looked up in ``eps_by_modality``.
+
+        Raises:
+            ValueError: ``x`` is not 4-D (the method is ``image_only``).
+        """
         super().prepare(model, x, y, modality)
         self.modality = str(modality)
         self.active_eps = self.resolve_eps(modality, tuple(x.shape))
@@ -240,12 +362,30 @@ class RobustAugMix(_AugMixParams, TrainingMethod):
                  source, rescale)
 
     def current_eps(self, x: torch.Tensor) -> float:
+        """The ε chosen by :meth:`prepare`; without it, resolved once for ``x``'s size and kept.
+
+        Args:
+            x: the current batch ``[B, C, H, W]`` (read only when :meth:`prepare` was not called).
+
+        Returns:
+            The budget, in the units of ``eps``.
+        """
         if self.active_eps is None:  # prepare() not called: the fallback for this batch's size
             self.active_eps = self.resolve_eps(self.modality, tuple(x.shape))
         return self.active_eps
 
     def make_views(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(AugMix view of ``x``, PGD adversarial example of the clean ``x``); advances the generator."""
+        """(AugMix view of ``x``, PGD adversarial example of the clean ``x``); advances the generator.
+
+        Args:
+            model: the classifier to attack (PGD runs it in eval mode, input gradients only).
+            x: float images ``[N, C, H, W]`` in [0, 1].
+            y: class indices ``[N]``.
+
+        Returns:
+            ``(x_aug, x_adv)``, both detached, the shape of ``x``, in [0, 1]; ``x_adv`` within
+            :meth:`current_eps` of ``x``.
+        """
         x_aug = self.augment(x, self.generator(x.device))
         eps = self.current_eps(x)
         step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
@@ -255,9 +395,23 @@ class RobustAugMix(_AugMixParams, TrainingMethod):
         return x_aug, attack(x, y)
 
     def combine(self, clean: torch.Tensor, aug: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss from the three views' logits: :func:`robust_augmix_loss` (CE on the clean batch).
+
+        Subclasses override this to change the objective (:class:`medrobust.defenses.rtda.RTDA`).
+
+        Args:
+            clean: logits ``[N, K]`` of the clean images.
+            aug: logits ``[N, K]`` of the AugMix view.
+            adv: logits ``[N, K]`` of the adversarial examples.
+            y: class indices ``[N]``.
+
+        Returns:
+            A scalar.
+        """
         return robust_augmix_loss(clean, aug, adv, y, self.jsd_weight)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """:meth:`combine` of the clean, AugMix and PGD logits (RobustAugMix: CE on the clean batch)."""
         x_aug, x_adv = self.make_views(model, x, y)
         clean, aug, adv = forward_views(model, [x, x_aug, x_adv], self.joint_batch)
         loss = self.combine(clean, aug, adv, y)

@@ -21,7 +21,21 @@ TRAINING_METHODS: Registry[type[TrainingMethod]] = Registry("training method")
 
 
 class TrainingMethod:
-    """Base class. ``loss`` returns the batch loss and a dict of float stats for logging."""
+    """Base class. ``loss`` returns the batch loss and a dict of float stats for logging.
+
+    A subclass sets ``name`` (its registry key and ``train.method`` value), registers itself with
+    ``@TRAINING_METHODS.register()``, validates its hyper-parameters in ``__init__`` (raising
+    ``ValueError``), passes them on to ``super().__init__`` and implements :meth:`loss`.
+
+    Args:
+        **params: the method's hyper-parameters, kept as ``self.params`` (not interpreted here).
+
+    Example:
+        >>> class CleanCE(TrainingMethod):  # add @TRAINING_METHODS.register() to make it selectable
+        ...     name = "clean_ce"
+        ...     def loss(self, model, x, y):
+        ...         return torch.nn.functional.cross_entropy(model(x), y), {}
+    """
 
     name = "defense"
     #: ModelSpec fields this method needs (e.g. ``{"dual_bn": True}``); the train stage applies them.
@@ -40,7 +54,17 @@ class TrainingMethod:
     seed: int | None = None
 
     def generator(self, device: torch.device) -> torch.Generator | None:
-        """A generator seeded once from ``self.seed`` that advances from batch to batch (None: global RNG)."""
+        """A generator seeded once from ``self.seed`` that advances from batch to batch (None: global RNG).
+
+        The generator is created on the first call and re-created (re-seeded from ``self.seed``)
+        when ``device`` differs from the device of the one held.
+
+        Args:
+            device: the device the random numbers are drawn on (usually the batch's).
+
+        Returns:
+            A ``torch.Generator`` on ``device``, or None when ``self.seed`` is None.
+        """
         if self.seed is None:
             return None
         gen = getattr(self, "_generator", None)
@@ -50,20 +74,56 @@ class TrainingMethod:
         return gen
 
     def attack_seed(self) -> int | None:
-        """A fresh seed per batch for an attack object that takes ``seed`` (None without a seed)."""
+        """A fresh seed per batch for an attack object that takes ``seed`` (None without a seed).
+
+        Returns:
+            An integer in [0, 2**62) drawn from the CPU :meth:`generator` (advancing it), or None
+            when ``self.seed`` is None.
+        """
         gen = self.generator(torch.device("cpu"))
         return None if gen is None else int(torch.randint(0, 2**62, (1,), generator=gen))
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modality: str = "default") -> None:
         """Called once before training with the training images/labels and the data's DICOM modality
         (e.g. to pick a per-modality ε or initialise class centroids). The base class refuses vector
-        data for ``image_only`` methods; subclasses that override this call ``super().prepare``."""
+        data for ``image_only`` methods; subclasses that override this call ``super().prepare``.
+
+        Args:
+            model: the classifier that will be trained.
+            x: the whole training set, images ``[N, C, H, W]`` in [0, 1] (or vectors ``[N, D]``).
+            y: class indices ``[N]``.
+            modality: the data's DICOM Modality (e.g. ``"MG"``, ``"DX"``); ``"default"`` when unknown.
+
+        Raises:
+            ValueError: ``image_only`` is set and ``x`` is not 4-D.
+        """
         if self.image_only and x.ndim != 4:
             raise ValueError(f"training method {self.name!r} needs images [N, C, H, W]; got data of shape "
                              f"{tuple(x.shape)} (vector data: use a method without image augmentations)")
 
     def start_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Record the epoch about to start (for schedules such as an ε warm-up).
+
+        Args:
+            epoch: 0-based index of the epoch, counted from the first epoch that uses this method
+                (the training loop's clean warm-up epochs are not counted).
+            total_epochs: number of epochs this method trains for.
+        """
         self.epoch, self.total_epochs = epoch, total_epochs
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of one batch; the training loop calls ``backward()`` on it.
+
+        Args:
+            model: the classifier, in the caller's mode (training mode in the loop).
+            x: a batch of images ``[B, C, H, W]`` in [0, 1] (or vectors ``[B, D]``).
+            y: class indices ``[B]``.
+
+        Returns:
+            ``(loss, stats)``: a scalar tensor with a graph to the trainable parameters, and float
+            statistics for logging (e.g. ``train_acc``, ``train_adv_acc``), averaged by the loop.
+
+        Raises:
+            NotImplementedError: always, in the base class.
+        """
         raise NotImplementedError

@@ -48,6 +48,18 @@ def assimilation_loss(ce: torch.Tensor, glcm: torch.Tensor, alpha: float, weight
     """Join the cross-entropy and the GLCM loss.
 
     ``alpha_ce``: ``α·CE + (1−α)·GLCM``; ``alpha_glcm``: ``(1−α)·CE + α·GLCM``; ``additive``: ``CE + α·GLCM``.
+
+    Args:
+        ce: the scalar cross-entropy of the classifier.
+        glcm: the scalar GLCM texture loss (:func:`medrobust.defenses.glcm.glcm_loss`).
+        alpha: α, the weight (not range-checked here; :class:`DomainAssimilation` checks it).
+        weighting: one of :data:`WEIGHTINGS` (default ``alpha_glcm``: α on the GLCM term).
+
+    Returns:
+        The combined scalar loss.
+
+    Raises:
+        ValueError: an unknown ``weighting``.
     """
     if weighting == "alpha_ce":
         return alpha * ce + (1.0 - alpha) * glcm
@@ -60,6 +72,29 @@ def assimilation_loss(ce: torch.Tensor, glcm: torch.Tensor, alpha: float, weight
 
 @TRAINING_METHODS.register()
 class DomainAssimilation(TrainingMethod):
+    """Domain assimilation (Chen & Luo, arXiv 2402.16005): clean CE joined with the GLCM texture loss.
+
+    Needs a model built with the ``assimilation`` adapter (``model_overrides``); only clean images
+    are used (no attack).
+
+    Args:
+        alpha: α, in [0, 1] for ``alpha_ce`` / ``alpha_glcm``, ≥ 0 for ``additive``.
+        weighting: ``"alpha_glcm"`` (``(1−α)·CE + α·L_GLCM``), ``"alpha_ce"`` or ``"additive"``
+            (:func:`assimilation_loss`).
+        levels: L ≥ 2, the number of soft grey levels of the GLCM.
+        distance: the co-occurrence offset in pixels (≥ 1), along the 8 orientations 0°…315°.
+        temperature: T > 0 of the soft quantisation, in squared grey-level units.
+        symmetric: count each pair in both orders (``P + Pᵀ``, skimage's ``symmetric=True``).
+        metric: ``"l1"`` or ``"l2"`` distance between the GLCM feature vectors.
+        luma: RGB → grey weights of the colourised image, a key of :data:`medrobust.defenses.glcm.LUMA`.
+        scale_features: divide contrast by (L−1)² and dissimilarity by L−1 before the distance.
+
+    Raises:
+        ValueError: an unknown ``weighting``, ``metric`` or ``luma``, or a value out of range.
+
+    Stats: ``train_acc``, ``train_ce``, ``train_glcm``.
+    """
+
     name = "domain_assimilation"
     image_only = True
     model_overrides = {"adapter": "assimilation", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -95,6 +130,11 @@ class DomainAssimilation(TrainingMethod):
                             symmetric=bool(symmetric), metric=metric, luma=luma, scale=bool(scale_features))
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``assimilation_loss(CE(f(x), y), L_GLCM(x, adapter(x)))``, by default ``(1 − α)·CE + α·L_GLCM``.
+
+        Raises:
+            ValueError: the model has no adapter, or the adapter's output does not have 3 channels.
+        """
         adapter = getattr(model, "adapter", None)
         if adapter is None:
             raise ValueError("domain_assimilation needs a Classifier with the 'assimilation' adapter")

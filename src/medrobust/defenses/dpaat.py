@@ -70,6 +70,20 @@ CLS_ON = ("adv", "clean", "both")
 def assign_eps(dl: torch.Tensor, dl_avg: float, eps: float, gamma: float, schedule: str = "two_level") -> torch.Tensor:
     """Per-sample budgets from the loss changes ``dl`` [N] and their average (module docstring, item 3).
 
+    Args:
+        dl: ΔL_i, the per-sample loss changes ``[N]`` (detached here).
+        dl_avg: ΔL_avg, the running average to compare with.
+        eps: the base ε (an L2 radius or L∞ fraction of the [0, 1] range).
+        gamma: γ in [0, 1], the relative change of ε for fragile / stable samples.
+        schedule: ``"two_level"`` (``ε·(1 − γ·sign(ΔL_i − ΔL_avg))``) or ``"ratio"``
+            (``ε·clip(ΔL_avg/ΔL_i, 1 − γ, 1 + γ)`` where both are positive, else the two-level value).
+
+    Returns:
+        ε_i ``[N]``, with the dtype and device of ``dl``, in ``[ε(1 − γ), ε(1 + γ)]``.
+
+    Raises:
+        ValueError: an unknown ``schedule``.
+
     Example:
         >>> assign_eps(torch.tensor([0.5, 1.0, 2.0]), 1.0, 0.3, 0.5)
         tensor([0.4500, 0.3000, 0.1500])
@@ -87,7 +101,24 @@ def assign_eps(dl: torch.Tensor, dl_avg: float, eps: float, gamma: float, schedu
 
 
 class LossChangeAverage:
-    """ΔL_avg, updated batch by batch (``"ema"``, ``"cumulative"`` or ``"batch"``; module docstring, item 2)."""
+    """ΔL_avg, updated batch by batch (``"ema"``, ``"cumulative"`` or ``"batch"``; module docstring, item 2).
+
+    ``value`` is None until the first :meth:`update`, which sets it to that batch's mean in every mode;
+    ``count`` is the number of ΔL values folded in.
+
+    Args:
+        mode: ``"ema"`` (``A ← m·A + (1 − m)·batch mean``), ``"cumulative"`` (mean of every value
+            seen) or ``"batch"`` (the last batch's mean).
+        momentum: m in [0, 1), used by ``"ema"`` only.
+
+    Raises:
+        ValueError: an unknown ``mode`` or ``momentum`` outside [0, 1).
+
+    Example:
+        >>> avg = LossChangeAverage("ema", 0.5)
+        >>> avg.update(torch.tensor([1.0, 3.0])), avg.update(torch.tensor([0.0]))
+        (2.0, 1.0)
+    """
 
     def __init__(self, mode: str = "ema", momentum: float = 0.9) -> None:
         if mode not in AVERAGES:
@@ -99,7 +130,14 @@ class LossChangeAverage:
         self.count = 0
 
     def update(self, dl: torch.Tensor) -> float:
-        """Fold in one batch of ΔL values and return the updated average."""
+        """Fold in one batch of ΔL values and return the updated average.
+
+        Args:
+            dl: the batch's ΔL values (any shape; computed in float64, detached).
+
+        Returns:
+            The updated ΔL_avg (also kept in ``value``).
+        """
         n = dl.numel()
         batch_mean = float(dl.detach().double().mean())
         if self.value is None or self.mode == "batch":
@@ -117,6 +155,17 @@ def sync_loss(logits_ori: torch.Tensor, logits_adv: torch.Tensor, kind: str = "s
 
     ``"sym_kl"``: ``½[KL(p_ori ‖ p_adv) + KL(p_adv ‖ p_ori)]``; ``"sym_ce"``:
     ``−½ Σ_k [p_ori,k log p_adv,k + p_adv,k log p_ori,k]``. Both are symmetric in their arguments.
+
+    Args:
+        logits_ori: clean logits y_ori ``[N, K]``.
+        logits_adv: adversarial logits y_adv ``[N, K]``.
+        kind: ``"sym_kl"`` or ``"sym_ce"``.
+
+    Returns:
+        A scalar; gradients flow through both logits.
+
+    Raises:
+        ValueError: an unknown ``kind``.
     """
     if kind not in SYN_LOSSES:
         raise ValueError(f"syn must be one of {SYN_LOSSES}, got {kind!r}")
@@ -158,11 +207,22 @@ def per_sample_pgd(
     caller's mode restored) and differentiates w.r.t. the input only.
 
     Args:
-        eps: [N] radii (or one float); a sample with ε_i = 0 stays at x_i.
-        step_size: [N] steps (or one float).
+        model: the classifier (logits from images in [0, 1]).
+        x: images ``[N, C, H, W]`` in [0, 1].
+        y: class indices ``[N]``.
+        eps: [N] radii (or one float); a sample with ε_i = 0 stays at x_i. L2 radii, or fractions of
+            the [0, 1] pixel range for L∞.
+        steps: number of iterations (0: the random start, or ``x`` without one).
+        step_size: [N] steps (or one float), in the units of ``eps``.
+        norm: ``"l2"`` or ``"linf"``.
+        random_start: start at a random point of each sample's ball (else at ``x``).
+        generator: source of the random start; None uses the global RNG.
 
     Returns:
         The last iterate, detached, in [0, 1] and within each sample's ball.
+
+    Raises:
+        ValueError: an unknown ``norm``.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -200,7 +260,17 @@ def per_sample_pgd(
 
 
 def loss_change(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_pert: torch.Tensor) -> torch.Tensor:
-    """``ΔL_i = CE(f(x_pert_i), y_i) − CE(f(x_i), y_i)`` per sample, in eval mode, without gradients."""
+    """``ΔL_i = CE(f(x_pert_i), y_i) − CE(f(x_i), y_i)`` per sample, in eval mode, without gradients.
+
+    Args:
+        model: the classifier (its mode is restored afterwards).
+        x: clean images ``[N, C, H, W]``.
+        y: class indices ``[N]``.
+        x_pert: the perturbed images, same shape as ``x``.
+
+    Returns:
+        ΔL ``[N]`` (no graph).
+    """
     with eval_mode(model), torch.no_grad():
         ce_pert = F.cross_entropy(model(x_pert), y, reduction="none")
         ce_clean = F.cross_entropy(model(x), y, reduction="none")
@@ -212,7 +282,32 @@ def loss_change(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_pert: torc
 # --------------------------------------------------------------------------------------------------
 @TRAINING_METHODS.register()
 class DPAAT(TrainingMethod):
-    """Dynamic perturbation-adaptive adversarial training (see the module docstring)."""
+    """Dynamic perturbation-adaptive adversarial training (see the module docstring).
+
+    Args:
+        norm: ``"l2"`` (paper) or ``"linf"``.
+        eps: the base ε: an L2 radius of [0, 1] images, or a fraction of the [0, 1] range for L∞.
+        steps: iterations of the training attack (≥ 1).
+        step_size: step of the training attack at the base ε, in the units of ``eps``.
+        random_start: random start of the training attack (the probe never uses one).
+        scale_step: scale each sample's step by ``ε_i / ε`` (else ``step_size`` for all).
+        probe_steps: iterations of the ΔL probe at the base ε (≥ 1; item 1).
+        avg: ``"ema"``, ``"cumulative"`` or ``"batch"``, how ΔL_avg is updated (item 2).
+        avg_momentum: m in [0, 1) of the ``"ema"`` average.
+        schedule: ``"two_level"`` or ``"ratio"``, ΔL_i → ε_i (item 3, :func:`assign_eps`).
+        gamma: γ in [0, 1], the relative change of ε.
+        syn: ``"sym_kl"`` or ``"sym_ce"``, the synchronisation loss (:func:`sync_loss`).
+        syn_weight: λ ≥ 0, its weight (0 drops it).
+        cls_on: ``"adv"``, ``"clean"`` or ``"both"``, which logits the cross-entropy sees (item 5).
+        seed: seeds a local generator for the training attack's random starts (advancing from batch
+            to batch); None uses the global RNG.
+
+    Raises:
+        ValueError: an unknown choice or a value out of range.
+
+    Stats: ``train_eps_mean``, ``train_fragile`` (share with ε_i < ε), ``train_dl_avg``,
+    ``train_adv_acc``, ``train_acc`` (when the clean forward runs), ``train_syn`` (when λ > 0).
+    """
 
     name = "dpaat"
 
@@ -257,11 +352,25 @@ class DPAAT(TrainingMethod):
         self.dl_avg = LossChangeAverage(avg, avg_momentum)
 
     def probe_step_size(self) -> float:
-        """The probe's step: the training attack's path length over ``probe_steps``, at most ε."""
+        """The probe's step: the training attack's path length over ``probe_steps``, at most ε.
+
+        Returns:
+            ``min(ε, step_size · steps / probe_steps)``, in the units of ``eps``.
+        """
         return min(self.eps, self.step_size * self.steps / self.probe_steps)
 
     def sample_eps(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probe the batch, update ΔL_avg and return (ε_i [N], ΔL_i [N])."""
+        """Probe the batch, update ΔL_avg and return (ε_i [N], ΔL_i [N]).
+
+        Args:
+            model: the classifier (probed in eval mode).
+            x: images ``[N, C, H, W]`` in [0, 1].
+            y: class indices ``[N]``.
+
+        Returns:
+            ``(eps_i, dl)``: the per-sample budgets (:func:`assign_eps`) and the probe's loss changes
+            (:func:`loss_change`), both ``[N]``.
+        """
         x_probe = per_sample_pgd(model, x, y, self.eps, self.probe_steps, self.probe_step_size(), self.norm,
                                  random_start=False)
         dl = loss_change(model, x, y, x_probe)
@@ -269,6 +378,7 @@ class DPAAT(TrainingMethod):
         return assign_eps(dl, avg, self.eps, self.gamma, self.schedule), dl
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``L_cls + λ·L_syn(f(x), f(x_adv))`` with ``x_adv`` from per-sample PGD at ε_i (items 1–5)."""
         eps_i, dl = self.sample_eps(model, x, y)
         steps_i = self.step_size * eps_i / self.eps if (self.scale_step and self.eps > 0) else self.step_size
         x_adv = per_sample_pgd(model, x, y, eps_i, self.steps, steps_i, self.norm, self.random_start,

@@ -44,13 +44,39 @@ from medrobust.models.dual_bn import bn_route, has_dual_bn
 
 
 def dsbn_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, adv_weight: float) -> torch.Tensor:
-    """``CE(logits_clean, y) + adv_weight · CE(logits_adv, y)`` (each CE averaged over the batch)."""
+    """``CE(logits_clean, y) + adv_weight · CE(logits_adv, y)`` (each CE averaged over the batch).
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images through the clean BN.
+        logits_adv: logits ``[N, K]`` of the adversarial images through the adversarial BN.
+        y: class indices ``[N]``.
+        adv_weight: w, the weight of the adversarial term.
+
+    Returns:
+        A scalar.
+    """
     return F.cross_entropy(logits_clean, y) + adv_weight * F.cross_entropy(logits_adv, y)
 
 
 @TRAINING_METHODS.register()
 class DSBN(TrainingMethod):
-    """Clean data through the clean BN, PGD data through the adversarial BN; see the module docstring."""
+    """Clean data through the clean BN, PGD data through the adversarial BN; see the module docstring.
+
+    Args:
+        adv_weight: w ≥ 0, the weight of the adversarial cross-entropy.
+        norm: ``"linf"`` (:class:`medrobust.attacks.PGD`) or ``"l2"`` (:class:`medrobust.attacks.PGDL2`).
+        eps: ε ≥ 0, a fraction of the [0, 1] pixel range (L∞) or an L2 radius in the same units.
+        steps: PGD iterations (≥ 1).
+        step_size: PGD step in the units of ``eps`` (> 0); None: ``2.5·ε/steps``.
+        random_start: start PGD at a random point of the ε-ball (else at ``x``).
+        seed: makes the random starts reproducible (one attack seed per batch from a local
+            generator); None uses the global RNG.
+
+    Raises:
+        ValueError: an unknown ``norm`` or a value out of range.
+
+    Stats: ``train_acc`` (clean BN), ``train_adv_acc`` (adversarial BN).
+    """
 
     name = "dsbn"
     model_overrides = {"dual_bn": True}
@@ -78,7 +104,20 @@ class DSBN(TrainingMethod):
         self.random_start, self.seed = random_start, seed
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """PGD on the model routed through the adversarial BN (eval mode: statistics untouched)."""
+        """PGD on the model routed through the adversarial BN (eval mode: statistics untouched).
+
+        Args:
+            model: a classifier with dual batch norm (``ModelSpec(dual_bn=True)``).
+            x: images ``[N, C, H, W]`` in [0, 1].
+            y: class indices ``[N]``.
+
+        Returns:
+            The adversarial images, in [0, 1] and within ε of ``x``; the model routes to the clean
+            BN again afterwards.
+
+        Raises:
+            ValueError: the model has no dual batch-norm layers (from :func:`medrobust.models.bn_route`).
+        """
         cls = PGD if self.norm == "linf" else PGDL2
         attack = cls(model, eps=self.eps, steps=self.steps, step_size=self.step_size,
                      random_start=self.random_start, seed=self.attack_seed())
@@ -86,6 +125,11 @@ class DSBN(TrainingMethod):
             return attack(x, y)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """AdvProp's objective (:func:`dsbn_loss`): clean CE via the clean BN + w · PGD CE via the adversarial BN.
+
+        Raises:
+            ValueError: the model has no dual batch-norm layers.
+        """
         if not has_dual_bn(model):
             raise ValueError("dsbn: the model has no dual batch-norm layers; build it with ModelSpec(dual_bn=True) "
                              "(the train stage does so from DSBN.model_overrides) and a backbone with batch norm")

@@ -36,12 +36,41 @@ from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def dual_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, r: float) -> torch.Tensor:
-    """ARFL Eq. (4): ``r · CE(f(x), y) + (1 − r) · CE(f(x'), y)`` (r = share of clean data)."""
+    """ARFL Eq. (4): ``r · CE(f(x), y) + (1 − r) · CE(f(x'), y)`` (r = share of clean data).
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images.
+        logits_adv: logits ``[N, K]`` of the adversarial images.
+        y: class indices ``[N]``.
+        r: the share of clean data in [0, 1] (1: standard training, 0: adversarial training only).
+
+    Returns:
+        A scalar; each cross-entropy is averaged over the batch.
+    """
     return r * F.cross_entropy(logits_clean, y) + (1.0 - r) * F.cross_entropy(logits_adv, y)
 
 
 @TRAINING_METHODS.register()
 class DualAT(TrainingMethod):
+    """Dual adversarial training (ARFL paper's Eq. 4, arXiv 2402.08768): r-weighted clean and PGD CE.
+
+    Args:
+        r: the share of clean data in [0, 1]; 1 skips the attack (standard training), 0 skips the
+            clean forward pass (PGD-AT).
+        norm: ``"linf"`` (:class:`medrobust.attacks.PGD`) or ``"l2"`` (:class:`medrobust.attacks.PGDL2`).
+        eps: ε, a fraction of the [0, 1] pixel range (L∞) or an L2 radius in the same units.
+        steps: PGD iterations.
+        step_size: PGD step, in the units of ``eps``.
+        random_start: start PGD at a random point of the ε-ball (else at ``x``).
+        seed: makes the random starts reproducible (one attack seed per batch from a local
+            generator); None uses the global RNG.
+
+    Raises:
+        ValueError: ``r`` outside [0, 1] or an unknown ``norm``.
+
+    Stats: ``train_acc`` (clean; not for r = 0), ``train_adv_acc`` (not for r = 1).
+    """
+
     name = "dual_at"
 
     def __init__(
@@ -64,6 +93,7 @@ class DualAT(TrainingMethod):
         self.step_size, self.random_start, self.seed = float(step_size), random_start, seed
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """ARFL Eq. (4) (:func:`dual_loss`); for 0 < r < 1 one concatenated clean + adversarial batch."""
         stats: dict[str, float] = {}
         if self.r >= 1.0:  # standard training: no adversarial data
             logits = model(x)

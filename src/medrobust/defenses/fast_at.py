@@ -38,7 +38,22 @@ def fast_at_perturbation(
     alpha: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``x + δ`` after the random init and one FGSM step (Algorithm 3), in [0, 1] and the ε-box."""
+    """``x + δ`` after the random init and one FGSM step (Algorithm 3), in [0, 1] and the ε-box.
+
+    The gradient is taken in eval mode w.r.t. δ only (the caller's mode and parameter ``.grad``
+    untouched).
+
+    Args:
+        model: the classifier (logits from images in [0, 1]).
+        x: images ``[N, C, H, W]`` in [0, 1].
+        y: class indices ``[N]``.
+        eps: ε, the L∞ radius in [0, 1] pixel units.
+        alpha: α, the FGSM step in [0, 1] pixel units (the paper's 1.25·ε is chosen by :class:`FastAT`).
+        generator: source of the uniform init ``δ ~ U(−ε, ε)``; None uses the global RNG.
+
+    Returns:
+        The adversarial images, detached, same shape as ``x``, in [0, 1] and within ε of ``x``.
+    """
     x, y = x.detach(), y.detach()
     device = generator.device if generator is not None else x.device
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
@@ -54,6 +69,20 @@ def fast_at_perturbation(
 
 @TRAINING_METHODS.register()
 class FastAT(TrainingMethod):
+    """Fast adversarial training (Wong et al. 2020, Algorithm 3): CE on a random-init FGSM batch.
+
+    Args:
+        eps: ε, the L∞ radius in [0, 1] pixel units.
+        alpha: α, the FGSM step in [0, 1] pixel units; None: 1.25·ε (the paper's recommendation).
+        seed: seeds a local generator for the random init (advancing from batch to batch); None
+            uses the global RNG.
+
+    Raises:
+        ValueError: ``eps`` or ``alpha`` is negative.
+
+    Stats: ``train_adv_acc``.
+    """
+
     name = "fast_at"
 
     def __init__(self, eps: Eps = 8 / 255, alpha: Eps | None = None, seed: int | None = None) -> None:
@@ -64,6 +93,7 @@ class FastAT(TrainingMethod):
         self.eps, self.alpha, self.seed = float(eps), float(alpha), seed
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Algorithm 3's training loss ``CE(f(x + δ), y)``, δ from :func:`fast_at_perturbation`."""
         x_adv = fast_at_perturbation(model, x, y, self.eps, self.alpha, self.generator(x.device))
         logits = model(x_adv)
         loss = F.cross_entropy(logits, y)

@@ -70,13 +70,38 @@ def _round_half_away(v: float) -> int:
 
 
 def glcm_offsets(distance: int, angles: Sequence[float]) -> list[tuple[int, int]]:
-    """``(row, col)`` offsets of skimage's ``graycomatrix``: ``(round(d sin θ), round(d cos θ))``."""
+    """``(row, col)`` offsets of skimage's ``graycomatrix``: ``(round(d sin θ), round(d cos θ))``.
+
+    Rounding is half away from zero, as skimage.
+
+    Args:
+        distance: d, the offset length in pixels.
+        angles: θ in radians (0: to the right, π/2: downwards in row index).
+
+    Returns:
+        One ``(dr, dc)`` pair per angle, in order.
+
+    Example:
+        >>> glcm_offsets(3, [0.0, math.pi / 4])
+        [(0, 3), (2, 2)]
+    """
     return [(_round_half_away(distance * math.sin(a)), _round_half_away(distance * math.cos(a))) for a in angles]
 
 
 def to_grey(x: torch.Tensor, luma: str = "bt601") -> torch.Tensor:
     """``[N, C, H, W]`` → ``[N, 1, H, W]``: 1 channel is returned as is, 3 channels by the ``luma``
-    weights (:data:`LUMA`), any other count by the channel mean."""
+    weights (:data:`LUMA`), any other count by the channel mean.
+
+    Args:
+        x: images ``[N, C, H, W]`` (values in [0, 1]); differentiable.
+        luma: a key of :data:`LUMA` (``bt601``, ``bt709`` or ``mean``), used for 3 channels only.
+
+    Returns:
+        The grey images ``[N, 1, H, W]`` (``x`` itself when C = 1).
+
+    Raises:
+        ValueError: an unknown ``luma`` (checked for every channel count).
+    """
     if luma not in LUMA:
         raise ValueError(f"luma: {luma!r} is not allowed; allowed values: {', '.join(LUMA)}")
     if x.shape[1] == 1:
@@ -92,6 +117,18 @@ def soft_quantize(grey: torch.Tensor, levels: int, temperature: float = 0.5, har
 
     ``hard``: the one-hot of ``round(g·(L−1))`` (clamped to the levels; no gradient). Otherwise
     ``softmax_k(−(g·(L−1) − k)² / temperature)``.
+
+    Args:
+        grey: grey images ``[N, 1, H, W]``; values are clamped to [0, 1] first.
+        levels: L ≥ 2, the number of grey levels.
+        temperature: T > 0, in squared level units (ignored when ``hard``).
+        hard: return the one-hot of the nearest level instead.
+
+    Returns:
+        Assignments ``[N, L, H, W]`` that sum to 1 over the level axis, with the dtype of ``grey``.
+
+    Raises:
+        ValueError: ``levels`` < 2, or ``temperature`` ≤ 0 without ``hard``.
     """
     if levels < 2:
         raise ValueError(f"levels must be >= 2, got {levels}")
@@ -111,6 +148,15 @@ def glcm(assign: torch.Tensor, offsets: Sequence[tuple[int, int]], symmetric: bo
     ``P[n, o, i, j] ∝ Σ_(r,c) assign[n, i, r, c] · assign[n, j, r + dr, c + dc]`` over the pixels whose
     partner is inside the image; each matrix sums to 1 (an all-zero matrix, e.g. an offset longer
     than the image, stays 0 as in skimage).
+
+    Args:
+        assign: level assignments ``[N, L, H, W]`` (:func:`soft_quantize`).
+        offsets: ``(dr, dc)`` pixel offsets (:func:`glcm_offsets`); an offset whose opposite was
+            computed earlier reuses that matrix, transposed.
+        symmetric: add the transpose (``P + Pᵀ``) before normalising.
+
+    Returns:
+        ``P`` ``[N, len(offsets), L, L]``, differentiable w.r.t. ``assign``.
     """
     n, levels, h, w = assign.shape
     mats = []
@@ -140,6 +186,14 @@ def glcm_props(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
     ``eps`` is added to ``σ_i² σ_j²`` under the square root of the correlation's denominator (a
     bounded gradient for nearly flat images); ``eps = 0`` reproduces skimage exactly.
+
+    Args:
+        p: normalised co-occurrence matrices ``[..., L, L]`` (:func:`glcm`).
+        eps: the stabiliser of the correlation's denominator.
+
+    Returns:
+        ``[..., 5]``: ASM, contrast, homogeneity, correlation, dissimilarity (correlation is 1 where
+        σ_i or σ_j is below 1e-15).
     """
     levels = p.shape[-1]
     idx = torch.arange(levels, dtype=p.dtype, device=p.device)
@@ -172,21 +226,58 @@ def glcm_features(
 ) -> torch.Tensor:
     """GLCM features ``[N, len(angles), 5]`` (:data:`FEATURES`) of grey images ``[N, 1, H, W]`` in [0, 1].
 
+    Args:
+        grey: grey images ``[N, 1, H, W]`` in [0, 1].
+        levels: L ≥ 2, the number of grey levels.
+        distance: the co-occurrence offset in pixels.
+        angles: orientations in radians (default: the paper's 8, :data:`EIGHT_ANGLES`).
+        symmetric: count each pair in both orders (``P + Pᵀ``).
+        temperature: T > 0 of the soft quantisation, in squared level units (ignored when ``hard``).
+        hard: one-hot quantisation (no gradient; equals skimage's ``graycoprops(graycomatrix(...))``).
+        eps: stabiliser of the correlation's denominator (:func:`glcm_props`).
+
+    Returns:
+        The features ``[N, len(angles), 5]``.
+
+    Raises:
+        ValueError: ``levels`` < 2, or ``temperature`` ≤ 0 without ``hard``.
+
     Example:
-        >>> feats = glcm_features(x, levels=8, hard=True)   # = graycoprops(graycomatrix(...)) per angle
+        >>> glcm_features(torch.rand(2, 1, 16, 16), levels=8, hard=True).shape  # graycoprops per angle
+        torch.Size([2, 8, 5])
     """
     assign = soft_quantize(grey, levels, temperature, hard)
     return glcm_props(glcm(assign, glcm_offsets(distance, angles), symmetric), eps)
 
 
 def scale_features(feats: torch.Tensor, levels: int) -> torch.Tensor:
-    """Contrast / (L−1)² and dissimilarity / (L−1): every feature in [0, 1] ([−1, 1] for correlation)."""
+    """Contrast / (L−1)² and dissimilarity / (L−1): every feature in [0, 1] ([−1, 1] for correlation).
+
+    Args:
+        feats: GLCM features ``[..., 5]`` in :data:`FEATURES` order.
+        levels: L, the number of grey levels they were computed with.
+
+    Returns:
+        The scaled features, same shape.
+    """
     scale = feats.new_tensor([1.0, 1.0 / (levels - 1) ** 2, 1.0, 1.0, 1.0 / (levels - 1)])
     return feats * scale
 
 
 def feature_distance(f_ref: torch.Tensor, f_out: torch.Tensor, distance: str = "l1") -> torch.Tensor:
-    """Mean over everything but the last (feature) axis of ``Σ_features |Δ|`` (``l1``) or ``Σ Δ²`` (``l2``)."""
+    """Mean over everything but the last (feature) axis of ``Σ_features |Δ|`` (``l1``) or ``Σ Δ²`` (``l2``).
+
+    Args:
+        f_ref: reference features ``[..., F]``.
+        f_out: features to compare, same shape; ``Δ = f_out − f_ref``.
+        distance: ``"l1"`` or ``"l2"``.
+
+    Returns:
+        A scalar.
+
+    Raises:
+        ValueError: an unknown ``distance``.
+    """
     delta = f_out - f_ref
     if distance == "l1":
         return delta.abs().sum(-1).mean()
@@ -222,6 +313,9 @@ def glcm_loss(
 
     Returns:
         A scalar; 0 when the colourised image's grey equals the original.
+
+    Raises:
+        ValueError: an unknown ``luma`` or ``metric``, ``levels`` < 2 or ``temperature`` ≤ 0.
     """
     kw = dict(levels=levels, distance=distance, angles=angles, symmetric=symmetric,
               temperature=temperature, eps=eps)

@@ -29,7 +29,20 @@ from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """MART's batch loss (mean over samples) from clean and adversarial logits."""
+    """MART's batch loss (mean over samples) from clean and adversarial logits (Eq. 8).
+
+    ``BCE(p(x'), y) + β · KL(p(x) ‖ p(x')) · (1 − p_y(x))`` per sample, with the boosted
+    cross-entropy's ``log(1 − max_{k≠y} p_k(x'))`` computed exactly via ``logsumexp``.
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images.
+        logits_adv: logits ``[N, K]`` of the adversarial images.
+        y: class indices ``[N]``.
+        beta: λ, the weight of the misclassification-aware KL term.
+
+    Returns:
+        A scalar; gradients flow through every term, including the weight ``1 − p_y(x)``.
+    """
     log_p_adv = F.log_softmax(logits_adv, dim=1)
     # boosted CE: −log p_y(x') − log(1 − max_{k≠y} p_k(x'))
     true = F.one_hot(y, logits_adv.shape[1]).bool()
@@ -47,6 +60,22 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 
 @TRAINING_METHODS.register()
 class MART(TrainingMethod):
+    """MART (Wang et al. 2020): boosted CE on PGD examples + λ-weighted, misclassification-aware KL.
+
+    Args:
+        eps: ε, the L∞ PGD radius in [0, 1] pixel units.
+        steps: PGD iterations.
+        step_size: PGD step in [0, 1] pixel units.
+        beta: λ, the weight of the KL term (:func:`mart_loss`).
+        seed: makes the PGD random starts reproducible (one attack seed per batch from a local
+            generator); None uses the global RNG.
+
+    Raises:
+        ValueError: ``beta`` is negative.
+
+    Stats: ``train_acc`` (clean), ``train_adv_acc``.
+    """
+
     name = "mart"
 
     def __init__(
@@ -64,6 +93,7 @@ class MART(TrainingMethod):
         self.seed = seed
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """MART Eqs. (6)–(8) (:func:`mart_loss`) on the batch and its L∞ PGD adversarial examples."""
         attack = PGD(model, eps=self.eps, steps=self.steps, step_size=self.step_size, random_start=True,
                      seed=self.attack_seed())
         x_adv = attack(x, y)

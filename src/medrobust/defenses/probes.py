@@ -21,6 +21,7 @@ class _HeadOnlyCE(TrainingMethod):
     trainable = "head"
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``CE(f(x), y)`` on the clean batch; only the head (and an adapter, if any) is trainable."""
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"train_acc": (logits.argmax(1) == y).float().mean().item()}

@@ -64,7 +64,14 @@ log = logging.getLogger(__name__)
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     """``(1/D) Σ_{i≠j} C(Z)_ij²`` with the unbiased covariance ``C(Z)`` of the rows of ``z`` ([M, D]).
 
-    Zero for fewer than two rows (no covariance estimate)."""
+    Zero for fewer than two rows (no covariance estimate).
+
+    Args:
+        z: transformed features ``[M, D]``.
+
+    Returns:
+        A scalar ≥ 0 (connected to the graph of ``z`` also when it is zero).
+    """
     m, d = z.shape
     if m < 2:
         return z.sum() * 0.0
@@ -75,7 +82,19 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
 
 
 def consistency_loss(z: torch.Tensor, f: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """``(1/M) Σ_m ‖f_m − z_m‖²``, each row L2-normalised first when ``normalize`` (NMTune's L_MSE)."""
+    """``(1/M) Σ_m ‖f_m − z_m‖²``, each row L2-normalised first when ``normalize`` (NMTune's L_MSE).
+
+    Args:
+        z: transformed features ``[M, D]``.
+        f: the encoder's features ``[M, D]`` (the caller detaches them: they are the target).
+        normalize: L2-normalise each row of ``z`` and ``f`` first (the value then lies in [0, 4]).
+
+    Returns:
+        A scalar ≥ 0.
+
+    Raises:
+        ValueError: ``z`` and ``f`` differ in shape.
+    """
     if z.shape != f.shape:
         raise ValueError(f"consistency: Z {tuple(z.shape)} and F {tuple(f.shape)} must have the same shape")
     if normalize:
@@ -127,7 +146,25 @@ def _ran_head(model: nn.Module) -> RANHead:
 
 @TRAINING_METHODS.register()
 class RAN(TrainingMethod):
-    """RAN fine-tuning of a head on a frozen encoder (see the module docstring)."""
+    """RAN fine-tuning of a head on a frozen encoder (see the module docstring).
+
+    Needs a medrobust ``Classifier`` with the ``ran`` head (``model_overrides``); only the head (and
+    a learned adapter, if any) trains. No attack: the batches are clean.
+
+    Args:
+        cov_weight: λ_cov ≥ 0, the weight of the covariance regulariser (:func:`covariance_loss`).
+        consistency_weight: λ_con ≥ 0, the weight of the consistency term (:func:`consistency_loss`).
+        adv_weight: λ_adv ≥ 0, the weight of the centroid margin loss (:func:`centroid_margin_loss`).
+        margin: μ in [0, 2], the hinge margin between distances of unit vectors.
+        normalize_consistency: L2-normalise Z and F per sample in the consistency term.
+        init_centroids: set the centroids to the class means of Z in :meth:`prepare` (else they keep
+            the head's random initialisation).
+
+    Raises:
+        ValueError: a negative weight or ``margin`` outside [0, 2].
+
+    Stats: ``train_acc``, ``train_ce``, ``train_cov``, ``train_consistency``, ``train_margin``.
+    """
 
     name = "ran"
     model_overrides = {"head": "ran"}
@@ -156,7 +193,20 @@ class RAN(TrainingMethod):
 
     @torch.no_grad()
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modality: str = "default") -> None:
-        """Initialise the centroids to the class means of ``Z = g(F)`` on the training set (eval mode)."""
+        """Initialise the centroids to the class means of ``Z = g(F)`` on the training set (eval mode).
+
+        Z is computed without gradient in chunks of 256 images; a class without training images keeps
+        its random centroid (logged as a warning). Nothing is set when ``init_centroids`` is False.
+
+        Args:
+            model: a medrobust ``Classifier`` with the ``ran`` head.
+            x: the training images ``[N, C, H, W]`` (or vectors ``[N, D]``).
+            y: class indices ``[N]``.
+            modality: the data's DICOM Modality (not used by RAN).
+
+        Raises:
+            TypeError: the model has no ``embed`` or its head is not a ``RANHead``.
+        """
         super().prepare(model, x, y, modality)
         head = _ran_head(model)
         if not self.init_centroids:
@@ -171,6 +221,11 @@ class RAN(TrainingMethod):
             log.warning("ran: classes %s have no training images; their centroids stay random", absent)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``CE(W Z + b, y) + λ_cov·L_cov(Z) + λ_con·L_con(Z, F) + λ_adv·L_adv(Z, y, c)``, F detached in L_con.
+
+        Raises:
+            TypeError: the model has no ``embed`` or its head is not a ``RANHead``.
+        """
         head = _ran_head(model)
         f = model.embed(x)
         z = head.transform(f)

@@ -47,17 +47,44 @@ from medrobust.defenses.base import TRAINING_METHODS
 
 def rtda_loss(logits_clean: torch.Tensor, logits_aug: torch.Tensor, logits_adv: torch.Tensor,
               y: torch.Tensor, jsd_weight: float) -> torch.Tensor:
-    """RTDA Eq. (10): ``CE(f(x + δ), y) + λ·JSD(p(x); p(g_Aug(x)); p(x + δ))``."""
+    """RTDA Eq. (10): ``CE(f(x + δ), y) + λ·JSD(p(x); p(g_Aug(x)); p(x + δ))``.
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images.
+        logits_aug: logits ``[N, K]`` of the AugMix view.
+        logits_adv: logits ``[N, K]`` of the PGD adversarial examples (the only ones the CE sees).
+        y: class indices ``[N]``.
+        jsd_weight: λ, the weight of the Jensen–Shannon term (:func:`medrobust.defenses.augmix.jsd`).
+
+    Returns:
+        A scalar.
+    """
     return F.cross_entropy(logits_adv, y) + jsd_weight * jsd(logits_clean, logits_aug, logits_adv)
 
 
 @TRAINING_METHODS.register()
 class RTDA(RobustAugMix):
-    """RTDA: adversarial CE + λ·JSD(clean, AugMix view, PGD adversarial example); see the module docstring."""
+    """RTDA: adversarial CE + λ·JSD(clean, AugMix view, PGD adversarial example); see the module docstring.
+
+    The constructor is :class:`medrobust.defenses.augmix.RobustAugMix`'s, with the same defaults
+    (λ = 12, L2-PGD with 7 steps, the paper's per-modality radii, fallback ε = 0.5).
+
+    Args:
+        jsd_weight, norm, eps, eps_by_modality, eps_reference_size: as for ``RobustAugMix``.
+        steps, step_size, random_start: as for ``RobustAugMix``.
+        severity, width, depth, mix_alpha, ops, joint_batch, seed: as for ``RobustAugMix``.
+
+    Raises:
+        ValueError: as :class:`medrobust.defenses.augmix.RobustAugMix`.
+
+    Stats: ``train_acc`` (clean), ``train_adv_acc``, ``train_jsd``, ``train_eps``.
+    """
 
     name = "rtda"
 
     def combine(self, clean: torch.Tensor, aug: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """RTDA Eq. (10), :func:`rtda_loss`: the CE on the adversarial batch (arguments and return value as
+        :meth:`RobustAugMix.combine`)."""
         return rtda_loss(clean, aug, adv, y, self.jsd_weight)
 
 

@@ -31,7 +31,15 @@ from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 
 def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
-    """``(1/n) Σ_i Σ_k p_k(x_i) · (log p_k(x_i) − log p_k(x'_i))`` with ``p = softmax(logits)``."""
+    """``(1/n) Σ_i Σ_k p_k(x_i) · (log p_k(x_i) − log p_k(x'_i))`` with ``p = softmax(logits)``.
+
+    Args:
+        logits_clean: logits ``[N, K]`` of the clean images (the KL's first argument; not detached).
+        logits_adv: logits ``[N, K]`` of the adversarial images.
+
+    Returns:
+        The scalar ``KL(p(x) ‖ p(x'))``, summed over classes and averaged over the batch.
+    """
     return F.kl_div(F.log_softmax(logits_adv, dim=1), F.log_softmax(logits_clean, dim=1),
                     reduction="batchmean", log_target=True)
 
@@ -44,7 +52,22 @@ def trades_perturbation(
     step_size: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """TRADES' inner maximisation of ``KL(p(x) ‖ p(x'))`` in the L∞ ε-ball (eval mode, input grads only)."""
+    """TRADES' inner maximisation of ``KL(p(x) ‖ p(x'))`` in the L∞ ε-ball (eval mode, input grads only).
+
+    Starts at ``x + 0.001·N(0, I)`` and takes ``steps`` signed-gradient steps on the summed KL to
+    the fixed clean distribution, projecting onto the ε-ball and [0, 1] after each step.
+
+    Args:
+        model: the classifier (logits from images in [0, 1]).
+        x: images ``[N, C, H, W]`` in [0, 1].
+        eps: ε, the L∞ radius in [0, 1] pixel units.
+        steps: number of iterations (0: the projected initial noise is returned).
+        step_size: step per iteration in [0, 1] pixel units.
+        generator: source of the initial Gaussian noise; None uses the global RNG.
+
+    Returns:
+        ``x'``, detached, same shape as ``x``, in [0, 1] and within ε of ``x``.
+    """
     x = x.detach()
     with eval_mode(model):
         with torch.no_grad():
@@ -64,6 +87,22 @@ def trades_perturbation(
 
 @TRAINING_METHODS.register()
 class TRADES(TrainingMethod):
+    """TRADES (Zhang et al. 2019, Eq. 5): ``CE(f(x), y) + β · KL(p(x) ‖ p(x'))``, ``x'`` by Algorithm 1.
+
+    Args:
+        eps: ε, the L∞ radius in [0, 1] pixel units.
+        steps: iterations of the inner maximisation (:func:`trades_perturbation`).
+        step_size: step per iteration in [0, 1] pixel units.
+        beta: β (= 1/λ in the paper), the weight of the KL term.
+        seed: seeds a local generator for the initial noise (advancing from batch to batch); None
+            uses the global RNG.
+
+    Raises:
+        ValueError: any of ``eps``, ``steps``, ``step_size``, ``beta`` is negative.
+
+    Stats: ``train_acc`` (clean), ``train_adv_acc``, ``train_kl``.
+    """
+
     name = "trades"
 
     def __init__(
@@ -81,6 +120,7 @@ class TRADES(TrainingMethod):
         self.seed = seed
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """TRADES Eq. (5): ``CE(f(x), y) + β · KL(p(x) ‖ p(x'))``, gradients through both logits."""
         x_adv = trades_perturbation(model, x, self.eps, self.steps, self.step_size, self.generator(x.device))
         logits_clean = model(x)
         logits_adv = model(x_adv)

@@ -1,4 +1,10 @@
-"""``evaluate:`` of params.yaml: the attack suite, the gradient-masking checks, the natural shifts."""
+"""``evaluate:`` of params.yaml: the attack suite, the gradient-masking checks, the natural shifts.
+
+Fields of :class:`EvaluateConfig` (its class docstring is the JSON Schema's description, so they are listed here):
+``attacks`` (default FGSM and PGD-20 at 2, 4 and 8/255, AutoAttack at 8/255 with 30 APGD steps and 300 Square
+queries), ``batch_size`` (points per attack batch, default 128), ``early_stop`` (attack only points still classified
+correctly: same numbers, faster), ``masking`` (:class:`MaskingConfig`) and ``shifts`` (:class:`ShiftsConfig`).
+"""
 
 from __future__ import annotations
 

@@ -1,18 +1,26 @@
 """Gradient-masking checks: signs that a robustness number comes from broken gradients, not from
-robustness (Athalye et al., ICML 2018; Carlini et al., "On Evaluating Adversarial Robustness", 2019;
-Croce & Hein 2020's flags).
+robustness (Athalye et al., "Obfuscated Gradients Give a False Sense of Security: Circumventing Defenses
+to Adversarial Examples", ICML 2018, arXiv 1802.00420; Carlini et al., "On Evaluating Adversarial
+Robustness", 2019, arXiv 1902.06705; the flags of Croce & Hein, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks", 2020, arXiv 2003.01690).
 
 Each check has a name, a pass/fail result and a message. They appear in ``metrics.json`` and
 ``report.md``, and ``register.gates.require_masking_checks`` makes them a gate.
 
-| check | fails when |
-|---|---|
-| ``deterministic_outputs`` | two forward passes in eval mode differ (randomised defence) |
-| ``logits_not_probabilities`` | every output row is non-negative and sums to 1 (a softmax at the end) |
-| ``nonzero_input_gradients`` | more than 10% of points have an all-zero input gradient |
-| ``whitebox_beats_blackbox`` | Square (black box) finds more adversarials than the strongest white-box attack at that ε |
-| ``accuracy_falls_with_eps`` | robust accuracy rises with ε for some attack (beyond ``tolerance``) |
-| ``large_eps_breaks_model`` | PGD-50 from the data (no random start) at a huge L∞ ε (default 1.0: any image is reachable) leaves accuracy above ``large_eps_max_accuracy`` |
+Each check and when it fails:
+
+* ``deterministic_outputs`` — two forward passes in eval mode differ (randomised defence);
+* ``logits_not_probabilities`` — every output row is non-negative and sums to 1 (a softmax at the end);
+* ``nonzero_input_gradients`` — more than 10% of points have an all-zero input gradient;
+* ``whitebox_beats_blackbox`` — Square (black box) finds more adversarials than the strongest
+  white-box attack at that ε (beyond ``tolerance``);
+* ``accuracy_falls_with_eps`` — robust accuracy rises with ε for some attack (beyond ``tolerance``);
+* ``large_eps_breaks_model`` — PGD-50 from the data (no random start) at a huge L∞ ε (default 1.0:
+  any image is reachable) leaves accuracy above ``large_eps_max_accuracy``.
+
+Settings (``evaluate.masking``, :class:`MaskingConfig`): ``enabled``; ``n_points`` (the checks use the first 128 test
+points by default); ``large_eps`` (1.0) and ``large_eps_max_accuracy`` (0.1); ``tolerance`` (0.03, the accuracy
+slack of ``whitebox_beats_blackbox`` and ``accuracy_falls_with_eps``); ``square_queries`` (300).
 """
 
 from __future__ import annotations
@@ -44,12 +52,22 @@ class MaskingConfig(StrictModel):
 
 @dataclass(frozen=True)
 class CheckResult:
+    """The outcome of one gradient-masking check.
+
+    Attributes:
+        name: the check's name (see the module docstring).
+        passed: whether the check found no sign of masking.
+        message: a readable explanation, with the advice to follow when it failed.
+        value: the number the check compared, if any (e.g. the accuracy at the large ε).
+    """
+
     name: str
     passed: bool
     message: str
     value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (an entry of ``metrics.json``'s ``masking_checks``)."""
         return asdict(self)
 
 
@@ -58,6 +76,16 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def check_deterministic(model: nn.Module, x: torch.Tensor) -> CheckResult:
+    """``deterministic_outputs``: two forward passes in eval mode agree.
+
+    Args:
+        model: the classifier (run in eval mode; its mode is restored).
+        x: a batch of images on the model's device.
+
+    Returns:
+        Passed when the outputs differ by at most ``1e-5 · max(1, max |logit|)``; ``value`` is the
+        largest absolute difference.
+    """
     with eval_mode(model), torch.no_grad():
         a, b = model(x), model(x)
     diff = float((a - b).abs().max())
@@ -68,6 +96,15 @@ def check_deterministic(model: nn.Module, x: torch.Tensor) -> CheckResult:
 
 
 def check_logits(model: nn.Module, x: torch.Tensor) -> CheckResult:
+    """``logits_not_probabilities``: the model returns logits, not softmax probabilities.
+
+    Args:
+        model: the classifier (run in eval mode; its mode is restored).
+        x: a batch of images on the model's device.
+
+    Returns:
+        Failed when every output is non-negative and every row sums to 1 (within 1e-4); no ``value``.
+    """
     with eval_mode(model), torch.no_grad():
         z = model(x)
     looks_like_probs = bool((z >= 0).all()) and bool(torch.allclose(z.sum(1), torch.ones(len(z), device=z.device),
@@ -79,6 +116,16 @@ def check_logits(model: nn.Module, x: torch.Tensor) -> CheckResult:
 
 
 def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
+    """``nonzero_input_gradients``: the cross-entropy has a non-zero input gradient at most points.
+
+    Args:
+        model: the classifier (run in eval mode; its mode is restored; parameter ``.grad`` untouched).
+        x: a batch of images on the model's device.
+        y: ``(N,)`` their true classes.
+
+    Returns:
+        Passed when at most 10% of the points have an all-zero gradient; ``value`` is that fraction.
+    """
     with eval_mode(model):
         xg = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(model(xg), y, reduction="sum")
@@ -91,6 +138,17 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check
 
 
 def check_blackbox(whitebox_best: float, square: float, tol: float, eps_label: str) -> CheckResult:
+    """``whitebox_beats_blackbox``: the black box does not beat the best white-box attack.
+
+    Args:
+        whitebox_best: the lowest white-box robust accuracy at the ε.
+        square: the robust accuracy under Square at the same ε, on the same points.
+        tol: the accuracy slack allowed.
+        eps_label: the ε as written in ``metrics.json`` (e.g. ``"8/255"``), for the message.
+
+    Returns:
+        Passed when ``square >= whitebox_best - tol``; ``value`` is ``whitebox_best - square``.
+    """
     ok = square >= whitebox_best - tol
     return CheckResult("whitebox_beats_blackbox", ok,
                        f"at ε={eps_label}: best white-box robust accuracy {whitebox_best:.3f}, Square {square:.3f}"
@@ -99,6 +157,19 @@ def check_blackbox(whitebox_best: float, square: float, tol: float, eps_label: s
 
 
 def check_monotone(whitebox: dict[str, dict[str, float]], tol: float) -> CheckResult:
+    """``accuracy_falls_with_eps``: no attack's robust accuracy rises from one ε to the next larger one.
+
+    Args:
+        whitebox: ``{attack key: {ε label: robust accuracy}}`` (``metrics.json``'s ``whitebox``).
+        tol: the largest rise allowed.
+
+    Returns:
+        Passed when the largest rise between consecutive epsilons is at most ``tol``; ``value`` is
+        that rise (0 when accuracy never rises).
+
+    Raises:
+        ConfigError: an ε label that is not a number or fraction.
+    """
     worst, where = 0.0, ""
     for attack, by_eps in whitebox.items():
         pts = sorted((parse_eps(e), a) for e, a in by_eps.items())
@@ -111,11 +182,21 @@ def check_monotone(whitebox: dict[str, dict[str, float]], tol: float) -> CheckRe
 
 
 def check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, max_acc: float) -> CheckResult:
-    """PGD-50 from the clean images (no random start) at a huge ε.
+    """``large_eps_breaks_model``: PGD-50 from the clean images (no random start) at a huge ε.
 
     No random start on purpose: at ε≈1 a uniform start replaces the image by noise, where a
     confident model's cross-entropy saturates — measured here, a PGD-AT model kept 45% accuracy
     from such starts and 0% from the data. That is an artefact of the start, not masking.
+
+    Args:
+        model: the classifier.
+        x: images in [0, 1] (any device; batches are moved to the model's).
+        y: ``(N,)`` their true classes.
+        eps: the L∞ budget (fraction of the [0, 1] range); the step size is ``eps / 20``.
+        max_acc: the highest robust accuracy allowed.
+
+    Returns:
+        Passed when the robust accuracy is at most ``max_acc``; ``value`` is that accuracy.
     """
     attack = PGD(model, eps=eps, steps=50, step_size=eps / 20, random_start=False)
     acc = evaluate_attack(model, attack, x, y).accuracy
@@ -129,7 +210,26 @@ def run_masking_checks(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, whitebox: dict[str, dict[str, float]],
     cfg: MaskingConfig, gate_eps: float, eps_label: str, seed: int = 0,
 ) -> list[CheckResult]:
-    """Every check on the first ``cfg.n_points`` points (``whitebox``: attack -> ε label -> accuracy)."""
+    """Every check on the first ``cfg.n_points`` points (``whitebox``: attack -> ε label -> accuracy).
+
+    ``whitebox_beats_blackbox`` runs only when ``whitebox`` has an L∞ attack at ``eps_label``. Its
+    white-box number is the lower of a PGD-20 run on the subset and, when the subset is every point,
+    the lowest L∞ accuracy in ``whitebox`` at ``eps_label``; Square runs on the same subset.
+
+    Args:
+        model: the classifier (on its device).
+        x: the test images in [0, 1].
+        y: ``(N,)`` their true classes.
+        whitebox: ``{attack key: {ε label: robust accuracy}}`` of the evaluation.
+        cfg: ``evaluate.masking``.
+        gate_eps: the L∞ budget of the black-box comparison (the gate's ε).
+        eps_label: ``gate_eps`` as labelled in ``whitebox`` (:func:`medrobust.config.eps_label`).
+        seed: seed of the PGD-20 and Square runs.
+
+    Returns:
+        The results, in the order deterministic, logits, gradients, black box (if run), monotone,
+        large ε.
+    """
     device = _device(model)
     xs, ys = x[: cfg.n_points].to(device), y[: cfg.n_points].to(device)
     checks = [check_deterministic(model, xs), check_logits(model, xs), check_gradients(model, xs, ys)]

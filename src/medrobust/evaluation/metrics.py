@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medrobust.attacks import Attack
@@ -15,7 +14,19 @@ from medrobust.models.inference import predict_logits
 
 
 def clean_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy and ROC AUC (binary: P(class 1); multi-class: one-vs-rest macro)."""
+    """Accuracy and ROC AUC (binary: P(class 1); multi-class: one-vs-rest macro).
+
+    Args:
+        model: the classifier (run in eval mode, batched on its device; its mode is restored).
+        x: images in [0, 1].
+        y: ``(N,)`` integer labels, on the CPU.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``{"accuracy": ..., "auc": ...}``; the AUC is NaN when ``y`` holds a single class.
+    """
+    from sklearn.metrics import roc_auc_score  # scikit-learn loads in ~2 s: only when an AUC is computed
+
     logits = predict_logits(model, x, batch_size)
     probs = torch.softmax(logits, dim=1).numpy()
     y_np = y.numpy()
@@ -32,7 +43,14 @@ def clean_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
 @dataclass(frozen=True)
 class RobustResult:
     """Robust accuracy of one attack: a point is robust iff it is classified correctly and no
-    iterate of the attack fools the model."""
+    iterate of the attack fools the model.
+
+    Attributes:
+        accuracy: the fraction of robust points (0.0 for an empty set).
+        robust: ``(N,)`` bool on the CPU, True for each robust point.
+        seconds: wall-clock time of the evaluation.
+        attacked: the number of points the attack actually ran on.
+    """
 
     accuracy: float
     robust: torch.Tensor  # bool per point
@@ -49,6 +67,17 @@ def evaluate_attack(
     With ``early_stop`` only points still classified correctly are attacked, and each leaves the
     attack as soon as it is fooled; without it every point runs every step. Both give the same
     robust points (see :meth:`medrobust.attacks.base.Attack.run`); only the time differs.
+
+    Args:
+        model: the classifier (on its device).
+        attack: an attack built on ``model``.
+        x: images in [0, 1] (any device; batches are moved to the model's).
+        y: ``(N,)`` integer labels.
+        batch_size: points per attack batch.
+        early_stop: attack only correctly classified points and stop each once fooled.
+
+    Returns:
+        The robust accuracy, the robust points, the time taken and the number of points attacked.
     """
     device = next(model.parameters()).device
     start = time.perf_counter()

@@ -13,7 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_shifts(shifts: dict[str, dict[str, float]], clean_accuracy: float, path: str | Path) -> None:
-    """Accuracy against severity, one line per natural shift."""
+    """Accuracy against severity, one line per natural shift.
+
+    Args:
+        shifts: ``{shift: {severity as a string: accuracy}}`` (``metrics.json``'s ``shifts``).
+        clean_accuracy: plotted as severity 0 of every line.
+        path: the PNG file to write.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, by_sev in sorted(shifts.items()):
         sev = sorted(by_sev, key=int)
@@ -34,7 +40,16 @@ def plot_robustness(
     title: str = "",
     gate: tuple[float, float] | None = None,
 ) -> None:
-    """Accuracy against ε (in /255 units) per attack; transfer sets dashed; the gate as a marker."""
+    """Accuracy against ε (in /255 units) per attack; transfer sets dashed; the gate as a marker.
+
+    Args:
+        curves: ``{attack key: [(ε, accuracy), ...]}`` of the white-box attacks (ε as a fraction).
+        transfer: the same for the advgen transfer sets.
+        clean_accuracy: plotted at ε = 0 of every curve.
+        path: the PNG file to write.
+        title: the figure's title; empty: ``"robustness curve"``.
+        gate: ``(ε, minimum robust accuracy)`` of the gate, drawn as a red star; None: no marker.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, pts in sorted(curves.items()):
         pts = [(0.0, clean_accuracy), *sorted(pts)]

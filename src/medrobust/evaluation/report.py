@@ -7,7 +7,13 @@ from typing import Any, Protocol
 
 
 class GateLike(Protocol):
-    """What the report needs of a gate result (:class:`medrobust.registry.gates.GateResult`)."""
+    """What the report needs of a gate result (:class:`medrobust.registry.gates.GateResult`).
+
+    Attributes:
+        name: the gate's name.
+        passed: whether it passed.
+        message: why, in words.
+    """
 
     name: str
     passed: bool
@@ -24,6 +30,9 @@ def markdown_report(metrics: dict[str, Any], gates: Sequence[GateLike], run_info
 
     Returns:
         The markdown text (it links ``robustness.png`` and ``shifts.png`` in the same folder).
+
+    Raises:
+        KeyError: ``metrics`` lacks ``n_test``, ``clean``, ``whitebox`` or ``transfer``.
     """
     lines = [
         f"# Robustness report: {run_info.get('method', '?')} / {run_info.get('backbone', '?')}",

@@ -3,16 +3,14 @@
 Adversarial robustness is one half of robustness; the other is how a classifier holds up when
 the acquisition changes: another scanner's processing curve, a noisier detector, a blurrier
 probe, lossy export from PACS or a camera. Following ImageNet-C (Hendrycks & Dietterich 2019,
-"Benchmarking Neural Network Robustness to Common Corruptions and Perturbations") and its medical
-counterpart MedMNIST-C (Di Salvo et al. 2024, "MedMNIST-C: Comprehensive benchmark and improved
-classifier robustness by simulating realistic image corruptions"), every shift here is a
+"Benchmarking Neural Network Robustness to Common Corruptions and Perturbations", arXiv 1903.12261) and its
+medical counterpart MedMNIST-C (Di Salvo et al. 2024, "MedMNIST-C: Comprehensive benchmark and improved
+classifier robustness by simulating realistic image corruptions", arXiv 2406.17536), every shift here is a
 deterministic function of the image, a severity 1..5 and (for noise) a seeded generator.
 
-Images are float tensors ``(N, C, H, W)`` with values in ``[0, 1]`` (C = 1 or 3). Every shift
-returns a new tensor of the same shape, dtype and device, clamped to ``[0, 1]``; the input is
-never modified. Computation runs in float32 (float64 stays float64).
-
-Severity table (one value per severity 1..5)::
+Images are float tensors ``(N, C, H, W)`` with values in ``[0, 1]`` (C = 1 or 3). Every shift returns a new tensor of
+the same shape, dtype and device, clamped to ``[0, 1]``; the input is never modified. Computation runs in float32
+(float64 stays float64). The severity table (one value per severity 1..5)::
 
     shift            parameter                                   1     2     3     4     5
     contrast_low     factor k around each image's channel mean   0.8   0.7   0.6   0.5   0.4
@@ -27,10 +25,9 @@ Severity table (one value per severity 1..5)::
 
 Where the choice comes from:
 
-* contrast, gamma, gaussian/speckle noise: the ranges MedMNIST-C uses for its grey-scale
-  radiology sets (ChestMNIST / PneumoniaMNIST / OrganMNIST families, ``contrast_down``,
-  ``contrast_up``, ``gamma_corr_up``, ``gaussian_noise``, ``speckle_noise``), which are milder
-  than ImageNet-C's because clinical images vary less than web photos.
+* contrast, gamma, gaussian/speckle noise: the ranges MedMNIST-C uses for its grey-scale radiology sets (ChestMNIST /
+  PneumoniaMNIST / OrganMNIST families, ``contrast_down``, ``contrast_up``, ``gamma_corr_up``, ``gaussian_noise``,
+  ``speckle_noise``), which are milder than ImageNet-C's because clinical images vary less than web photos.
 * brightness: ImageNet-C adds a constant to the HSV value channel (0.1 .. 0.5); MedMNIST-C scales
   by 1.1 .. 1.5. We keep ImageNet-C's additive form (hue and saturation of colour images are
   preserved) with a gentler top end, and shift upwards only (over-exposure / higher gain).
@@ -40,20 +37,18 @@ Where the choice comes from:
 * jpeg: qualities 80 .. 20 span "good export" to "visibly blocky". Each image is quantised to
   uint8 and round-tripped through Pillow: one greyscale JPEG per channel, except 3-channel images,
   which are encoded as one RGB JPEG (with its YCbCr chroma subsampling) as a camera would.
-* pixelate: area-average down by the factor (to ``round(H / f)`` x ``round(W / f)``, and on
-  tiny images at least one pixel less than at the previous severity), then
-  nearest-neighbour back up; the factors are resize ratios 0.5 .. 0.25, inside ImageNet-C's range
-  (0.6 .. 0.25). A factor of 1.5 was rejected: its nearest-neighbour misalignment changes an image
-  more than a factor of 2 does, which would break monotonicity.
+* pixelate: area-average down by the factor (to ``round(H / f)`` x ``round(W / f)``, and on tiny images at least one
+  pixel less than at the previous severity), then nearest-neighbour back up; the factors are resize ratios
+  0.5 .. 0.25, inside ImageNet-C's range (0.6 .. 0.25). A factor of 1.5 was rejected: its nearest-neighbour
+  misalignment changes an image more than a factor of 2 does, which would break monotonicity.
 
 Every parameter grows with severity, and the values were chosen so the mean absolute change of
 an image increases strictly with severity for every shift (checked in the tests on smooth random
 textures with intensities around 0.2 .. 0.7).
 
-Noise is drawn from the ``torch.Generator`` passed in (on the CPU, then moved to the images'
-device), never from the global RNG, so :func:`apply_shift` with the same seed gives the same
-output on any device. :data:`DEFAULT_SHIFTS` lists per DICOM Modality the shifts that are
-plausible for it; :func:`shift_accuracy` evaluates a classifier on all of them.
+Noise is drawn from the ``torch.Generator`` passed in (on the CPU, then moved to the images' device), never from the
+global RNG, so :func:`apply_shift` with the same seed gives the same output on any device. :data:`DEFAULT_SHIFTS` lists
+per DICOM Modality the shifts that are plausible for it; :func:`shift_accuracy` evaluates a classifier on all of them.
 """
 
 from __future__ import annotations
@@ -141,19 +136,37 @@ def _contrast(x: Tensor, factor: float) -> Tensor:
 
 @SHIFTS.register("contrast_low")
 def contrast_low(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Pull every pixel towards its image's (per-channel) mean: flatter processing curve / window."""
+    """Pull every pixel towards its image's (per-channel) mean: flatter processing curve / window.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: factor ``k`` = 0.8 .. 0.4 in ``mean + k (x - mean)``.
+        generator: unused (the shift is deterministic).
+    """
     return _finish(_contrast(_prepare(images), _param("contrast_low", severity)), images)
 
 
 @SHIFTS.register("contrast_high")
 def contrast_high(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Push every pixel away from its image's (per-channel) mean: steeper curve / narrower window."""
+    """Push every pixel away from its image's (per-channel) mean: steeper curve / narrower window.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: factor ``k`` = 1.1 .. 1.6 in ``mean + k (x - mean)``.
+        generator: unused (the shift is deterministic).
+    """
     return _finish(_contrast(_prepare(images), _param("contrast_high", severity)), images)
 
 
 @SHIFTS.register("brightness")
 def brightness(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Raise the HSV value ``max_c x_c`` by a constant, keeping hue and saturation (grey: ``x + b``)."""
+    """Raise the HSV value ``max_c x_c`` by a constant, keeping hue and saturation (grey: ``x + b``).
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: offset ``b`` = 0.05 .. 0.30 (the new value is capped at 1; black becomes grey).
+        generator: unused (the shift is deterministic).
+    """
     x = _prepare(images)
     offset = _param("brightness", severity)
     value = x.amax(dim=1, keepdim=True)
@@ -166,20 +179,38 @@ def brightness(images: Tensor, severity: int, generator: torch.Generator) -> Ten
 
 @SHIFTS.register("gamma")
 def gamma(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Display/processing gamma ``x ** g`` with ``g > 1``: midtones darker, 0 and 1 fixed."""
+    """Display/processing gamma ``x ** g`` with ``g > 1``: midtones darker, 0 and 1 fixed.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: exponent ``g`` = 1.1 .. 1.6.
+        generator: unused (the shift is deterministic).
+    """
     return _finish(_prepare(images).pow(_param("gamma", severity)), images)
 
 
 @SHIFTS.register("gaussian_noise")
 def gaussian_noise(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Additive white Gaussian noise (detector / quantum / thermal noise)."""
+    """Additive white Gaussian noise (detector / quantum / thermal noise).
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: standard deviation ``s`` = 0.04 .. 0.26 of ``x + s n``, ``n ~ N(0, 1)``.
+        generator: the noise source; the noise is drawn on its device, then moved to the images'.
+    """
     x = _prepare(images)
     return _finish(x + _param("gaussian_noise", severity) * _randn_like(x, generator), images)
 
 
 @SHIFTS.register("speckle_noise")
 def speckle_noise(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Multiplicative Gaussian noise ``x (1 + s n)``: the granular speckle of coherent imaging (ultrasound)."""
+    """Multiplicative Gaussian noise ``x (1 + s n)``: the granular speckle of coherent imaging (ultrasound).
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: standard deviation ``s`` = 0.10 .. 0.40, ``n ~ N(0, 1)``.
+        generator: the noise source; the noise is drawn on its device, then moved to the images'.
+    """
     x = _prepare(images)
     return _finish(x * (1.0 + _param("speckle_noise", severity) * _randn_like(x, generator)), images)
 
@@ -193,7 +224,13 @@ def _gaussian_kernel(sigma: float, dtype: torch.dtype, device: torch.device) -> 
 
 @SHIFTS.register("gaussian_blur")
 def gaussian_blur(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Separable Gaussian blur (defocus, motion, soft reconstruction kernel); borders replicated."""
+    """Separable Gaussian blur (defocus, motion, soft reconstruction kernel); borders replicated.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: sigma = 0.5 .. 2.0 pixels, kernel radius ``max(1, ceil(3 sigma))``.
+        generator: unused (the shift is deterministic).
+    """
     x = _prepare(images)
     n, c, h, w = x.shape
     k = _gaussian_kernel(_param("gaussian_blur", severity), x.dtype, x.device)
@@ -214,7 +251,13 @@ def _jpeg_roundtrip(array: np.ndarray, quality: int, mode: str) -> np.ndarray:
 
 @SHIFTS.register("jpeg")
 def jpeg(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Lossy JPEG export at decreasing quality (Pillow), through a uint8 round trip, one image at a time."""
+    """Lossy JPEG export at decreasing quality (Pillow), through a uint8 round trip, one image at a time.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: Pillow quality 80 .. 20 (3 channels: one RGB JPEG, else one per channel).
+        generator: unused (the shift is deterministic).
+    """
     x = _prepare(images)
     quality = int(_param("jpeg", severity))
     u8 = (x * 255.0).round().to(torch.uint8).cpu().numpy()  # (N, C, H, W)
@@ -242,7 +285,13 @@ def _pixelate_size(length: int, severity: int) -> int:
 
 @SHIFTS.register("pixelate")
 def pixelate(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
-    """Lower acquisition / export resolution: area-average down by a factor, nearest-neighbour back up."""
+    """Lower acquisition / export resolution: area-average down by a factor, nearest-neighbour back up.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1]; not modified.
+        severity: 1 .. 5: downsample factor 2 .. 4 (each severity at least one pixel smaller where possible).
+        generator: unused (the shift is deterministic).
+    """
     x = _prepare(images)
     h, w = x.shape[-2:]
     small = (_pixelate_size(h, severity), _pixelate_size(w, severity))
@@ -288,8 +337,7 @@ def default_shifts(modality: str) -> tuple[str, ...]:
     """The default shift names for a DICOM Modality code.
 
     Args:
-        modality: DICOM Modality, e.g. ``"MG"``, ``"dx"``, ``" CT "`` (case and surrounding
-            whitespace are ignored).
+        modality: DICOM Modality, e.g. ``"MG"``, ``"dx"``, ``" CT "`` (case and surrounding whitespace are ignored).
 
     Returns:
         ``DEFAULT_SHIFTS[modality]``, or ``DEFAULT_SHIFTS["default"]`` for an unknown or empty code.

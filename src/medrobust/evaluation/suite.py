@@ -81,12 +81,34 @@ def evaluate_model(cfg: EvaluateConfig, model: torch.nn.Module, dataset_dir: Pat
 
 
 def curves(section: dict[str, dict[str, float]]) -> dict[str, list[tuple[float, float]]]:
-    """``{attack: {ε label: accuracy}}`` -> ``{attack: [(ε, accuracy), ...]}``."""
+    """``{attack: {ε label: accuracy}}`` -> ``{attack: [(ε, accuracy), ...]}``.
+
+    Args:
+        section: ``metrics.json``'s ``whitebox`` or ``transfer``.
+
+    Returns:
+        Per attack its points, ε parsed to a float, in the section's order.
+
+    Raises:
+        ConfigError: an ε label that is not a number or fraction.
+
+    Example:
+        >>> curves({"pgd_linf": {"8/255": 0.5}})
+        {'pgd_linf': [(0.03137254901960784, 0.5)]}
+    """
     return {k: [(parse_eps(e), a) for e, a in v.items()] for k, v in section.items()}
 
 
 def robustness_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of ``robustness.csv`` (the DVC plot): one per (white-box or transfer attack, ε)."""
+    """The rows of ``robustness.csv`` (the DVC plot): one per (white-box or transfer attack, ε).
+
+    Args:
+        metrics: the content of ``metrics.json``.
+
+    Returns:
+        Dicts with ``kind`` (``"whitebox"`` or ``"transfer"``), ``attack``, ``eps``, ``eps_255``
+        (ε·255, rounded to 4 decimals) and ``accuracy``.
+    """
     return [
         {"kind": kind, "attack": attack, "eps": eps, "eps_255": round(eps * 255, 4), "accuracy": acc}
         for kind in ("whitebox", "transfer")
@@ -95,7 +117,16 @@ def robustness_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """``metrics.json`` as flat MLflow metric names (``clean/accuracy``, ``whitebox/pgd_linf/8_255`` ...)."""
+    """``metrics.json`` as flat MLflow metric names (``clean/accuracy``, ``whitebox/pgd_linf/8_255`` ...).
+
+    Args:
+        metrics: the content of ``metrics.json``.
+
+    Returns:
+        ``{name: value}``: ``clean/<metric>``, ``shift/<shift>/<severity>``, ``masking/<check>``
+        (1.0 passed, 0.0 failed) and ``<whitebox|transfer>/<attack>/<ε label>`` (a ``/`` inside the
+        attack or the ε label becomes ``_``).
+    """
 
     def name(*parts: str) -> str:
         return "/".join(p.replace("/", "_") for p in parts)

@@ -41,7 +41,13 @@ from medrobust.models.registry import ADAPTERS
 
 
 class TextureModule(nn.Module):
-    """``x + conv3(ReLU(conv2(ReLU(conv1(x)))))`` with 3×3 kernels; starts near the identity."""
+    """``x + conv3(ReLU(conv2(ReLU(conv1(x)))))`` with 3×3 kernels; starts near the identity.
+
+    Args:
+        channels: the image's channels ``C`` (input and output).
+        hidden: the channels of the two inner convolutions.
+        init_scale: factor on the last convolution's initial weights (its bias starts at zero).
+    """
 
     def __init__(self, channels: int = 1, hidden: int = 16, init_scale: float = 0.01) -> None:
         super().__init__()
@@ -62,7 +68,14 @@ class TextureModule(nn.Module):
 
 class ColourModule(nn.Module):
     """``sigmoid(skip(x) + mlp(x))`` with per-pixel (1×1) layers ``C → 3`` and ``C → hidden → 3``:
-    RGB in [0, 1]; starts near ``sigmoid(4·grey − 2)`` on every channel."""
+    RGB in [0, 1]; starts near ``sigmoid(4·grey − 2)`` on every channel.
+
+    Args:
+        channels: the input channels ``C``.
+        hidden: the MLP's hidden width.
+        init_gain: the skip's initial slope on the channel mean (its bias starts at ``-init_gain / 2``).
+        mlp_scale: factor on the MLP output layer's initial weights and bias.
+    """
 
     def __init__(self, channels: int = 1, hidden: int = 16, init_gain: float = 4.0, mlp_scale: float = 0.1) -> None:
         super().__init__()
@@ -79,7 +92,15 @@ class ColourModule(nn.Module):
 
 
 class AssimilationAdapter(nn.Module):
-    """``colour(texture(x))``: a ``C``-channel image in [0, 1] → a 3-channel RGB image in [0, 1]."""
+    """``colour(texture(x))``: a ``C``-channel image in [0, 1] → a 3-channel RGB image in [0, 1].
+
+    Args:
+        in_channels: the image's channels ``C``.
+        hidden: the hidden width of both modules.
+
+    Attributes:
+        out_channels: 3, the channels the backbone receives.
+    """
 
     out_channels = 3
 
@@ -94,5 +115,12 @@ class AssimilationAdapter(nn.Module):
 
 @ADAPTERS.register("assimilation")
 def build_assimilation_adapter(in_channels: int) -> tuple[nn.Module, int]:
-    """The ``assimilation`` adapter (texture → colour modules, domain assimilation): ``(adapter, 3)``."""
+    """The ``assimilation`` adapter (texture → colour modules, domain assimilation): ``(adapter, 3)``.
+
+    Args:
+        in_channels: the data's channels.
+
+    Returns:
+        (the :class:`AssimilationAdapter`, its output channels: 3).
+    """
     return AssimilationAdapter(in_channels), AssimilationAdapter.out_channels

@@ -32,6 +32,11 @@ class Normalize(nn.Module):
 
     ``mean``/``std`` are scalars or one value per channel; they broadcast over ``[N, C, H, W]``
     images and over ``[N, D]`` vectors alike.
+
+    Args:
+        mean: the value subtracted, a scalar or one per channel.
+        std: the divisor, a scalar or one per channel.
+        channels: the input's channels ``C`` (a scalar is repeated to this length).
     """
 
     def __init__(self, mean: float | list[float] | tuple[float, ...], std: float | list[float] | tuple[float, ...],
@@ -49,6 +54,16 @@ class Normalize(nn.Module):
 
 @dataclass
 class Trunk:
+    """What a backbone builder returns: the parts a :class:`~medrobust.models.Classifier` is made of.
+
+    Attributes:
+        features: input → the last convolutional feature map ``[N, C, H, W]`` (a vector for the MLP).
+        pool: feature map → the pooled vector ``[N, feature_dim]``.
+        head: pooled vector → logits ``[N, num_classes]``.
+        feature_dim: the pooled width.
+        last_block: module names in the classifier (``features.…``, ``pool``) that form the last block.
+    """
+
     features: nn.Module
     pool: nn.Module
     head: nn.Module
@@ -62,7 +77,19 @@ def _gap() -> nn.Module:
 
 @BACKBONES.register("small_cnn")
 def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> Trunk:
-    """Four conv blocks (conv-BN-ReLU, stride-2 downsampling) + global average pooling + linear."""
+    """Four conv blocks (conv-BN-ReLU, stride-2 downsampling) + global average pooling + linear.
+
+    The blocks have ``width``, 2×, 4× and 8× ``width`` channels; the first keeps the resolution, the
+    other three halve it. ``last_block`` is the fourth block.
+
+    Args:
+        num_classes: outputs of the linear head.
+        in_channels: the image's channels.
+        width: the first block's channels (the pooled feature has ``8 * width``).
+
+    Returns:
+        The trunk.
+    """
 
     def block(cin: int, cout: int, stride: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
@@ -77,7 +104,16 @@ def small_cnn(num_classes: int, in_channels: int = 1, width: int = 16) -> Trunk:
 @BACKBONES.register("mlp", in_channels=2)
 def mlp(num_classes: int, in_channels: int = 2, width: int = 10) -> Trunk:
     """A multi-layer perceptron for vector data (the ARFL two-moon net is ``in 2, width 10``:
-    2-10-10-1 with the ``binary`` head). The "feature map" is the penultimate layer's activations."""
+    2-10-10-1 with the ``binary`` head). The "feature map" is the penultimate layer's activations.
+
+    Args:
+        num_classes: outputs of the linear head.
+        in_channels: the input vector's length.
+        width: the width of both hidden layers (ReLU after each).
+
+    Returns:
+        The trunk (``pool`` is the identity; ``last_block`` is the second hidden layer).
+    """
     features = nn.Sequential(nn.Linear(in_channels, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
     return Trunk(features, nn.Identity(), nn.Linear(width, num_classes), width, last_block=["features.2"])
 
@@ -102,7 +138,21 @@ def _resnet(name: str) -> Callable[..., Trunk]:
 @BACKBONES.register("densenet121", **IMAGENET)
 def densenet121(num_classes: int, in_channels: int = 1, width: int = 64,
                 pretrained: str | Path | None = None) -> Trunk:
-    """torchvision DenseNet121; ``features`` ends with the final norm + ReLU (as torchvision's forward)."""
+    """torchvision DenseNet121; ``features`` ends with the final norm + ReLU (as torchvision's forward).
+
+    Args:
+        num_classes: outputs of the new linear head.
+        in_channels: the image's channels (1: the first convolution's RGB kernels are summed).
+        width: ignored.
+        pretrained: a local torchvision ImageNet ``state_dict`` file; None: random initialisation.
+
+    Returns:
+        The trunk (1024-d pooled feature; ``last_block``: denseblock4 and norm5).
+
+    Raises:
+        FileNotFoundError: ``pretrained`` is not a file.
+        ValueError: the weights' keys do not fit DenseNet121.
+    """
     import torchvision.models as tvm
 
     net = tvm.densenet121(weights=None)
@@ -119,7 +169,21 @@ def vgg16(num_classes: int, in_channels: int = 1, width: int = 64, pretrained: s
     """torchvision VGG16: ``features`` = the conv stack; ``pool`` = avgpool + fc6 + fc7 (ImageNet weights
     kept), so the pooled feature is the 4096-d fc7 output, the usual frozen VGG feature; the head is a
     new fc8 for ``num_classes``. ``last_block`` = the last conv layer + fc6/fc7 (what ARFL fine-tunes
-    together with the head)."""
+    together with the head).
+
+    Args:
+        num_classes: outputs of the new fc8 head.
+        in_channels: the image's channels (1: the first convolution's RGB kernels are summed).
+        width: ignored.
+        pretrained: a local torchvision ImageNet ``state_dict`` file; None: random initialisation.
+
+    Returns:
+        The trunk.
+
+    Raises:
+        FileNotFoundError: ``pretrained`` is not a file.
+        ValueError: the weights' keys do not fit VGG16.
+    """
     import torchvision.models as tvm
 
     net = tvm.vgg16(weights=None)

@@ -33,6 +33,14 @@ FROZEN_BN = "medrobust_frozen"
 class Classifier(nn.Module):
     """``head(pool(features(normalize(adapter(x)))))`` with each part reachable by name.
 
+    Args:
+        normalize: the first layer after the adapter (:class:`~medrobust.models.Normalize`).
+        features: input → the last feature map (the trunk's ``features``).
+        pool: feature map → vector.
+        head: vector → logits.
+        adapter: a module run before ``normalize``; None: the identity.
+        last_block: the module names of the backbone's last block (for ``set_trainable(model, "last_block")``).
+
     Example:
         >>> model = build_model(ModelSpec("small_cnn", num_classes=2))
         >>> logits = model(x)                         # x in [0, 1]; normalisation is inside the model
@@ -51,11 +59,25 @@ class Classifier(nn.Module):
         self.last_block = tuple(last_block)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last convolutional feature map ``[N, C, H, W]`` (the penultimate activations for an MLP)."""
+        """The last convolutional feature map ``[N, C, H, W]`` (the penultimate activations for an MLP).
+
+        Args:
+            x: images in [0, 1] (or vectors, for the MLP), ``[N, C, H, W]``.
+
+        Returns:
+            ``features(normalize(adapter(x)))``.
+        """
         return self.features(self.normalize(self.adapter(x)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled feature vector the head sees."""
+        """The pooled feature vector the head sees.
+
+        Args:
+            x: images in [0, 1], ``[N, C, H, W]``.
+
+        Returns:
+            ``[N, D]``, ``D`` the backbone's feature width.
+        """
         return self.pool(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +85,14 @@ class Classifier(nn.Module):
 
     def train(self, mode: bool = True) -> Classifier:
         """As ``nn.Module.train``, but frozen batch-norm layers stay in eval mode (their statistics
-        belong to the frozen backbone, see :func:`medrobust.models.set_trainable`)."""
+        belong to the frozen backbone, see :func:`medrobust.models.set_trainable`).
+
+        Args:
+            mode: True for training mode, False for eval mode.
+
+        Returns:
+            The model itself.
+        """
         super().train(mode)
         if mode:
             for m in self.modules():
@@ -74,7 +103,20 @@ class Classifier(nn.Module):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a classifier (saved as ``model.json`` beside ``model.pt``)."""
+    """Everything needed to rebuild a classifier (saved as ``model.json`` beside ``model.pt``).
+
+    Attributes:
+        backbone: a :data:`~medrobust.models.BACKBONES` name.
+        num_classes: the number of classes (logits).
+        in_channels: the input's channels.
+        width: the backbone's width (small CNN, MLP; ignored by the others).
+        image_size: the input's side length in pixels (recorded; the model does not check it).
+        mean, std: the normalisation, scalars or one value per channel.
+        head: ``default`` (the backbone's own) or a :data:`~medrobust.models.HEADS` name.
+        head_hidden: the hidden width of the ``mlp`` / ``ran`` heads (0: the feature width).
+        adapter: an :data:`~medrobust.models.ADAPTERS` name (``none``: the identity).
+        dual_bn: every batch-norm layer becomes a :class:`~medrobust.models.DualBatchNorm`.
+    """
 
     backbone: str
     num_classes: int
@@ -90,7 +132,17 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        """The spec from its JSON form (lists become tuples)."""
+        """The spec from its JSON form (lists become tuples).
+
+        Args:
+            d: the mapping ``model.json`` holds (the dataclass fields).
+
+        Returns:
+            The spec.
+
+        Raises:
+            TypeError: a key that is not a field, or a missing ``backbone`` / ``num_classes``.
+        """
         d = dict(d)
         for k in ("mean", "std"):
             if isinstance(d.get(k), list):
@@ -100,7 +152,14 @@ class ModelSpec:
 
 @ADAPTERS.register("none")
 def no_adapter(in_channels: int) -> tuple[nn.Module, int]:
-    """The identity adapter."""
+    """The identity adapter.
+
+    Args:
+        in_channels: the data's channels.
+
+    Returns:
+        (``nn.Identity()``, ``in_channels``).
+    """
     return nn.Identity(), in_channels
 
 

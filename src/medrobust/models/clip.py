@@ -86,6 +86,9 @@ class ClipImageEncoder(nn.Module):
         visual: the open_clip ``VisionTransformer`` (input ``[N, 3, S, S]`` normalised, output ``[N, D]``).
         image_size: ``S``, the tower's input size; other sizes are resized (bicubic) to it.
         in_channels: 1 (repeated to RGB) or 3.
+
+    Raises:
+        ValueError: ``in_channels`` is neither 1 nor 3.
     """
 
     def __init__(self, visual: nn.Module, image_size: int, in_channels: int = 1) -> None:
@@ -99,7 +102,17 @@ class ClipImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images ``[N, C, H, W]`` → the tower's normalised RGB input ``[N, 3, S, S]``."""
+        """[0, 1] images ``[N, C, H, W]`` → the tower's normalised RGB input ``[N, 3, S, S]``.
+
+        Args:
+            x: images in [0, 1] with ``in_channels`` channels.
+
+        Returns:
+            The repeated, resized and CLIP-normalised images.
+
+        Raises:
+            ValueError: ``x`` has another number of channels.
+        """
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels}-channel images, got shape {tuple(x.shape)}")
         if self.in_channels == 1:
@@ -125,6 +138,14 @@ def _is_torchscript(path: Path) -> bool:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a local ``torch.save`` file, ``.safetensors`` file or TorchScript archive.
+
+    A ``state_dict`` or ``model`` wrapper is unwrapped; ``torch.save`` files are read with ``weights_only=True``.
+
+    Args:
+        path: the weights file.
+
+    Returns:
+        Name → tensor, on the CPU.
 
     Raises:
         FileNotFoundError: ``path`` is not a file (nothing is downloaded).
@@ -156,7 +177,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def visual_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The visual tower's entries of a CLIP state dict: ``visual.*`` with the prefix removed (after
-    dropping a ``module.`` prefix), or the whole dict if it has no ``visual.*`` entries."""
+    dropping a ``module.`` prefix), or the whole dict if it has no ``visual.*`` entries.
+
+    Args:
+        state: a whole-CLIP or visual-tower state dict.
+
+    Returns:
+        A new dict of the visual tower's tensors (the input is not changed).
+    """
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     if any(k.startswith("visual.") for k in state):
@@ -165,7 +193,18 @@ def visual_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def load_visual_weights(visual: nn.Module, path: str | Path) -> None:
-    """Load the CLIP visual weights in ``path`` into ``visual`` (strict: every key must fit)."""
+    """Load the CLIP visual weights in ``path`` into ``visual`` (strict: every key must fit).
+
+    Tensors are cast to float32 before loading.
+
+    Args:
+        visual: the open_clip vision tower to fill.
+        path: a weights file :func:`read_state_dict` reads.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file holds no state dict, a ResNet tower, or keys or shapes that do not fit ``visual``.
+    """
     state = visual_state_dict(read_state_dict(path))
     if any(k.startswith("layer1.") or k.startswith("attnpool.") for k in state):
         raise ValueError(f"CLIP weights {path} are a ResNet visual tower; only ViT towers are supported")
@@ -191,7 +230,11 @@ def clip_backbone(embed_dim: int, vision_cfg: dict[str, Any], quick_gelu: bool =
         name: used in messages.
 
     Returns:
-        ``build(num_classes, in_channels=1, width=..., pretrained=None) -> Trunk`` (``width`` is ignored).
+        ``build(num_classes, in_channels=1, width=..., pretrained=None) -> Trunk`` (``width`` is ignored);
+        ``build`` raises ImportError without open_clip.
+
+    Raises:
+        ValueError: ``vision_cfg["layers"]`` is not an int (not a vision-transformer tower).
 
     Example:
         >>> BACKBONES.add("clip_tiny", clip_backbone(32, {"image_size": 32, "layers": 2, "width": 64,

@@ -24,7 +24,15 @@ Route = Literal["clean", "adv"]
 
 
 class DualBatchNorm(nn.Module):
-    """Two batch-norm layers with the same shape; ``route`` picks the one used."""
+    """Two batch-norm layers with the same shape; ``route`` picks the one used.
+
+    Args:
+        bn: the layer to duplicate; it becomes ``clean`` and a deep copy becomes ``adv``.
+
+    Attributes:
+        clean, adv: the two batch-norm layers.
+        route: ``"clean"`` (the default) or ``"adv"``; set it with :func:`bn_route`.
+    """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
@@ -37,7 +45,16 @@ class DualBatchNorm(nn.Module):
 
 
 def convert_dual_bn(module: nn.Module) -> nn.Module:
-    """Replace every batch-norm layer under ``module`` by a :class:`DualBatchNorm` (in place)."""
+    """Replace every batch-norm layer under ``module`` by a :class:`DualBatchNorm` (in place).
+
+    Layers that already are :class:`DualBatchNorm` are left as they are.
+
+    Args:
+        module: the model (``module`` itself is never replaced, only its descendants).
+
+    Returns:
+        ``module``.
+    """
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             setattr(module, name, DualBatchNorm(child))
@@ -47,12 +64,32 @@ def convert_dual_bn(module: nn.Module) -> nn.Module:
 
 
 def has_dual_bn(model: nn.Module) -> bool:
+    """Whether ``model`` holds at least one :class:`DualBatchNorm`.
+
+    Args:
+        model: any module.
+    """
     return any(isinstance(m, DualBatchNorm) for m in model.modules())
 
 
 @contextmanager
 def bn_route(model: nn.Module, route: Route) -> Iterator[None]:
-    """Route every :class:`DualBatchNorm` of ``model`` to ``route`` inside the block, then restore."""
+    """Route every :class:`DualBatchNorm` of ``model`` to ``route`` inside the block, then restore.
+
+    Args:
+        model: a model with dual batch norm (built with ``dual_bn=True``).
+        route: ``"clean"`` or ``"adv"``.
+
+    Yields:
+        None; each layer's previous route is restored on exit, also after an exception.
+
+    Raises:
+        ValueError: ``route`` is neither ``"clean"`` nor ``"adv"``, or ``model`` has no dual batch-norm layers.
+
+    Example:
+        >>> with bn_route(model, "adv"):
+        ...     logits_adv = model(x_adv)
+    """
     if route not in ("clean", "adv"):
         raise ValueError(f"bn_route: route must be 'clean' or 'adv', got {route!r}")
     layers = [m for m in model.modules() if isinstance(m, DualBatchNorm)]

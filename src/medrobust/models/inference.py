@@ -28,7 +28,17 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` (see :func:`predict_logits`)."""
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (see :func:`predict_logits`).
+
+    Args:
+        model: a classifier (evaluated in eval mode; its mode is restored).
+        x: inputs ``[N, ...]`` (any device).
+        y: class indices ``[N]``.
+        batch_size: inputs per forward pass.
+
+    Returns:
+        The fraction of ``x`` whose arg-max logit is ``y``, in [0, 1].
+    """
     return float((predict_logits(model, x, batch_size).argmax(1) == y.cpu()).float().mean())
 
 

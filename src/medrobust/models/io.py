@@ -15,6 +15,12 @@ from medrobust.models.classifier import Classifier, ModelSpec, build_model
 def save_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path, name: str = "model") -> Path:
     """Write ``<name>.pt`` (the ``state_dict``, on the CPU) and ``<name>.json`` (the spec) into ``out_dir``.
 
+    Args:
+        model: the model whose ``state_dict`` is saved (it stays where it is).
+        spec: the spec it was built from.
+        out_dir: the folder (created if missing; existing files are overwritten).
+        name: the files' stem.
+
     Returns:
         The path of the weights file.
     """

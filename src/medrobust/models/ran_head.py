@@ -38,7 +38,15 @@ class RANHead(nn.Module):
     @torch.no_grad()
     def init_centroids(self, z: torch.Tensor, y: torch.Tensor) -> list[int]:
         """Set each class's centroid to the mean of its rows of ``z``; returns the classes with no rows
-        (their centroids keep their random initialisation)."""
+        (their centroids keep their random initialisation).
+
+        Args:
+            z: transformed features ``[N, D]`` (``Z`` space).
+            y: class indices ``[N]``.
+
+        Returns:
+            The class indices that have no row in ``y``.
+        """
         absent = []
         for k in range(self.centroids.shape[0]):
             rows = z[y == k]
@@ -51,7 +59,16 @@ class RANHead(nn.Module):
 
 @HEADS.register("ran")
 def build_ran_head(dim: int, num_classes: int, hidden: int) -> nn.Module:
-    """The ``ran`` head: transform + classifier + class centroids (:mod:`medrobust.defenses.ran`)."""
+    """The ``ran`` head: transform + classifier + class centroids (:mod:`medrobust.defenses.ran`).
+
+    Args:
+        dim: the feature width ``D``.
+        num_classes: the number of classes.
+        hidden: the transform's hidden width (0: ``dim``).
+
+    Returns:
+        A :class:`RANHead`.
+    """
     return RANHead(dim, num_classes, hidden)
 
 

@@ -58,6 +58,9 @@ class BackboneCfg:
         Args:
             in_channels: the data's channels.
             pretrained: whether the backbone's own pretrained weights are loaded.
+
+        Returns:
+            ``{"mean": ..., "std": ...}``, each a scalar or a per-channel tuple.
         """
         mean, std = ((self.pretrained_mean, self.pretrained_std) if pretrained and self.has_weights
                      else (self.mean, self.std))
@@ -69,6 +72,12 @@ class BackboneCfg:
 
 def backbone_cfg(name: str) -> BackboneCfg:
     """The :class:`BackboneCfg` ``name`` was registered with.
+
+    Args:
+        name: a :data:`BACKBONES` name.
+
+    Returns:
+        The config (a new object on each call).
 
     Raises:
         KeyError: an unknown backbone, listing the registered ones.

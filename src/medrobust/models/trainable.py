@@ -16,6 +16,16 @@ def set_trainable(model: Classifier, which: str = "all") -> list[str]:
     ``head`` (the head only: a frozen encoder, e.g. linear probing / RAN); or a comma-separated list of
     parameter-name prefixes (``features.layer4,head``). A learned adapter always trains. Batch-norm
     layers whose parameters are all frozen stay in eval mode while the model trains.
+
+    Args:
+        model: the classifier, changed in place (``requires_grad`` of every parameter).
+        which: ``all``, ``last_block``, ``head`` or comma-separated parameter-name prefixes.
+
+    Returns:
+        The names of the parameters that train.
+
+    Raises:
+        ValueError: a given prefix matches no parameter name.
     """
     if which == "all":
         prefixes: tuple[str, ...] = ("",)

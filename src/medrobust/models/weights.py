@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -15,7 +16,19 @@ from torch import nn
 
 
 def load_torchvision_state(net: nn.Module, pretrained: str | Path | None) -> None:
-    """Load a torchvision ``state_dict`` from a local file (weights only)."""
+    """Load a torchvision ``state_dict`` from a local file (weights only).
+
+    A ``{"state_dict": ...}`` wrapper is unwrapped; every key must fit ``net``.
+
+    Args:
+        net: the torchvision network, filled in place.
+        pretrained: the file; None or empty: nothing is loaded.
+
+    Raises:
+        FileNotFoundError: ``pretrained`` is not a file.
+        ValueError: the weights have missing or unexpected keys for ``net``.
+        RuntimeError: a tensor's shape does not fit (raised by ``load_state_dict``).
+    """
     if not pretrained:
         return
     path = Path(pretrained)
@@ -32,7 +45,17 @@ def load_torchvision_state(net: nn.Module, pretrained: str | Path | None) -> Non
 
 
 def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A copy of ``conv`` taking ``in_channels`` inputs; 1 channel sums the RGB kernels."""
+    """A copy of ``conv`` taking ``in_channels`` inputs; 1 channel sums the RGB kernels.
+
+    Args:
+        conv: the first convolution (e.g. built for 3 channels).
+        in_channels: the channels the new convolution takes.
+
+    Returns:
+        ``conv`` itself when it already takes ``in_channels``; else a new convolution with the same
+        output channels, kernel, stride, padding and bias, whose weights are the summed kernels for
+        1 channel and a fresh initialisation otherwise.
+    """
     if in_channels == conv.in_channels:
         return conv
     new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -50,8 +73,17 @@ def adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 def read_medrobust_state(path: str | Path) -> dict[str, torch.Tensor] | None:
     """The state dict at ``path`` if it is a medrobust model's (``model.pt`` of the train stage), else None.
 
+    A medrobust state dict is recognised by its ``normalize.mean`` / ``normalize.std`` buffers.
+
+    Args:
+        path: the weights file.
+
+    Returns:
+        The state dict, or None for other weights (torchvision, CLIP, a TorchScript archive).
+
     Raises:
         FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not a torch weights file (or needs unpickling code).
     """
     path = Path(path)
     if not path.is_file():
@@ -61,6 +93,9 @@ def read_medrobust_state(path: str | Path) -> dict[str, torch.Tensor] | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except RuntimeError:  # e.g. a TorchScript archive (OpenAI CLIP): not a medrobust state dict
         return None
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"pretrained weights {path} are not a weights file torch can read with weights_only=True "
+                         f"({str(exc).splitlines()[0]})") from None
     # a medrobust Classifier's state always holds its Normalize buffers; torchvision/CLIP ones never do
     if isinstance(state, dict) and "normalize.mean" in state and "normalize.std" in state:
         return state
@@ -69,6 +104,10 @@ def read_medrobust_state(path: str | Path) -> dict[str, torch.Tensor] | None:
 
 def load_encoder(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load every non-head tensor of a medrobust model whose name and shape match (the head stays new).
+
+    Args:
+        model: the classifier to fill, in place.
+        state: a medrobust state dict (:func:`read_medrobust_state`).
 
     Raises:
         ValueError: some encoder tensor of ``model`` is missing from ``state`` or has another shape.

@@ -78,6 +78,11 @@ def build_pipeline(default_params_yaml: str):
     Args:
         default_params_yaml: params.yaml as one line of JSON (:func:`medrobust.params.params_as_text`).
 
+    Returns:
+        The ``@dsl.pipeline`` function ``medrobust_pipeline(params_yaml=default_params_yaml)``, ready for
+        ``kfp.compiler.Compiler().compile`` or kfp.local. A ``synthesize`` task is in it only when
+        ``data.source``'s registry entry is ``synthesized``.
+
     Raises:
         ConfigError: the params are invalid.
     """

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 def run_local(params: Params, params_path: str | Path, pipeline_root: str | Path) -> Path:
     """Run the pipeline locally with kfp.local's SubprocessRunner.
 
+    Sets ``MLFLOW_TRACKING_URI`` (absolute) and puts this interpreter's folder first on ``PATH`` in this
+    process, so that every task inherits them.
+
     Args:
         params: the validated params (for the MLflow store).
         params_path: the params file every task receives.
@@ -29,6 +32,9 @@ def run_local(params: Params, params_path: str | Path, pipeline_root: str | Path
 
     Returns:
         This run's folder (``<root>/medrobust-<timestamp>``).
+
+    Raises:
+        ConfigError: the params file is missing or invalid.
     """
     from kfp import local
 

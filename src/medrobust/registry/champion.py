@@ -24,6 +24,10 @@ def current_champion(client: Any, name: str) -> tuple[str | None, dict[str, str]
     Args:
         client: an ``mlflow.MlflowClient``.
         name: the registered model's name.
+
+    Returns:
+        ``(version, tags)`` of the version the ``@champion`` alias points to, or ``(None, None)`` when
+        MLflow cannot resolve the alias (no such model or no champion yet).
     """
     from mlflow.exceptions import MlflowException
 
@@ -35,7 +39,18 @@ def current_champion(client: Any, name: str) -> tuple[str | None, dict[str, str]
 
 
 def register_version(client: Any, name: str, model_uri: str, run_id: str) -> str:
-    """Register the logged model ``model_uri`` as a new version of ``name``; returns the version."""
+    """Register the logged model ``model_uri`` as a new version of ``name``; returns the version.
+
+    Args:
+        client: an ``mlflow.MlflowClient`` (unused: registration goes through ``mlflow.register_model``
+            and the current tracking URI).
+        name: the registered model's name (created if it does not exist).
+        model_uri: the logged model's URI (the train stage's ``run.json``).
+        run_id: the MLflow run that logged it, stored as the version tag ``medrobust.run_id``.
+
+    Returns:
+        The new version number, as a string.
+    """
     import mlflow
 
     mv = mlflow.register_model(model_uri, name, tags={"medrobust.run_id": run_id})
@@ -44,7 +59,19 @@ def register_version(client: Any, name: str, model_uri: str, run_id: str) -> str
 
 def tag_gate_numbers(client: Any, name: str, version: str, report: GateReport, gates: GatesConfig,
                      run_info: dict[str, Any]) -> None:
-    """Store the gate numbers (and the method/backbone) on the version, for the next comparison."""
+    """Store the gate numbers (and the method/backbone) on the version, for the next comparison.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+        version: the version to tag.
+        report: the absolute gates of the version's evaluation (its clean and robust accuracy).
+        gates: ``register.gates`` (the gate attack and ε).
+        run_info: the train stage's ``run.json`` (``method``, ``backbone``; empty when absent).
+
+    Tags written: ``gate.clean_accuracy``, ``gate.robust_accuracy`` (6 decimals), ``gate.attack``,
+    ``gate.eps``, ``medrobust.method`` and ``medrobust.backbone``.
+    """
     tags = {"gate.clean_accuracy": f"{report.clean_accuracy:.6f}", "gate.robust_accuracy": f"{report.robust_accuracy:.6f}",
             "gate.attack": gates.gate_attack, "gate.eps": f"{gates.gate_eps:.9g}",
             "medrobust.method": run_info.get("method", ""), "medrobust.backbone": run_info.get("backbone", "")}
@@ -53,13 +80,26 @@ def tag_gate_numbers(client: Any, name: str, version: str, report: GateReport, g
 
 
 def promote(client: Any, name: str, version: str) -> None:
-    """Move ``@champion`` to ``version`` and tag it ``validation_status=passed``."""
+    """Move ``@champion`` to ``version`` and tag it ``validation_status=passed``.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+        version: the version that passed every gate.
+    """
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "validation_status", "passed")
 
 
 def reject(client: Any, name: str, version: str, failed: list[GateResult]) -> None:
-    """Tag ``version`` ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays."""
+    """Tag ``version`` ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+        version: the version that failed.
+        failed: the gates it failed; their names are joined with commas.
+    """
     client.set_model_version_tag(name, version, "validation_status", "rejected")
     client.set_model_version_tag(name, version, "failed_gates", ",".join(g.name for g in failed))
 

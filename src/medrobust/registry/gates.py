@@ -36,7 +36,15 @@ class GatesConfig(StrictModel):
 
 @dataclass(frozen=True)
 class GateResult:
-    """One gate: its name, whether it passed, the value and threshold compared, and why."""
+    """One gate: its name, whether it passed, the value and threshold compared, and why.
+
+    Attributes:
+        name: the gate's name (e.g. ``min_robust_accuracy``).
+        passed: whether the gate passed.
+        value: the candidate's number, or None when nothing was compared.
+        threshold: the number it was compared with, or None.
+        message: the comparison in words.
+    """
 
     name: str
     passed: bool
@@ -51,7 +59,13 @@ class GateResult:
 
 @dataclass(frozen=True)
 class GateReport:
-    """The absolute gates of one evaluation, and the two numbers they rest on."""
+    """The absolute gates of one evaluation, and the two numbers they rest on.
+
+    Attributes:
+        clean_accuracy: clean test accuracy.
+        robust_accuracy: robust accuracy of the gate attack at the gate ε.
+        results: every absolute gate's result, in order.
+    """
 
     clean_accuracy: float
     robust_accuracy: float
@@ -70,6 +84,13 @@ class GateReport:
 def gate_metrics(metrics: dict[str, Any], gates: GatesConfig) -> tuple[float, float]:
     """(clean accuracy, robust accuracy at the gate) from an evaluate ``metrics.json``.
 
+    Args:
+        metrics: the content of ``metrics.json``.
+        gates: ``register.gates`` (``gate_attack``, ``gate_eps``).
+
+    Returns:
+        ``(clean, robust)``, both in [0, 1].
+
     Raises:
         KeyError: the metrics have no white-box result for the gate attack at the gate ε.
     """
@@ -85,7 +106,14 @@ def gate_metrics(metrics: dict[str, Any], gates: GatesConfig) -> tuple[float, fl
 
 
 def masking_gate(metrics: dict[str, Any]) -> GateResult:
-    """Every gradient-masking check passed (fails when they were not run)."""
+    """Every gradient-masking check passed (fails when they were not run).
+
+    Args:
+        metrics: the content of ``metrics.json`` (its ``masking_checks``).
+
+    Returns:
+        The ``masking_checks`` gate; ``value`` is the number of failed checks, ``threshold`` 0.
+    """
     checks = metrics.get("masking_checks")
     if not checks:
         return GateResult("masking_checks", False, None, None,
@@ -127,10 +155,22 @@ def check_gates(metrics: dict[str, Any], gates: GatesConfig) -> GateReport:
 def champion_gate(clean: float, robust: float, champion: dict[str, str] | None, gates: GatesConfig) -> GateResult:
     """Compare with the champion's gate tags (``gate.clean_accuracy`` …).
 
+    Passes, with the comparison skipped, when there is no champion or it was gated under another
+    attack or ε; otherwise passes when neither number is below the champion's by more than
+    ``champion_tolerance``.
+
     Args:
-        clean, robust: the candidate's two gate numbers.
+        clean: the candidate's clean accuracy.
+        robust: the candidate's robust accuracy at the gate.
         champion: the champion version's tags, or None when there is no champion.
         gates: ``register.gates``.
+
+    Returns:
+        The ``no_regression_vs_champion`` gate; when compared, ``value`` is ``robust`` and
+        ``threshold`` the champion's robust accuracy minus the tolerance.
+
+    Raises:
+        KeyError: comparable champion tags lack ``gate.clean_accuracy`` or ``gate.robust_accuracy``.
     """
     name = "no_regression_vs_champion"
     if champion is None:

@@ -30,7 +30,19 @@ MODEL_PIP_REQUIREMENTS = ["torch==2.14.1", "medrobust"]
 
 
 def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
-    """Make a relative ``sqlite:///file.db`` absolute (relative to ``base`` or the cwd)."""
+    """Make a relative ``sqlite:///file.db`` absolute (relative to ``base`` or the cwd).
+
+    Args:
+        uri: a tracking URI.
+        base: the folder a relative sqlite path is relative to; None: the current directory.
+
+    Returns:
+        ``sqlite:///<absolute path>`` for a relative sqlite URI; any other URI unchanged.
+
+    Example:
+        >>> resolve_tracking_uri("sqlite:///mlflow.db", Path("/repo"))
+        'sqlite:////repo/mlflow.db'
+    """
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         path = Path(uri[len(prefix):])
@@ -39,7 +51,14 @@ def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
-    """``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri`` (a relative sqlite path made absolute)."""
+    """``$MLFLOW_TRACKING_URI`` when set, else ``mlflow.tracking_uri`` (a relative sqlite path made absolute).
+
+    Args:
+        cfg: the ``mlflow`` section.
+
+    Returns:
+        The tracking URI to use (the environment variable is returned as is).
+    """
     return os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(cfg.tracking_uri)
 
 
@@ -70,7 +89,20 @@ def configure(cfg: MlflowConfig) -> str:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings.
+
+    Args:
+        d: a nested mapping (e.g. the params as a dict).
+        prefix: prepended to every key, joined with a dot; empty: none.
+
+    Returns:
+        A flat ``{dotted key: value}``: ints, floats, strings, bools and None kept, anything else
+        (lists, tuples...) as its ``str``.
+
+    Example:
+        >>> flatten({"a": {"b": 1, "c": [1, 2]}})
+        {'a.b': 1, 'a.c': '[1, 2]'}
+    """
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)

@@ -37,7 +37,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdvgenResult:
-    """What advgen wrote: the folder, the surrogate's accuracy on every set, the surrogate's hash."""
+    """What advgen wrote: the folder, the surrogate's accuracy on every set, the surrogate's hash.
+
+    Attributes:
+        out_dir: the stage's output folder.
+        sets: set id (:func:`set_id`) -> the surrogate's accuracy on that set; ``"clean"`` is the
+            clean test split.
+        surrogate_sha256: SHA-256 of ``surrogate/model.pt``.
+    """
 
     out_dir: Path
     sets: dict[str, float]  # set id -> surrogate accuracy on it
@@ -45,13 +52,36 @@ class AdvgenResult:
 
 
 def set_id(attack_key: str, eps: float) -> str:
-    """The id of one adversarial set, e.g. ``pgd_linf@0.031373``."""
+    """The id of one adversarial set, e.g. ``pgd_linf@0.031373``.
+
+    Args:
+        attack_key: ``<attack>_<norm>`` (:attr:`medrobust.attacks.spec.AttackSpec.key`).
+        eps: the budget, written with 6 decimals.
+
+    Returns:
+        ``<attack_key>@<eps>``.
+
+    Example:
+        >>> set_id("pgd_linf", 8 / 255)
+        'pgd_linf@0.031373'
+    """
     return f"{attack_key}@{eps:.6f}"
 
 
 def attack_dataset(attack: Attack, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                    device: torch.device) -> torch.Tensor:
-    """Adversarial versions of ``x`` (returned on the CPU), attacked batch by batch on ``device``."""
+    """Adversarial versions of ``x`` (returned on the CPU), attacked batch by batch on ``device``.
+
+    Args:
+        attack: the attack, built on a model that lives on ``device``.
+        x: images in [0, 1] (any device).
+        y: ``(N,)`` their labels (targeted attacks: target classes).
+        batch_size: images per attack call.
+        device: where each batch is attacked.
+
+    Returns:
+        The adversarial images, shaped like ``x``, on the CPU, in the order of ``x``.
+    """
     return torch.cat([
         attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).cpu()
         for i in range(0, len(x), batch_size)

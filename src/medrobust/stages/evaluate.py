@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What evaluate wrote and found: every metric, and the gates computed from them."""
+    """What evaluate wrote and found: every metric, and the gates computed from them.
+
+    Attributes:
+        out_dir: the stage's output folder.
+        metrics: the content of ``metrics.json``.
+        gates: the absolute gates (:func:`medrobust.registry.gates.check_gates`).
+    """
 
     out_dir: Path
     metrics: dict[str, Any]
@@ -47,10 +53,12 @@ class EvaluateResult:
 
     @property
     def clean_accuracy(self) -> float:
+        """Clean test accuracy."""
         return self.gates.clean_accuracy
 
     @property
     def clean_auc(self) -> float:
+        """Clean test ROC AUC (NaN when the test split holds a single class)."""
         return float(self.metrics["clean"]["auc"])
 
     @property

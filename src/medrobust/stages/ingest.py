@@ -56,7 +56,15 @@ class IngestError(SourceError):
 
 
 class IngestValidationError(RuntimeError):
-    """The ingested data failed validation; ``report_dir`` holds the readable report."""
+    """The ingested data failed validation; ``report_dir`` holds the readable report.
+
+    Args:
+        message: what failed, and where the report is.
+        report_dir: the ``<out_dir>.rejected/`` folder (``validation.md``, ``quarantine.csv``...).
+
+    Attributes:
+        report_dir: as passed.
+    """
 
     def __init__(self, message: str, report_dir: Path) -> None:
         super().__init__(message)
@@ -65,7 +73,15 @@ class IngestValidationError(RuntimeError):
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What ingest wrote: the folder, the number of images kept and quarantined, per-split counts."""
+    """What ingest wrote: the folder, the number of images kept and quarantined, per-split counts.
+
+    Attributes:
+        out_dir: the stage's output folder.
+        n_images: images in the manifest.
+        n_quarantined: items not ingested (``quarantine.csv``), labels without an image included.
+        split_counts: split name -> number of images.
+        validation_success: whether every validation check passed.
+    """
 
     out_dir: Path
     n_images: int

@@ -27,7 +27,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decision:
-    """The registry's decision on one version."""
+    """The registry's decision on one version.
+
+    Attributes:
+        model_name: the registered model's name.
+        version: the version registered by this run.
+        promoted: whether it passed every gate and is now ``@champion``.
+        gates: every gate's result, the champion comparison last.
+        previous_champion: the champion's version before this run, or None.
+    """
 
     model_name: str
     version: str

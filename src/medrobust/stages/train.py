@@ -35,7 +35,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What train wrote: the folder, the MLflow run and logged model, the last validation accuracy."""
+    """What train wrote: the folder, the MLflow run and logged model, the last validation accuracy.
+
+    Attributes:
+        out_dir: the stage's output folder.
+        run_id: the MLflow run (re-used by evaluate and register).
+        model_uri: the logged model's URI.
+        final_val_accuracy: validation accuracy after the last epoch (NaN when not recorded).
+    """
 
     out_dir: Path
     run_id: str

@@ -31,6 +31,12 @@ def model_spec(cfg: ModelConfig, num_classes: int, image_size: int, in_channels:
         image_size: ``data.image_size``.
         in_channels: the data's channels.
         method: the training method, whose model requirements win.
+
+    Returns:
+        The spec.
+
+    Raises:
+        KeyError: an unknown backbone.
     """
     spec = ModelSpec(backbone=cfg.backbone, num_classes=num_classes, in_channels=in_channels, width=cfg.width,
                      image_size=image_size, head=cfg.head, head_hidden=cfg.head_hidden,
@@ -63,7 +69,9 @@ def build_method(cfg: TrainConfig, method: str, train: ArraySplit, num_classes: 
 
     Raises:
         KeyError: an unknown method or backbone.
-        ValueError: the method refuses the model or the data (e.g. dsbn without batch norm).
+        ValueError: the method refuses the model or the data (e.g. dsbn without batch norm), or the
+            pretrained weights do not fit.
+        FileNotFoundError: ``train.model.pretrained`` is not a file.
     """
     trainer = get_method(method, seed=seed, **cfg.settings(method))
     spec = model_spec(cfg.model, num_classes, image_size, in_channels=int(train.x.shape[1]), method=trainer)
@@ -82,9 +90,11 @@ def build_surrogate(cfg: SurrogateConfig, train: ArraySplit, val: ArraySplit, nu
                     seed: int, device: torch.device | str = "cpu") -> tuple[Classifier, ModelSpec]:
     """advgen's surrogate: loaded from ``cfg.weights``, or trained with standard training.
 
+    A loaded surrogate keeps the spec saved beside its weights (``<stem>.json``), not ``cfg.model``'s.
+
     Args:
         cfg: ``advgen.surrogate``.
-        train, val: the clean splits.
+        train, val: the clean splits (``val`` gives the per-epoch validation accuracy).
         num_classes: ``len(data.classes)``.
         image_size: ``data.image_size``.
         seed: the surrogate's seed (data order).
@@ -92,6 +102,10 @@ def build_surrogate(cfg: SurrogateConfig, train: ArraySplit, val: ArraySplit, nu
 
     Returns:
         (model on ``device``, spec).
+
+    Raises:
+        FileNotFoundError: ``cfg.weights`` (or the spec beside it) or ``cfg.model.pretrained`` is missing.
+        KeyError: an unknown backbone or head.
     """
     spec = model_spec(cfg.model, num_classes, image_size)
     if cfg.weights:

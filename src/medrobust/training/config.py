@@ -5,6 +5,23 @@ the registry: one mapping per :data:`~medrobust.defenses.TRAINING_METHODS` entry
 types are the method constructor's parameters (an ε-typed parameter accepts ``"8/255"``), and a
 method's settings are checked by constructing it, so the method's own range checks speak too. A
 method registered by a plugin gets its section, and its JSON Schema, with no second list to edit.
+
+The fields (listed here: a section's class docstring is its description in the JSON Schema):
+
+* :class:`OptimConfig` — ``name`` (``sgd`` or ``adam``, the default); ``lr``, the initial learning rate
+  (1e-8 .. 10, default 3e-3), cosine-decayed towards 0 over the epochs; ``weight_decay`` (0 .. 1, default 0);
+  ``momentum``, SGD's (0 .. 1, default 0.9; Adam ignores it).
+* :class:`ModelConfig` — ``backbone`` (default ``small_cnn``); ``width`` (1 .. 1024, default 16; used by
+  ``small_cnn`` and ``mlp``); ``head`` (``default``: the backbone's own, or a :data:`~medrobust.models.HEADS`
+  name); ``head_hidden``, the ``mlp`` / ``ran`` heads' hidden width (0: the feature width); ``pretrained``, a
+  local weights file (empty: random initialisation); ``trainable`` (``all``, ``last_block``, ``head`` or
+  comma-separated parameter-name prefixes).
+* :class:`SurrogateConfig` — ``model``; ``epochs`` (1 .. 10,000, default 10); ``batch_size`` (default 32);
+  ``optim``; ``weights``, a medrobust ``model.pt`` (with its ``model.json`` beside it) loaded instead of training.
+* :class:`TrainConfig` — ``method`` (default ``pgd_at``; its defaults must construct when ``methods`` has no
+  section for it); ``model``; ``epochs`` (1 .. 10,000, default 15); ``batch_size`` (default 32); ``optim``;
+  ``methods``, ``{method: {parameter: value}}``; ``hflip``, random horizontal flips (default on);
+  ``clean_warmup_epochs``, first epochs of clean cross-entropy (default 2); ``num_threads`` (0: torch's default).
 """
 
 from __future__ import annotations
@@ -58,6 +75,15 @@ class SurrogateConfig(StrictModel):
 
 def method_parameters(name: str) -> dict[str, Any]:
     """``{parameter: type}`` of a training method's constructor, as params.yaml may set them.
+
+    ``self``, ``seed`` (set by the pipeline) and ``*args`` / ``**kwargs`` are left out; an
+    unannotated parameter has type ``Any``.
+
+    Args:
+        name: a :data:`~medrobust.defenses.TRAINING_METHODS` name.
+
+    Returns:
+        Parameter name → its type hint (``Annotated`` extras kept), in signature order.
 
     Raises:
         KeyError: an unknown method.
@@ -132,7 +158,14 @@ class TrainConfig(StrictModel):
     num_threads: int = Field(0, ge=0, le=1024)            # 0: let torch decide
 
     def settings(self, method: str | None = None) -> dict[str, Any]:
-        """The hyper-parameters params.yaml sets for ``method`` (default: ``train.method``)."""
+        """The hyper-parameters params.yaml sets for ``method`` (default: ``train.method``).
+
+        Args:
+            method: a training method name; None: ``train.method``.
+
+        Returns:
+            A copy of ``train.methods.<method>`` (empty when it is not set).
+        """
         return dict(self.methods.get(method or self.method) or {})
 
     @model_validator(mode="after")

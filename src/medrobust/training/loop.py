@@ -28,11 +28,25 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class History:
+    """What :func:`train_model` returns.
+
+    Attributes:
+        epochs: one metrics mapping per epoch (``train_loss``, ``train_<stat>``, ``val_accuracy``).
+    """
+
     epochs: list[dict[str, float]] = field(default_factory=list)
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (with momentum) or Adam over the parameters that train, as ``train.optim`` says."""
+    """SGD (with momentum) or Adam over the parameters that train, as ``train.optim`` says.
+
+    Args:
+        model: the model; only parameters with ``requires_grad`` are optimised.
+        cfg: ``train.optim`` (``name``, ``lr``, ``weight_decay``, ``momentum``).
+
+    Returns:
+        The optimiser (no scheduler: :func:`train_model` adds the cosine decay).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -57,12 +71,26 @@ def train_model(
 ) -> History:
     """Train ``model`` in place with ``method``'s loss.
 
+    Each epoch visits ``train`` in a seeded random order (a final batch of one sample is skipped, for
+    batch norm), then steps the cosine learning-rate schedule and, with ``val``, measures validation
+    accuracy. The model is left in eval mode.
+
     Args:
+        model: the model, already on its device (batches are moved there).
+        method: the training method, whose ``loss(model, x, y)`` gives the loss and its stats.
+        train: the training split.
+        val: the validation split, or None (no ``val_accuracy``).
+        epochs: number of epochs (also the cosine schedule's period).
+        batch_size: images per step.
+        optim: ``train.optim`` (:func:`make_optimizer`).
+        seed: seeds the generator of the data order and the flips.
         checkpoint_dir: if given, ``epoch_NNN.pt`` (model + optimiser state) is written every epoch.
-        on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch.
+        on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch (``epoch`` counts from 1).
+        hflip: flip each image horizontally with probability 0.5 (``[N, C, H, W]`` batches).
         clean_warmup_epochs: the first epochs minimise clean cross-entropy (a warm start: adversarial
             objectives at full ε can stall a network trained from scratch at the constant predictor);
             the method's own loss takes over afterwards, and its epoch counter starts there.
+        desc: the name in the progress bar and the log lines.
 
     Returns:
         Per-epoch metrics (mean loss, the method's stats, validation accuracy).

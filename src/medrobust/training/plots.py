@@ -11,7 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_history(epochs: list[dict[str, float]], path: str | Path, title: str = "") -> None:
-    """Loss and accuracies per epoch."""
+    """Loss and accuracies per epoch.
+
+    Two panels: ``train_loss``, and every metric whose name ends in ``acc`` or ``accuracy``.
+
+    Args:
+        epochs: one metrics mapping per epoch (:attr:`History.epochs <medrobust.training.History.epochs>`).
+        path: the PNG file to write.
+        title: the figure's title.
+    """
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.2))
     xs = range(1, len(epochs) + 1)
     ax_l.plot(xs, [e.get("train_loss", float("nan")) for e in epochs], marker="o")

@@ -33,7 +33,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
-    """The SHA-256 hex digest of ``data``."""
+    """The SHA-256 hex digest of ``data``.
+
+    Args:
+        data: the bytes to hash.
+
+    Returns:
+        64 lower-case hex characters.
+    """
     return hashlib.sha256(data).hexdigest()
 
 
@@ -51,7 +58,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file."""
+    """Read a JSON file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The decoded value.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        json.JSONDecodeError: the file is not valid JSON.
+    """
     return json.loads(Path(path).read_text())
 
 
@@ -104,7 +122,15 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """:func:`write_json` to a temporary sibling, then rename: readers never see half a file."""
+    """:func:`write_json` to a temporary sibling, then rename: readers never see half a file.
+
+    Args:
+        path: the file to write (its folder is created).
+        obj: what :func:`write_json` accepts.
+
+    Raises:
+        TypeError: an object :func:`write_json` cannot serialise.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

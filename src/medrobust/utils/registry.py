@@ -41,8 +41,12 @@ class Registry(Mapping[str, T], Generic[T]):
                 names itself, as every attack does).
             **cfg: the entry's default config (see :meth:`cfg`).
 
+        Returns:
+            The decorator; it registers its target and returns it unchanged.
+
         Raises:
-            ValueError: ``name`` is taken, or ``None`` for a target without a ``name``.
+            ValueError: (when the decorator is applied) ``name`` is taken, or ``None`` for a target without
+                a ``name``.
         """
 
         def add(entry: T) -> T:
@@ -57,6 +61,11 @@ class Registry(Mapping[str, T], Generic[T]):
     def add(self, name: str, entry: T, **cfg: Any) -> None:
         """Register ``entry`` under ``name`` (the decorator's non-decorator form).
 
+        Args:
+            name: the registry key.
+            entry: the member (a class or a builder function).
+            **cfg: the entry's default config (see :meth:`cfg`).
+
         Raises:
             ValueError: ``name`` is taken.
         """
@@ -68,6 +77,12 @@ class Registry(Mapping[str, T], Generic[T]):
     def remove(self, name: str) -> T:
         """Unregister ``name`` and return its entry (for plugins and tests that register temporarily).
 
+        Args:
+            name: the registry key.
+
+        Returns:
+            The entry that was registered under ``name``.
+
         Raises:
             KeyError: an unknown name.
         """
@@ -77,6 +92,12 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def cfg(self, name: str) -> dict[str, Any]:
         """The default config ``name`` was registered with.
+
+        Args:
+            name: the registry key.
+
+        Returns:
+            A copy of the keyword arguments given at registration (empty when there were none).
 
         Raises:
             KeyError: an unknown name, listing the registered ones.

@@ -195,7 +195,7 @@ def test_too_large_object_is_quarantined_without_download(seaweed_s3, bucket, s3
     client.put_object(Bucket=BUCKET, Key="big/huge.dcm", Body=bytes(limit + 1))
     # labels from the local data.labels_csv this time (labels_key empty)
     params = _params(s3_env, prefix="big", labels_key="", max_object_bytes=limit)
-    src = S3Source(params, labels_csv=str(tree.labels))
+    src = S3Source(params.data, labels_csv=str(tree.labels))
     fetched: list[str] = []
     src.client.meta.events.register("before-parameter-build.s3.GetObject",
                                     lambda params, **_: fetched.append(params["Key"]))
@@ -215,7 +215,7 @@ def test_object_deleted_after_listing_is_unreadable(seaweed_s3, bucket, s3_env, 
     client = seaweed_s3.client()
     _upload(client, tree.dicom, "gone/")
     params = _params(s3_env, prefix="gone/")
-    src = S3Source(params)
+    src = S3Source(params.data)
     victim = next(o for o in src.objects if o.ref.endswith(".dcm"))
     client.delete_object(Bucket=BUCKET, Key=victim.key)
     result = ingest.run(params, tmp_path / "out", source=src)

@@ -42,7 +42,11 @@ SOURCES: Registry[type[Source]] = Registry("data source")
 
 
 class SourceError(RuntimeError):
-    """The source cannot be read at all; the message says what, where, and how to fix it."""
+    """The source cannot be read at all; the message says what, where, and how to fix it.
+
+    For a problem that concerns every item (a missing folder, refused credentials, an unreachable server,
+    a malformed labels table): ingest stops and writes nothing, instead of quarantining item after item.
+    """
 
 
 #: Why an item can be quarantined. ``quarantine.csv``'s ``reason`` column holds these names.
@@ -79,7 +83,22 @@ REASONS: dict[str, str] = {
 
 
 class Rejected(Exception):
-    """One item must go to quarantine; ``reason`` is a key of :data:`REASONS`."""
+    """One item must go to quarantine; ``reason`` is a key of :data:`REASONS`.
+
+    Args:
+        reason: why the item is quarantined, a key of :data:`REASONS` (the ``reason`` column of
+            ``quarantine.csv``).
+        message: what is wrong and how to fix it (the ``message`` column); it must not hold an identifier.
+
+    Attributes:
+        reason: as given.
+        message: as given.
+        uid: the item's SOPInstanceUID when it was read before the failure, else None; set by whoever
+            knows it, so the item's labels-table row is not also reported as ``image_missing``.
+
+    Raises:
+        ValueError: ``reason`` is not a key of :data:`REASONS`.
+    """
 
     def __init__(self, reason: str, message: str) -> None:
         if reason not in REASONS:
@@ -92,7 +111,22 @@ class Rejected(Exception):
 
 @dataclass
 class Item:
-    """One candidate image, before decoding (see the module docstring)."""
+    """One candidate image, before decoding (see the module docstring).
+
+    Attributes:
+        ref: where the item is, for ``quarantine.csv``; identifies no one (a relative path, an object
+            key, ``train[17]``).
+        kind: ``dicom`` or ``image`` (``read`` gives the file's bytes) or ``array`` (``array`` holds pixels).
+        read: returns the item's bytes; called once, by ingest, when the item is processed. It may raise
+            :class:`Rejected` (e.g. a failed download).
+        array: the pixels of an ``array`` item: (H, W) or (H, W, 3), uint8 or float in [0, 1].
+        label: the label, when the source itself knows it (else :meth:`Source.label` looks it up).
+        group: the patient / lesion id, when it is not in a DICOM header.
+        uid: a unique instance id, when it is not in a DICOM header.
+        split: the source's official split (``train``/``val``/``test``), if any.
+        extra: non-identifying facts written to the manifest as extra columns.
+        resize: False when ``array`` is stored as it is (feature vectors, e.g. ``two_moons``).
+    """
 
     ref: str
     kind: Literal["dicom", "image", "array"]
@@ -108,7 +142,13 @@ class Item:
 
 @dataclass
 class QuarantineRow:
-    """A row of quarantine.csv for something that is not a single item (e.g. a label row without image)."""
+    """A row of quarantine.csv for something that is not a single item (e.g. a label row without image).
+
+    Attributes:
+        ref: what the row is about, identifying no one (e.g. ``labels:<file>`` or a pseudonymised UID).
+        reason: a key of :data:`REASONS`.
+        message: what is wrong and how to fix it.
+    """
 
     ref: str
     reason: str
@@ -128,25 +168,59 @@ class Source:
     classes: tuple[str, ...] | None = None
 
     def items(self) -> Iterator[Item]:
+        """The source's candidate images, in a fixed order; each is read only when ingest reads it.
+
+        Yields:
+            One :class:`Item` per candidate image.
+
+        Raises:
+            NotImplementedError: the subclass does not implement it.
+        """
         raise NotImplementedError
 
     def label(self, item: Item, header: dict[str, str]) -> str:
         """The label of a decoded item. ``header`` holds identifying DICOM keys (PatientID,
-        SOPInstanceUID, ImageLaterality...) for lookup only. Raises :class:`Rejected`."""
+        SOPInstanceUID, ImageLaterality...) for lookup only. Raises :class:`Rejected`.
+
+        The base implementation returns ``item.label``, for sources that know the label themselves.
+
+        Args:
+            item: the decoded item.
+            header: the item's :data:`~medrobust.data.dicom.LOOKUP_KEYS` present in its DICOM header
+                (empty for plain images and arrays); never persist it.
+
+        Returns:
+            The label, checked by ingest against ``data.classes``.
+
+        Raises:
+            Rejected: ``missing_label`` (here: ``item.label`` is None); subclasses also raise
+                ``conflicting_labels`` and the like.
+        """
         if item.label is None:
             raise Rejected("missing_label", "the source gives no label for this item")
         return item.label
 
     def saw(self, item: Item, uid: str | None) -> None:
-        """An item was quarantined before its label was looked up: its label row is not "missing"."""
+        """An item was quarantined before its label was looked up: its label row is not "missing".
+
+        The base implementation does nothing (the source has no labels table).
+
+        Args:
+            item: the quarantined item.
+            uid: its SOPInstanceUID when it was read before the failure (:attr:`Rejected.uid`), else None.
+        """
 
     def leftovers(self) -> list[QuarantineRow]:
         """After :meth:`items` is exhausted: things that were expected but not seen
-        (labels-table rows without an image). They go to quarantine.csv too."""
+        (labels-table rows without an image). They go to quarantine.csv too.
+
+        Returns:
+            One row per thing expected but not seen; the base implementation returns ``[]``.
+        """
         return []
 
     def close(self) -> None:
-        """Release connections / temporary folders."""
+        """Release connections / temporary folders; the base implementation does nothing."""
 
 
 class LabelTable:
@@ -155,6 +229,16 @@ class LabelTable:
     Optional columns: ``patient_id`` (the group for non-DICOM images). Conflicting rows for one key
     are remembered and reported as ``conflicting_labels``; rows never looked up are
     :meth:`unused`.
+
+    Args:
+        rows: the CSV rows (column -> value); a row may give both key columns, and is then found by either.
+        where: the table's location (a path or ``s3://`` URL), for messages.
+
+    Attributes:
+        labels: key -> label (the last row's label when a key repeats).
+        groups: key -> ``patient_id``, for rows that give one.
+        problems: key -> message, for keys given two different labels.
+        used: the keys looked up (or marked seen) so far.
     """
 
     KEY_COLUMNS = ("SOPInstanceUID", "file")
@@ -179,6 +263,18 @@ class LabelTable:
 
     @classmethod
     def from_text(cls, text: str, where: str) -> LabelTable:
+        """Parse a labels CSV held in memory.
+
+        Args:
+            text: the CSV's text (a header row, then one row per image).
+            where: the table's location, for messages.
+
+        Returns:
+            The table.
+
+        Raises:
+            SourceError: no ``label`` column, or neither ``SOPInstanceUID`` nor ``file``.
+        """
         reader = csv.DictReader(text.splitlines())
         cols = reader.fieldnames or []
         if "label" not in cols or not any(c in cols for c in cls.KEY_COLUMNS):
@@ -190,13 +286,38 @@ class LabelTable:
 
     @classmethod
     def from_path(cls, path: str | Path, setting: str = "data.labels_csv") -> LabelTable:
+        """Read a labels CSV file (UTF-8, a byte-order mark is dropped).
+
+        Args:
+            path: the CSV file.
+            setting: the params.yaml setting that names ``path``, for the message when it is missing.
+
+        Returns:
+            The table.
+
+        Raises:
+            SourceError: the file does not exist, or lacks the columns :meth:`from_text` needs.
+        """
         path = Path(path)
         if not path.is_file():
             raise SourceError(f"labels CSV not found: {path} (set {setting} in params.yaml)")
         return cls.from_text(path.read_text(encoding="utf-8-sig"), str(path))
 
     def lookup(self, key: str) -> str:
-        """The label for ``key``; raises :class:`Rejected` (missing / conflicting)."""
+        """The label for ``key``; raises :class:`Rejected` (missing / conflicting).
+
+        The key is marked used, so its row is not reported by :meth:`unused` even when it is rejected.
+
+        Args:
+            key: a SOPInstanceUID (DICOM) or a path/key relative to the source root (plain images).
+
+        Returns:
+            The row's label.
+
+        Raises:
+            Rejected: ``conflicting_labels`` (two rows give different labels), ``missing_label`` (no row,
+                or an empty label).
+        """
         self.used.add(key)
         if key in self.problems:
             raise Rejected("conflicting_labels", self.problems[key])
@@ -208,7 +329,14 @@ class LabelTable:
 
     def unused(self, pseudonymise: Callable[[str], str]) -> list[QuarantineRow]:
         """Rows whose image never appeared. UID keys are pseudonymised (UIDs are identifiers);
-        file keys are paths the user chose and are kept so the row can be found."""
+        file keys are paths the user chose and are kept so the row can be found.
+
+        Args:
+            pseudonymise: maps a UID key to its pseudonym (e.g. ``lambda k: pseudonym(key, "image", k)``).
+
+        Returns:
+            One ``image_missing`` row per key never looked up, sorted by key.
+        """
         return [
             QuarantineRow(
                 ref=f"labels:{pseudonymise(k) if _looks_like_uid(k) else k}", reason="image_missing",

@@ -51,7 +51,17 @@ class CmmdConfig(StrictModel):
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """The clinical table (``.xlsx``/``.xls`` or CSV) as strings; raises :class:`SourceError`."""
+    """The clinical table (``.xlsx``/``.xls`` or CSV) as strings; raises :class:`SourceError`.
+
+    Args:
+        path: the table; ``.xlsx``, ``.xlsm`` and ``.xls`` are read as spreadsheets, anything else as CSV.
+
+    Returns:
+        The table, every column as strings (no text, such as ``NA``, is turned into NaN).
+
+    Raises:
+        SourceError: the file does not exist or cannot be read (e.g. openpyxl is missing).
+    """
     if not path.is_file():
         raise SourceError(f"CMMD clinical table not found: {path} (set data.cmmd.clinical_table)")
     try:
@@ -67,7 +77,17 @@ def read_table(path: Path) -> pd.DataFrame:
 
 @SOURCES.register("cmmd", dicom="all", sided=True)
 class CmmdSource(Source):
-    """CMMD mammograms labelled per breast from the clinical table (``data.cmmd``)."""
+    """CMMD mammograms labelled per breast from the clinical table (``data.cmmd``).
+
+    Args:
+        data: the ``data`` section; ``data.cmmd`` is used.
+        dicom_dir: overrides ``data.cmmd.dicom_dir``.
+        clinical_table: overrides ``data.cmmd.clinical_table``.
+
+    Raises:
+        SourceError: a setting is empty, the DICOM folder does not exist, the clinical table cannot be read
+            or lacks ``ID1``, ``LeftRight`` or ``classification``, or there is no ``.dcm`` file.
+    """
 
     name = "cmmd"
     classes = ("benign", "malignant")
@@ -122,10 +142,12 @@ class CmmdSource(Source):
             self.row_of.setdefault(key, n)
 
     def items(self) -> Iterator[Item]:
+        """One ``dicom`` item per ``.dcm`` file, in path order."""
         for path in self.files:
             yield Item(ref=path.relative_to(self.root).as_posix(), kind="dicom", read=path.read_bytes)
 
     def label(self, item: Item, header: dict[str, str]) -> str:
+        """The classification of (PatientID, laterality); ``missing_label`` / ``conflicting_labels`` otherwise."""
         pid = header.get("PatientID", "").strip()
         side = (header.get("ImageLaterality") or header.get("Laterality") or "").strip().upper()
         if not side:
@@ -144,6 +166,7 @@ class CmmdSource(Source):
         return self.labels[key]
 
     def leftovers(self) -> list[QuarantineRow]:
+        """Table rows none of whose images was labelled (``image_missing``), referred to by row number."""
         return [
             QuarantineRow(ref=f"clinical:{self.table_path.name}:row {self.row_of[k]}", reason="image_missing",
                           message="no image of this patient and side was labelled (not in data.cmmd.dicom_dir, "

@@ -25,12 +25,27 @@ SKIP_NAMES = {"DICOMDIR"}
 
 
 def kind_of(name: str) -> str:
-    """``image`` for PNG/JPEG/TIFF/BMP names, else ``dicom``."""
+    """``image`` for PNG/JPEG/TIFF/BMP names, else ``dicom``.
+
+    Args:
+        name: a file name, path or object key; only its suffix (case-insensitive) counts.
+
+    Returns:
+        The :attr:`Item.kind <medrobust.data.sources.base.Item.kind>` to read it as.
+    """
     return "image" if Path(name).suffix.lower() in IMAGE_SUFFIXES else "dicom"
 
 
 def list_files(root: Path) -> tuple[list[Path], list[str]]:
-    """(candidate image files, skipped index/hidden files), sorted."""
+    """(candidate image files, skipped index/hidden files), sorted.
+
+    Args:
+        root: the folder, searched recursively.
+
+    Returns:
+        The files to deliver as items, and the skipped ones (DICOMDIR, dot-files) as paths relative to
+        ``root``.
+    """
     files, skipped = [], []
     for p in sorted(root.rglob("*")):
         if p.is_file():
@@ -42,22 +57,40 @@ def list_files(root: Path) -> tuple[list[Path], list[str]]:
 
 
 class LabelledSource(Source):
-    """A source whose labels come from a :class:`LabelTable` keyed by SOPInstanceUID or file."""
+    """A source whose labels come from a :class:`LabelTable` keyed by SOPInstanceUID or file.
+
+    Subclasses set :attr:`table` in their constructor.
+
+    Attributes:
+        table: the labels table; DICOM items are looked up by their header's SOPInstanceUID, other
+            items by their ``ref``.
+    """
 
     table: LabelTable
 
     def label(self, item: Item, header: dict[str, str]) -> str:
+        """The table's label for the item's SOPInstanceUID (DICOM) or ``ref`` (plain images)."""
         if item.kind == "dicom":
             return self.table.lookup(header.get("SOPInstanceUID", ""))
         return self.table.lookup(item.ref)
 
     def saw(self, item: Item, uid: str | None) -> None:
+        """Mark the item's table key (``uid`` for DICOM, else ``ref``) as used."""
         self.table.used.add(item.ref if item.kind != "dicom" else (uid or ""))
 
     def group_of(self, ref: str) -> str | None:
+        """The labels table's ``patient_id`` for a plain image.
+
+        Args:
+            ref: the image's path/key relative to the source root (its ``file`` column).
+
+        Returns:
+            The group, or None when the table gives none for ``ref``.
+        """
         return self.table.groups.get(ref)
 
     def leftovers(self) -> list[QuarantineRow]:
+        """The labels-table rows never looked up (``image_missing``); UID keys are pseudonymised."""
         key = load_key()
         return self.table.unused(lambda k: pseudonym(key, "image", k))
 
@@ -94,6 +127,7 @@ class DicomFolderSource(LabelledSource):
             raise SourceError(f"no files under {self.root} (set data.dicom_dir in params.yaml)")
 
     def items(self) -> Iterator[Item]:
+        """One item per file, in path order; plain images get their group from the labels table."""
         for path in self.files:
             rel = path.relative_to(self.root).as_posix()
             kind = kind_of(rel)

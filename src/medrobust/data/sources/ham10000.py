@@ -58,7 +58,17 @@ def _digest(path: Path) -> str:
 
 @SOURCES.register("ham10000", dicom="none")
 class Ham10000Source(Source):
-    """HAM10000 images labelled by ``dx`` and grouped by ``lesion_id`` (``data.ham10000``)."""
+    """HAM10000 images labelled by ``dx`` and grouped by ``lesion_id`` (``data.ham10000``).
+
+    Args:
+        data: the ``data`` section; ``data.ham10000`` is used.
+        images_dir: overrides ``data.ham10000.images_dir``.
+        metadata_csv: overrides ``data.ham10000.metadata_csv``.
+
+    Raises:
+        SourceError: a setting is empty, the image folder or metadata CSV does not exist, the CSV lacks
+            ``lesion_id``, ``image_id`` or ``dx``, or there is no ``.jpg``/``.jpeg`` image.
+    """
 
     name = "ham10000"
     classes = DX_CLASSES
@@ -132,6 +142,7 @@ class Ham10000Source(Source):
         return files, skipped
 
     def items(self) -> Iterator[Item]:
+        """One ``image`` item per image file, labelled by ``dx``, grouped by ``lesion_id``."""
         for image_id, path in self.files:
             row = self.rows.get(image_id)
             # without a row the image is rejected in label(); its id stands in as the group until then
@@ -141,6 +152,7 @@ class Ham10000Source(Source):
                        label=row[1] if row else None, group=group, uid=image_id, extra=extra)
 
     def label(self, item: Item, header: dict[str, str]) -> str:
+        """The image's ``dx``; ``conflicting_labels`` / ``missing_label`` as in the module docstring."""
         image_id = item.uid or ""
         if image_id in self.conflicts:
             raise Rejected("conflicting_labels", self.conflicts[image_id])
@@ -151,6 +163,7 @@ class Ham10000Source(Source):
         return item.label
 
     def leftovers(self) -> list[QuarantineRow]:
+        """Metadata rows whose image was not found (``image_missing``, ref ``metadata:<image_id>``)."""
         return [
             QuarantineRow(ref=f"metadata:{image_id}", reason="image_missing",
                           message=f"{self.metadata.name} lists {image_id} but no {image_id}.jpg is under "

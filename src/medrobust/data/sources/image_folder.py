@@ -51,7 +51,20 @@ def _hidden(rel: Path) -> bool:
 
 
 def read_groups(path: Path) -> dict[str, str]:
-    """``file,group`` CSV -> {relative posix path: group}. Raises :class:`SourceError`."""
+    """``file,group`` CSV -> {relative posix path: group}. Raises :class:`SourceError`.
+
+    Backslashes in ``file`` become ``/``; rows without a file or group are ignored (with a warning).
+
+    Args:
+        path: the CSV file (UTF-8, a byte-order mark is dropped).
+
+    Returns:
+        Relative POSIX path -> group.
+
+    Raises:
+        SourceError: the file does not exist, lacks the ``file`` or ``group`` column, or gives one file
+            two different groups.
+    """
     if not path.is_file():
         raise SourceError(f"groups CSV not found: {path} (set data.image_folder.groups_csv, or leave it empty)")
     with path.open(encoding="utf-8-sig", newline="") as fh:
@@ -85,7 +98,23 @@ def read_groups(path: Path) -> dict[str, str]:
 
 @SOURCES.register("image_folder", dicom="none")
 class ImageFolderSource(Source):
-    """Images in ``<root>/<class>/...`` (``data.image_folder``)."""
+    """Images in ``<root>/<class>/...`` (``data.image_folder``).
+
+    Args:
+        data: the ``data`` section; ``data.image_folder`` is used.
+        root: overrides ``data.image_folder.root``.
+        groups_csv: overrides ``data.image_folder.groups_csv``.
+
+    Attributes:
+        classes: the class folders' names, sorted.
+        groups: relative path -> group from the groups CSV, or None without one.
+        files: (class, path) of every file in a class folder, sorted by path.
+        skipped: relative paths of dot-files and of files directly in ``root``.
+
+    Raises:
+        SourceError: the root is not set or not a folder, it holds no class folder, the class folders hold
+            no file, or the groups CSV cannot be used (:func:`read_groups`).
+    """
 
     name = "image_folder"
 
@@ -126,12 +155,14 @@ class ImageFolderSource(Source):
                  list(self.classes), "" if self.groups is not None else "; no groups_csv: each image is its own group")
 
     def items(self) -> Iterator[Item]:
+        """One ``image`` item per file, labelled by its class folder, grouped by the groups CSV (or itself)."""
         for cls, path in self.files:
             rel = path.relative_to(self.root).as_posix()
             group = rel if self.groups is None else self.groups.get(rel)
             yield Item(ref=rel, kind="image", read=path.read_bytes, label=cls, group=group, uid=rel)
 
     def leftovers(self) -> list[QuarantineRow]:
+        """Groups-CSV rows naming a file that is not in a class folder (``image_missing``)."""
         if self.groups is None:
             return []
         present = {path.relative_to(self.root).as_posix() for _, path in self.files}

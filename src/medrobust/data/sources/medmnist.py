@@ -91,7 +91,15 @@ class MedmnistConfig(StrictModel):
 
 def parse_name(name: str) -> tuple[str, int] | None:
     """``pneumoniamnist_64.npz`` -> (``pneumoniamnist``, 64); ``chestmnist.npz`` -> (``chestmnist``, 28);
-    None when the name is not ``<flag>[_<size>].npz``."""
+    None when the name is not ``<flag>[_<size>].npz``.
+
+    Args:
+        name: a file name (not a path), case-insensitive.
+
+    Returns:
+        (flag, image side in pixels; 28 when the name gives no size), or None. The flag is not checked
+        against :data:`LABELS`.
+    """
     m = _NAME.match(name.lower())
     if m is None:
         return None
@@ -114,7 +122,26 @@ def _array_header(npz: Any, key: str) -> tuple[tuple[int, ...], np.dtype]:
 
 @SOURCES.register("medmnist", dicom="none")
 class MedmnistSource(Source):
-    """Items from one MedMNIST ``.npz`` (``data.medmnist``): arrays, official splits, INFO label names."""
+    """Items from one MedMNIST ``.npz`` (``data.medmnist``): arrays, official splits, INFO label names.
+
+    The file's keys, dtypes and shapes are checked from the ``.npy`` headers when the source opens; the
+    arrays are read split by split only while :meth:`items` runs.
+
+    Args:
+        data: the ``data`` section; ``data.medmnist`` is used.
+        path: overrides ``data.medmnist.path``.
+
+    Attributes:
+        flag: the dataset's flag.
+        size: the image side the file name states, or None when the name does not say it.
+        classes: the class names ingest sees (for ChestMNIST, as ``data.medmnist.multilabel`` chooses).
+        counts: split -> number of images.
+
+    Raises:
+        SourceError: the path is not set or not a file, the flag cannot be told or is not supported or
+            disagrees with the file name, ``data.medmnist.multilabel`` is not allowed for the dataset, or
+            the file is not a MedMNIST ``.npz`` (see the module docstring's Errors).
+    """
 
     name = "medmnist"
 
@@ -251,6 +278,7 @@ class MedmnistSource(Source):
         return ("present" if values[self.findings.index(self.finding)] else "absent"), extra
 
     def items(self) -> Iterator[Item]:
+        """One ``array`` item per image, split by split, with its official split and label."""
         with self._open() as npz:
             for split in SPLITS:
                 images = npz[f"{split}_images"]
@@ -263,6 +291,7 @@ class MedmnistSource(Source):
                 del images, labels
 
     def label(self, item: Item, header: dict[str, str]) -> str:
+        """The item's class name; ``bad_label_value`` when its label value was out of range."""
         if item.uid in self._bad:
             raise Rejected("bad_label_value", self._bad[item.uid or ""])
         return super().label(item, header)

@@ -71,7 +71,13 @@ class S3Config(StrictModel):
 
 @dataclass(frozen=True)
 class S3Object:
-    """One listed object: its full key, the key relative to the prefix, and its size in bytes."""
+    """One listed object: its full key, the key relative to the prefix, and its size in bytes.
+
+    Attributes:
+        key: the object's full key.
+        ref: the key relative to the prefix (the item's ``ref`` and labels-table ``file``).
+        size: the size the listing reported, in bytes.
+    """
 
     key: str
     ref: str
@@ -94,23 +100,28 @@ def _error_code(exc: Exception) -> tuple[str, int]:
 
 @SOURCES.register("s3", dicom="some")
 class S3Source(LabelledSource):
-    """Objects under ``data.s3.prefix`` of ``data.s3.bucket``; labels from a CSV object or a local CSV."""
+    """Objects under ``data.s3.prefix`` of ``data.s3.bucket``; labels from a CSV object or a local CSV.
+
+    Args:
+        data: the ``data`` section; ``data.s3`` and, without ``labels_key``, ``data.labels_csv``.
+        labels_csv: overrides ``data.labels_csv`` (used only when ``data.s3.labels_key`` is empty).
+
+    Attributes:
+        objects: the listed objects to deliver, sorted by key.
+        skipped: refs of directory markers, dot-files and DICOMDIR indexes, sorted.
+        client: the boto3 S3 client; :meth:`close` closes it.
+
+    Raises:
+        SourceError: bucket/prefix/endpoint/credentials/labels problems (the message names the
+            params.yaml key or environment variable to fix).
+    """
 
     name = "s3"
     #: keys per ListObjectsV2 request (the S3 maximum; tests lower it to exercise pagination)
     page_size: int = 1000
 
     def __init__(self, data: DataConfig, labels_csv: str | Path | None = None, **_: Any) -> None:
-        """List the prefix and load the labels table (no image is downloaded yet).
-
-        Args:
-            data: the ``data`` section; ``data.s3`` and, without ``labels_key``, ``data.labels_csv``.
-            labels_csv: overrides ``data.labels_csv`` (used only when ``data.s3.labels_key`` is empty).
-
-        Raises:
-            SourceError: bucket/prefix/endpoint/credentials/labels problems (the message names the
-                params.yaml key or environment variable to fix).
-        """
+        """List the prefix and load the labels table (no image is downloaded yet); see the class docstring."""
         cfg = data.s3
         if not cfg.bucket:
             raise SourceError("data.s3.bucket is empty: set data.s3.bucket in params.yaml to the bucket that "
@@ -267,6 +278,7 @@ class S3Source(LabelledSource):
         return read
 
     def items(self) -> Iterator[Item]:
+        """One item per listed object; each is downloaded only when its ``read()`` is called."""
         for obj in self.objects:
             kind = kind_of(obj.ref)
             yield Item(ref=obj.ref, kind=kind, read=self._reader(obj),  # type: ignore[arg-type]
@@ -274,6 +286,7 @@ class S3Source(LabelledSource):
                        uid=obj.ref if kind == "image" else None)
 
     def close(self) -> None:
+        """Close the S3 client."""
         self.client.close()
 
 

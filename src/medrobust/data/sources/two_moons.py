@@ -58,14 +58,33 @@ class TwoMoonsConfig(StrictModel):
 
 
 def scale_points(points: np.ndarray) -> tuple[np.ndarray, int]:
-    """make_moons coordinates -> [0, 1]^2 (float32) with the fixed map; returns (scaled, number clipped)."""
+    """make_moons coordinates -> [0, 1]^2 (float32) with the fixed map; returns (scaled, number clipped).
+
+    Args:
+        points: (N, 2) make_moons coordinates.
+
+    Returns:
+        The scaled points, (N, 2) float32 clipped to [0, 1], and how many points lay outside the square.
+    """
     u = (np.asarray(points, dtype=np.float64) - LOW) / SCALE
     outside = int(np.any((u < 0.0) | (u > 1.0), axis=1).sum())
     return np.clip(u, 0.0, 1.0).astype(np.float32), outside
 
 
 def draw(n: int, noise: float, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` make_moons points (scaled) and labels from the ``stream``-th seed derived from ``seed``."""
+    """``n`` make_moons points (scaled) and labels from the ``stream``-th seed derived from ``seed``.
+
+    Clipped points are logged (a warning when more than 1 % of ``n``).
+
+    Args:
+        n: the number of points.
+        noise: make_moons' noise.
+        seed: the base seed (``data.two_moons.seed``).
+        stream: which derived seed (``SeedSequence([seed, stream])``): 0 for train + val, 1 for test.
+
+    Returns:
+        (points (n, 2) float32 in [0, 1], labels (n,) int64 in {0, 1}).
+    """
     from sklearn.datasets import make_moons
 
     state = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
@@ -80,7 +99,11 @@ def draw(n: int, noise: float, seed: int, stream: int) -> tuple[np.ndarray, np.n
 
 @SOURCES.register("two_moons", dicom="none", vectors=True)
 class TwoMoonsSource(Source):
-    """make_moons points as (1, 2) array items (``data.two_moons``)."""
+    """make_moons points as (1, 2) array items (``data.two_moons``).
+
+    Args:
+        data: the ``data`` section; ``data.two_moons`` is used.
+    """
 
     name = "two_moons"
     classes = ("moon0", "moon1")
@@ -89,7 +112,12 @@ class TwoMoonsSource(Source):
         self.cfg = data.two_moons
 
     def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{split: (points (N, 2) in [0, 1], labels (N,))}."""
+        """{split: (points (N, 2) in [0, 1], labels (N,))}.
+
+        Returns:
+            ``train``, ``val`` (the last 10 % of the train draw, at least one point) and ``test``, each as
+            (points float32, labels int64).
+        """
         cfg = self.cfg
         x_train, y_train = draw(cfg.n_train, cfg.noise, cfg.seed, 0)
         x_test, y_test = draw(cfg.n_test, cfg.noise, cfg.seed, 1)
@@ -102,6 +130,7 @@ class TwoMoonsSource(Source):
         }
 
     def items(self) -> Iterator[Item]:
+        """One array item per point, labelled, with its split; each point is its own group."""
         for split, (points, labels) in self.splits().items():
             for i, (point, label) in enumerate(zip(points, labels, strict=True)):
                 uid = f"two_moons-{split}-{i}"

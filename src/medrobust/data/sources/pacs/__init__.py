@@ -95,6 +95,10 @@ class PacsSource(LabelledSource):
         data: the ``data`` section; ``data.pacs`` and ``data.labels_csv`` are used.
         labels_csv: overrides ``data.labels_csv``.
 
+    Attributes:
+        client: the :class:`~.dicomweb.DicomWebClient` or :class:`~.dimse.DimseClient` in use.
+        instances: every instance the query found, sorted, with its non-identifying ``ref``.
+
     Raises:
         SourceError: bad settings, refused credentials, an unreachable PACS, or no instance matches.
     """
@@ -131,6 +135,7 @@ class PacsSource(LabelledSource):
                  cfg.protocol)
 
     def items(self) -> Iterator[Item]:
+        """One ``dicom`` item per instance found: fetched by WADO-RS on read, or retrieved series by series (DIMSE)."""
         if isinstance(self.client, DicomWebClient):
             client = self.client
             for inst in self.instances:
@@ -139,6 +144,7 @@ class PacsSource(LabelledSource):
             yield from self.client.items(self.instances)
 
     def close(self) -> None:
+        """Close the client (HTTP session, or storage SCP and temporary folder)."""
         self.client.close()
 
 

@@ -56,6 +56,8 @@ class DicomWebClient:
         shown: ``url`` as messages show it.
         session: the :class:`requests.Session` every request goes through, with the credentials
             from the environment.
+        has_credentials: whether ``session`` carries credentials.
+        api: the underlying :class:`dicomweb_client.DICOMwebClient`.
 
     Raises:
         SourceError: an empty or non-HTTP(S) url, credentials in the url, or only one of
@@ -275,7 +277,15 @@ def _identity(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def json_value(obj: dict[str, Any], tag: str) -> str:
-    """The first value of ``tag`` in a DICOM JSON object, as a string ('' when absent)."""
+    """The first value of ``tag`` in a DICOM JSON object, as a string ('' when absent).
+
+    Args:
+        obj: one DICOM JSON object (PS3.18 F.2), e.g. one QIDO-RS result.
+        tag: the tag as eight hex digits, e.g. ``00080018``.
+
+    Returns:
+        ``str`` of the first value, or ``""`` when the attribute, its ``Value`` or the value is missing.
+    """
     values = (obj.get(tag) or {}).get("Value") or [""]
     return "" if values[0] is None else str(values[0])
 

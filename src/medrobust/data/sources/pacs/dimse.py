@@ -39,7 +39,14 @@ MAX_CONTEXTS = 128
 
 
 class DimseClient:
-    """C-FIND, then C-MOVE (to a storage SCP of our own) or C-GET, one series at a time."""
+    """C-FIND, then C-MOVE (to a storage SCP of our own) or C-GET, one series at a time.
+
+    Received objects are written to a private temporary folder that :meth:`close` deletes.
+
+    Args:
+        cfg: ``data.pacs`` (:class:`~medrobust.data.sources.pacs.PacsConfig`): host, port, AE titles,
+            retrieval, move port and timeout.
+    """
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -100,6 +107,19 @@ class DimseClient:
     # -- query ------------------------------------------------------------------------------------
     def find(self, study_keys: dict[str, str], series_keys: dict[str, str],
              instance_keys: dict[str, str]) -> list[tuple[str, str, str, str, str]]:
+        """Study Root C-FIND at STUDY, SERIES and IMAGE level on one association, each with its filter keys.
+
+        Args:
+            study_keys: filters sent with the STUDY query.
+            series_keys: filters sent with each SERIES query.
+            instance_keys: filters sent with each IMAGE query.
+
+        Returns:
+            One (study UID, series UID, InstanceNumber, SOP instance UID, SOP class UID) row per instance.
+
+        Raises:
+            SourceError: the association is rejected, cannot be made, or is lost, or a C-FIND fails.
+        """
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
         ae = self._ae()
@@ -164,7 +184,14 @@ class DimseClient:
             return 0xA700  # out of resources
 
     def start_scp(self) -> None:
-        """Start the storage SCP that receives C-MOVE sub-operations (once)."""
+        """Start the storage SCP that receives C-MOVE sub-operations (once).
+
+        It listens on ``data.pacs.move_port``, on 127.0.0.1 when the PACS is on this machine, else on all
+        interfaces; a second call does nothing.
+
+        Raises:
+            SourceError: the port cannot be bound.
+        """
         from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         if self._server is not None:
@@ -242,7 +269,22 @@ class DimseClient:
         return code
 
     def items(self, instances: list[PacsInstance]) -> Iterator[Item]:
-        """Retrieve series by series; yield an item per found instance (read from the temporary folder)."""
+        """Retrieve series by series; yield an item per found instance (read from the temporary folder).
+
+        Objects the PACS sends that the query did not find are deleted. An instance that was not
+        received is still yielded; its ``read()`` raises :class:`Rejected` (``not_retrieved``).
+
+        Args:
+            instances: the instances to retrieve (:func:`~.query.ordinal_refs`). They are yielded series by
+                series, in the order of each series' first instance; a series is retrieved just before its
+                items are yielded.
+
+        Yields:
+            One ``dicom`` item per instance; its ``read()`` returns the file's bytes once and deletes it.
+
+        Raises:
+            SourceError: an association problem, or a C-MOVE destination the PACS does not know.
+        """
         groups: dict[tuple[str, str], list[PacsInstance]] = {}
         for inst in instances:
             groups.setdefault((inst.study, inst.series), []).append(inst)
@@ -265,6 +307,7 @@ class DimseClient:
                 yield Item(ref=inst.ref, kind="dicom", read=_reader(paths[inst.sop], how, code))
 
     def close(self) -> None:
+        """Stop the storage SCP and delete the temporary folder with any objects not yet read."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None

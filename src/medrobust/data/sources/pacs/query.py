@@ -33,7 +33,15 @@ IDENTIFYING_KEYS = frozenset({"PatientID", "PatientName", "PatientBirthDate", "A
 
 @dataclass(frozen=True)
 class PacsInstance:
-    """One instance found by the query. UIDs are identifiers: used for retrieval, never shown."""
+    """One instance found by the query. UIDs are identifiers: used for retrieval, never shown.
+
+    Attributes:
+        study: StudyInstanceUID.
+        series: SeriesInstanceUID.
+        sop: SOPInstanceUID.
+        sop_class: SOPClassUID (``""`` when the PACS did not report it).
+        ref: ``pacs:study-<n>/series-<m>/<image pseudonym>``, identifying no one.
+    """
 
     study: str
     series: str
@@ -44,6 +52,15 @@ class PacsInstance:
 
 def split_filters(filters: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """``data.pacs.filters`` -> (study, series, instance) query keys.
+
+    Keys in :data:`SERIES_KEYS` go to the series query, keys in :data:`INSTANCE_KEYS` to the instance
+    query, all others to the study query.
+
+    Args:
+        filters: DICOM keyword -> value (None becomes ``""``, a universal match); may be empty.
+
+    Returns:
+        (study keys, series keys, instance keys), values as strings.
 
     Raises:
         SourceError: a key is not a DICOM keyword.
@@ -65,14 +82,28 @@ def split_filters(filters: dict[str, Any]) -> tuple[dict[str, str], dict[str, st
 
 
 def describe_filters(filters: dict[str, Any]) -> str:
-    """The filters for a message, with identifying values masked."""
+    """The filters for a message, with identifying values masked.
+
+    Args:
+        filters: DICOM keyword -> value.
+
+    Returns:
+        ``key=value, ...``, values of :data:`IDENTIFYING_KEYS` shown as ``<set>``; ``no filters`` when empty.
+    """
     if not filters:
         return "no filters"
     return ", ".join(f"{k}={'<set>' if k in IDENTIFYING_KEYS else v}" for k, v in filters.items())
 
 
 def safe_url(url: str) -> str:
-    """``url`` without user:password@ (never shown)."""
+    """``url`` without user:password@ (never shown).
+
+    Args:
+        url: an absolute URL.
+
+    Returns:
+        ``scheme://host[:port]/path``: credentials, query and fragment dropped.
+    """
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
@@ -81,6 +112,14 @@ def safe_url(url: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost`` or a loopback IP address (host names are not resolved).
+
+    Args:
+        host: a host name or IP address (``data.pacs.host``).
+
+    Returns:
+        True for ``localhost``, ``127.0.0.0/8`` and ``::1``; False for anything else.
+    """
     if host == "localhost":
         return True
     try:
@@ -99,7 +138,20 @@ def quiet_identifier_loggers() -> None:
 
 
 def ordinal_refs(rows: list[tuple[str, str, str, str, str]], key: bytes) -> list[PacsInstance]:
-    """Sort (study, series, instance-number, sop, sop_class) rows and give each a non-identifying ref."""
+    """Sort (study, series, instance-number, sop, sop_class) rows and give each a non-identifying ref.
+
+    Duplicate rows are dropped. Rows are sorted by study UID, series UID, InstanceNumber (numerically;
+    non-numeric ones last) and SOP instance UID; studies are numbered from 1, series from 1 within
+    their study.
+
+    Args:
+        rows: what the client's ``find`` returned.
+        key: the pseudonymisation key (:func:`~medrobust.data.deid.load_key`).
+
+    Returns:
+        One instance per distinct row, in that order, with ref
+        ``pacs:study-<n>/series-<m>/<pseudonym(key, "image", SOPInstanceUID)>``.
+    """
     def inst_no(v: str) -> tuple[int, str]:
         return (int(v), "") if v.strip().lstrip("-").isdigit() else (1 << 31, v)
 
