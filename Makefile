@@ -4,7 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock
+# uv installs the same pinned set as pip, in ~35 s instead of ~4 min on a cold cache
+UV_VERSION := 0.13.8
+UV := $(BIN)/uv
+PIP := $(UV) pip install --quiet --python $(BIN)/python -c requirements.lock
 export PATH := $(BIN):$(PATH)
 # pytest's temp folders and the torch thread count stay predictable on the 2-core machines
 export OMP_NUM_THREADS ?= 2
@@ -16,7 +19,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 help:
 	@echo "make run        set up, then run the whole pipeline on the embedded default data (dvc repro)"
-	@echo "make test       set up (test extras + Orthanc), check the import layers, run the test suite"
+	@echo "make test       set up (test extras + Orthanc + Chromium), check the import layers, run the test suite"
 	@echo "make compile    compile the Kubeflow pipeline, the components and the params schema"
 	@echo "make run-local  run the Kubeflow DAG locally (kfp.local SubprocessRunner)"
 	@echo "make mlflow-ui  browse runs and the model registry at http://127.0.0.1:5000"
@@ -24,8 +27,11 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+$(UV): | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
 # the pipeline's own dependencies only
-$(RUN_STAMP): pyproject.toml requirements.lock | $(BIN)/python
+$(RUN_STAMP): pyproject.toml requirements.lock | $(UV)
 	$(PIP) -e .
 	@touch $(RUN_STAMP)
 
@@ -40,13 +46,16 @@ setup: $(RUN_STAMP)
 
 setup-test: $(TEST_STAMP)
 
-# The PACS integration test starts a real Orthanc (Debian packages orthanc + orthanc-dicomweb)
+# The PACS integration test starts a real Orthanc (Debian packages orthanc + orthanc-dicomweb);
+# the offline-report test opens reports/evaluation/report.html in headless Chromium (Debian's chromium)
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 system-deps:
-	@command -v Orthanc >/dev/null 2>&1 || { \
+	@{ command -v Orthanc && command -v chromium; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null; }; }
+	  $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; }
 	@command -v Orthanc >/dev/null 2>&1 && echo "Orthanc: $$(command -v Orthanc)"
+	@command -v chromium >/dev/null 2>&1 && echo "Chromium: $$(command -v chromium)"
 
 run: setup
 	dvc repro

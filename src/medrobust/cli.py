@@ -10,6 +10,7 @@
     medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
     medrobust pipeline compile      # Kubeflow pipeline + components -> YAML
     medrobust pipeline run-local    # the Kubeflow DAG with kfp.local's SubprocessRunner
+    medrobust compare --methods pgd_at,trades,arfl --folds 5   # patient-grouped k-fold CV, with tests
     medrobust bench <name>          # benchmarks: attacks, ingest, methods, train, two-moon
 
 Every path is relative to the current folder; ``--params`` names the params file.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -192,6 +194,30 @@ def _methods(text: str) -> list[str] | None:
     return [m.strip() for m in text.split(",") if m.strip()] or None
 
 
+@app.command()
+def compare(
+    params: ParamsOpt = PARAMS,
+    methods: str = typer.Option(..., help="comma-separated training methods, e.g. pgd_at,trades,arfl"),
+    folds: int = typer.Option(5, help="patient-grouped folds (GroupKFold on the patient pseudonyms)"),
+    epochs: int = typer.Option(0, help="epochs per method and fold (0: train.epochs)"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (the built-in one is made if missing)"),
+    out: Path = typer.Option(Path("benchmarks/compare"), help="writes <out>.json, <out>.md and <out>.png"),
+) -> None:
+    """Cross-validate training methods on the same patient folds: mean ± sd, Wilcoxon and Mann–Whitney tests."""
+    from medrobust.bench import compare as bench
+    from medrobust.bench.compare_report import box_plot, to_markdown
+    from medrobust.bench.report import command_line, publish
+
+    report = bench.compare_methods(_params(params), _methods(methods) or [], n_folds=folds, dataset_dir=dataset,
+                                   epochs=epochs or None)
+    command = command_line("compare", {"methods": methods, "folds": folds, "epochs": epochs, "out": out},
+                           {"epochs": 0, "out": Path("benchmarks/compare")}, program="medrobust")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure = box_plot(report, out.with_suffix(".png"))
+    publish(out, report, to_markdown(report, command, figure.name), command)
+    log.info("compare: %s", out.with_suffix(".md"))
+
+
 @bench_app.command("attacks")
 def bench_attacks(
     params: ParamsOpt = PARAMS,
@@ -237,18 +263,25 @@ def bench_methods(
     params: ParamsOpt = PARAMS,
     methods: str = typer.Option("", help="comma-separated methods (default: all registered)"),
     epochs: int = typer.Option(0, help="epochs per method (0: train.epochs)"),
+    seeds: int = typer.Option(3, help="training seeds per method"),
     dataset: Path = typer.Option(paths.INGESTED, help="ingested default dataset (built if missing)"),
     out: Path = typer.Option(Path("benchmarks/methods"), help="writes <out>.json and <out>.md"),
 ) -> None:
-    """Clean and PGD robust accuracy of every training method on the default data, same budget."""
+    """Every training method over seeds: shared L∞ suite and own threat model, AutoAttack, masking checks, CIs."""
     from medrobust.bench import methods as bench
+    from medrobust.bench.methods_report import to_markdown
     from medrobust.bench.report import command_line, publish
 
+    start = time.perf_counter()
     report = bench.bench_methods(_params(params), methods=_methods(methods), dataset_dir=dataset,
-                                 epochs=epochs or None)
-    command = command_line("methods", {"methods": methods, "epochs": epochs, "out": out},
-                           {"epochs": 0, "out": Path("benchmarks/methods")})
-    publish(out, report, bench.to_markdown(report, command), command)
+                                 epochs=epochs or None, seeds=seeds)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    command = command_line("methods", {"methods": methods, "epochs": epochs, "seeds": seeds, "out": out},
+                           {"epochs": 0, "seeds": 3, "out": Path("benchmarks/methods")})
+    minutes = report["wall_seconds"] / 60
+    publish(out, report, to_markdown(report, command).replace(
+        f"Command: `{command}`", f"Command: `{command}` — wall time {minutes:.0f} min on {report['threads']} threads", 1),
+        command)
 
 
 @bench_app.command("ingest")

@@ -90,11 +90,14 @@ class Params(StrictModel):
     @model_validator(mode="after")
     def _gate_is_evaluated(self) -> Params:
         g = self.register.gates
-        keys = {a.key for a in self.evaluate.attacks}
-        if g.gate_attack not in keys:
+        eps_of: dict[str, list[float]] = {}
+        for a in self.evaluate.attacks:
+            eps_of.setdefault(a.key, []).extend(a.eps)
+            eps_of.setdefault(f"worst_case_{a.norm}", []).extend(a.eps)
+        if g.gate_attack not in eps_of:
             raise field_error("register.gates.gate_attack", f"{g.gate_attack!r} is not evaluated; allowed values "
-                              f"(from evaluate.attacks): {', '.join(sorted(keys))}")
-        evaluated = [e for a in self.evaluate.attacks if a.key == g.gate_attack for e in a.eps]
+                              f"(from evaluate.attacks): {', '.join(sorted(eps_of))}")
+        evaluated = sorted(set(eps_of[g.gate_attack]))
         if not any(abs(e - g.gate_eps) < 1e-9 for e in evaluated):
             raise field_error("register.gates.gate_eps", f"{eps_label(g.gate_eps)} is not among the evaluated "
                               f"epsilons of {g.gate_attack}; allowed values: "

@@ -21,5 +21,5 @@ def test_method_trains_and_evaluates(pipeline_run, tmp_path, monkeypatch, method
     assert json.loads((tmp_path / "model" / "run.json").read_text())["method"] == method
     assert (tmp_path / "model" / "checkpoints" / "epoch_001.pt").exists()
     ev = evaluate.run(params, pipeline_run.dataset, tmp_path / "model", pipeline_run.advgen, tmp_path / "eval")
-    assert 0.0 <= ev.metrics["clean"]["accuracy"] <= 1.0
+    assert 0.0 <= ev.metrics["clean"]["accuracy"]["value"] <= 1.0
     assert result.run_id

@@ -24,7 +24,7 @@ def test_kfp_local_run_on_tiny_data(tmp_path, monkeypatch):
     assert (run_dir / "advgen" / "adversarial" / "manifest.csv").exists()
     assert (run_dir / "train" / "model" / "model.pt").exists()
     metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
-    assert 0.0 <= metrics["clean"]["accuracy"] <= 1.0
+    assert 0.0 <= metrics["clean"]["accuracy"]["value"] <= 1.0
     decision = json.loads((run_dir / "register" / "decision").read_text())
     assert decision["promoted"] is True and decision["version"] == "1"
     from mlflow import MlflowClient

@@ -33,11 +33,11 @@ def test_session_run_registered_and_promoted(pipeline_run, registry):
     mv = registry.get_model_version_by_alias("medrobust-classifier", "champion")
     assert str(mv.version) == decision["version"] == "1"
     assert mv.tags["validation_status"] == "passed"
-    assert float(mv.tags["gate.clean_accuracy"]) == pytest.approx(_metrics(pipeline_run)["clean"]["accuracy"], abs=1e-6)
+    assert float(mv.tags["gate.clean_accuracy"]) == pytest.approx(_metrics(pipeline_run)["clean"]["accuracy"]["value"], abs=1e-6)
 
 
 def test_gate_fail_tags_rejection_and_keeps_champion(pipeline_run, registry, tmp_path):
-    robust = _metrics(pipeline_run)["whitebox"]["pgd_linf"]["8/255"]
+    robust = _metrics(pipeline_run)["whitebox"]["pgd_linf"]["8/255"]["accuracy"]["value"]
     strict = tiny_params(register={"gates": {"min_robust_accuracy": min(1.0, robust + 0.01)}})
     d = register.run(strict, pipeline_run.model, pipeline_run.evaluation, tmp_path / "decision.json")
     assert not d.promoted and d.version == "2"
@@ -60,8 +60,8 @@ def test_regression_against_champion_is_rejected(pipeline_run, registry, tmp_pat
     worse = tmp_path / "eval"
     shutil.copytree(pipeline_run.evaluation, worse)
     m = _metrics(pipeline_run)
-    assert m["clean"]["accuracy"] >= 0.1
-    m["clean"]["accuracy"] -= 0.1  # still above the (zero) absolute gate, but worse than the champion
+    assert m["clean"]["accuracy"]["value"] >= 0.1
+    m["clean"]["accuracy"]["value"] -= 0.1  # still above the (zero) absolute gate, but worse than the champion
     (worse / "metrics.json").write_text(json.dumps(m))
     d = register.run(tiny_params(), pipeline_run.model, worse, tmp_path / "d.json")
     assert not d.promoted

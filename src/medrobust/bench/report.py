@@ -9,13 +9,15 @@ from typing import Any
 from medrobust.utils import write_json
 
 
-def command_line(name: str, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+def command_line(name: str, options: dict[str, Any], defaults: dict[str, Any] | None = None,
+                 program: str = "medrobust bench") -> str:
     """``medrobust bench <name> --opt value ...`` with every option that differs from its default.
 
     Args:
         name: the benchmark's CLI name (``methods``, ``two-moon`` ...).
         options: option name (with underscores) -> value, as given.
         defaults: option name -> default; options equal to their default (or None/empty) are left out.
+        program: the command before ``name`` (``medrobust`` for ``medrobust compare``).
 
     Returns:
         The command line: booleans as ``--flag`` / ``--no-flag``, floats in ``:g`` format.
@@ -25,7 +27,7 @@ def command_line(name: str, options: dict[str, Any], defaults: dict[str, Any] | 
         'medrobust bench train --methods pgd_at'
     """
     defaults = defaults or {}
-    parts = [f"medrobust bench {name}"]
+    parts = [f"{program} {name}"]
     for key, value in options.items():
         if value is None or value == "" or (key in defaults and value == defaults[key]):
             continue

@@ -50,12 +50,15 @@ class RobustResult:
         robust: ``(N,)`` bool on the CPU, True for each robust point.
         seconds: wall-clock time of the evaluation.
         attacked: the number of points the attack actually ran on.
+        logits: ``(N, C)`` logits on the CPU of each point's adversarial image (the first iterate that
+            fooled the model, else the last; an unattacked point's clean image).
     """
 
     accuracy: float
     robust: torch.Tensor  # bool per point
     seconds: float
     attacked: int  # points the attack actually ran on
+    logits: torch.Tensor | None = None
 
 
 def evaluate_attack(
@@ -82,14 +85,16 @@ def evaluate_attack(
     device = next(model.parameters()).device
     start = time.perf_counter()
     robust = torch.zeros(len(x), dtype=torch.bool)
+    logits = []
     attacked = 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         correct = predict_logits(model, xb, batch_size).argmax(1) == yb.cpu()
         active = correct.to(device)
         attacked += int(active.sum()) if early_stop else len(xb)
-        _, fooled = attack.run(xb, yb, active=active, early_stop=early_stop)
+        x_adv, fooled = attack.run(xb, yb, active=active, early_stop=early_stop)
         robust[i : i + batch_size] = correct & ~fooled.cpu()
+        logits.append(predict_logits(model, x_adv, batch_size))
     return RobustResult(float(robust.float().mean()) if len(x) else 0.0, robust,
-                        time.perf_counter() - start, attacked)
+                        time.perf_counter() - start, attacked, torch.cat(logits) if logits else None)
 

@@ -57,7 +57,6 @@ import io
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -65,7 +64,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from medrobust.config import InRegistry, Seq, StrictModel
 from medrobust.utils.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -438,12 +436,3 @@ def shift_accuracy(
     finally:
         model.train(was_training)
     return results
-
-
-class ShiftsConfig(StrictModel):
-    """``evaluate.shifts``: natural shifts (MedMNIST-C style); an empty ``names`` takes the modality's
-    default set (:data:`DEFAULT_SHIFTS`)."""
-
-    enabled: bool = True
-    names: Seq[Annotated[str, InRegistry(SHIFTS)]] = ()
-    severities: Seq[Literal[1, 2, 3, 4, 5]] = SEVERITIES

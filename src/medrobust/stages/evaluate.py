@@ -1,14 +1,20 @@
-"""Stage 4 — evaluate: clean, white-box and transfer robustness of the trained model, and its gates.
+"""Stage 4 — evaluate: clinical metrics with confidence intervals, under every attack and shift, and the gates.
 
-The numbers come from :func:`medrobust.evaluation.suite.evaluate_model` (clean accuracy and AUC,
-every attack of ``evaluate.attacks``, the gradient-masking checks, natural shifts, the advgen
-transfer sets); the absolute gates of ``register.gates`` are computed once, here
-(:func:`medrobust.registry.gates.check_gates`), and are part of the result (the Kubeflow DAG
-branches on them).
+The numbers come from :func:`medrobust.evaluation.suite.evaluate_model`: the operating point and
+the temperature fitted on the validation split, then on the test split, clean and for every attack ×
+ε, the worst case over the suite, every shift × severity and every transfer set: accuracy, balanced
+accuracy, sensitivity, specificity, PPV, NPV, ROC and PR AUC, Brier score, ECE and the attack
+success rate, each ``{"value", "ci", "n"}``; the attack-induced false-negative rate, the
+gradient-masking checks, the MedMNIST-C shift summary and the slices. The absolute gates of
+``register.gates`` are computed once, here (:func:`medrobust.registry.gates.check_gates`), and are
+part of the result (the Kubeflow DAG branches on them).
 
-Outputs (in ``out_dir``, written atomically): ``metrics.json`` (DVC metrics), ``robustness.csv``
-(DVC plot data), ``robustness.png``, ``shifts.png``, ``report.md``, ``gates.json`` and
-``timing.json``. All of them, and the metrics, go to the train stage's MLflow run.
+Outputs (in ``out_dir``, written atomically): ``metrics.json`` (DVC metrics), ``calibration.json``
+(the temperature and operating point, stored with the model's MLflow run too), the DVC plot data
+``robustness.csv``, ``shifts.csv``, ``roc.csv`` and ``reliability.csv``, the figures
+``robustness.png``, ``shifts.png``, ``reliability.png``, ``roc.png`` and ``saliency.png``,
+``report.html`` (one self-contained page), ``report.md`` (the summary), ``model_card.md``,
+``gates.json`` and ``timing.json``. All of them, and the metrics, go to the train stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from medrobust.evaluation.plots import plot_robustness, plot_shifts
-from medrobust.evaluation.report import markdown_report
-from medrobust.evaluation.suite import curves, evaluate_model, mlflow_metrics, robustness_rows
+from medrobust.evaluation.calibration import softmax
+from medrobust.evaluation.clinical import ECE_BINS
+from medrobust.evaluation.model_card import build_model_card, provenance
+from medrobust.evaluation.plots import plot_reliability, plot_robustness, plot_roc, plot_shifts
+from medrobust.evaluation.report import build_report, summary
+from medrobust.evaluation.saliency import saliency_grid
+from medrobust.evaluation.suite import Evaluation, evaluate_model
+from medrobust.evaluation.tables import mlflow_metrics, reliability_rows, robustness_rows, roc_rows, shift_rows
 from medrobust.models import load_model
 from medrobust.params import Params
 from medrobust.registry import tracking
@@ -34,13 +46,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What evaluate wrote and found: every metric, and the gates computed from them.
-
-    Attributes:
-        out_dir: the stage's output folder.
-        metrics: the content of ``metrics.json``.
-        gates: the absolute gates (:func:`medrobust.registry.gates.check_gates`).
-    """
+    """What evaluate wrote and found: every metric, and the gates computed from them."""
 
     out_dir: Path
     metrics: dict[str, Any]
@@ -58,12 +64,13 @@ class EvaluateResult:
 
     @property
     def clean_auc(self) -> float:
-        """Clean test ROC AUC (NaN when the test split holds a single class)."""
-        return float(self.metrics["clean"]["auc"])
+        """Clean test ROC AUC (NaN when undefined)."""
+        value = self.metrics["clean"]["roc_auc"]["value"]
+        return float("nan") if value is None else float(value)
 
     @property
     def gate_robust_accuracy(self) -> float:
-        """Robust accuracy of the gate attack at the gate ε."""
+        """Robust accuracy of the gate attack (by default the worst case over the suite) at the gate ε."""
         return self.gates.robust_accuracy
 
     @property
@@ -72,10 +79,42 @@ class EvaluateResult:
         return self.out_dir / "report.md"
 
 
+def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path) -> list[str]:
+    """Write the plot data and the figures; returns the PNG files written."""
+    metrics, g, y = ev.metrics, params.register.gates, ev.y
+    pd.DataFrame(robustness_rows(metrics)).to_csv(tmp / "robustness.csv", index=False)
+    plot_robustness(metrics, tmp / "robustness.png", title=f"{run_info.get('method')} / {run_info.get('backbone')}",
+                    gate=(g.gate_eps, g.min_robust_accuracy))
+    images = ["robustness.png"]
+    if metrics.get("shifts"):
+        pd.DataFrame(shift_rows(metrics)).to_csv(tmp / "shifts.csv", index=False)
+        plot_shifts(metrics, tmp / "shifts.png")
+        images.append("shifts.png")
+    raw, calibrated = softmax(ev.clean.logits), ev.calibration.probabilities(ev.clean.logits)
+    pd.DataFrame(reliability_rows(y, raw, calibrated, ECE_BINS)).to_csv(tmp / "reliability.csv", index=False)
+    plot_reliability(y, raw, calibrated, ECE_BINS, ev.calibration.temperature, tmp / "reliability.png")
+    images.append("reliability.png")
+    if calibrated.shape[1] == 2 and len(np.unique(y)) == 2:
+        curves = {"clean": calibrated[:, 1]}
+        if ev.gate is not None:
+            curves[f"{g.gate_attack} at ε={metrics['headline']['gate_eps']}"] = \
+                ev.calibration.probabilities(ev.gate.logits)[:, 1]
+        pd.DataFrame(roc_rows(y, curves)).to_csv(tmp / "roc.csv", index=False)
+        plot_roc(y, curves, ev.calibration.threshold, tmp / "roc.png")
+        images.append("roc.png")
+    cfg = params.evaluate.saliency
+    if cfg.enabled and ev.gate is not None and ev.strongest is not None and ev.test is not None:
+        model = ev.extras["model"]
+        if saliency_grid(model, ev.test.x, ev.test.y, ev.gate.robust, ev.gate.clean_correct, ev.strongest, g.gate_eps,
+                         params.seed, cfg.n_images, tuple(params.data.classes), tmp / "saliency.png"):
+            images.append("saliency.png")
+    return images
+
+
 def run(
     params: Params, dataset_dir: str | Path, model_dir: str | Path, advgen_dir: str | Path | None, out_dir: str | Path
 ) -> EvaluateResult:
-    """Evaluate the model in ``model_dir``, check the gates, and log everything to its MLflow run.
+    """Evaluate the model in ``model_dir``, check the gates, write the reports, log everything to its MLflow run.
 
     Args:
         params: validated params (``evaluate``, ``register.gates``, ``seed``, ``device``, ``mlflow``).
@@ -98,25 +137,34 @@ def run(
     model = model.to(resolve_device(params.device))
     run_info = read_json(model_dir / "run.json")
     g = params.register.gates
-    metrics, seconds = evaluate_model(params.evaluate, model, dataset_dir, Path(advgen_dir) if advgen_dir else None,
-                                      gate_eps=g.gate_eps, seed=params.seed)
+    ev = evaluate_model(params.evaluate, model, dataset_dir, Path(advgen_dir) if advgen_dir else None, g.gate_attack,
+                        g.gate_eps, params.seed, tuple(params.data.classes))
+    ev.extras["model"] = model
+    metrics = ev.metrics
     gates = check_gates(metrics, g)
     with atomic_output_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "timing.json", {"seconds": seconds, "early_stop": params.evaluate.early_stop})
-        pd.DataFrame(robustness_rows(metrics)).to_csv(tmp / "robustness.csv", index=False)
-        plot_robustness(curves(metrics["whitebox"]), curves(metrics["transfer"]), metrics["clean"]["accuracy"],
-                        tmp / "robustness.png", title=f"{run_info.get('method')} / {run_info.get('backbone')}",
-                        gate=(g.gate_eps, g.min_robust_accuracy))
-        if metrics.get("shifts"):
-            plot_shifts(metrics["shifts"], metrics["clean"]["accuracy"], tmp / "shifts.png")
+        write_json(tmp / "calibration.json", ev.calibration.to_dict())
+        write_json(tmp / "timing.json", {"seconds": ev.seconds, "early_stop": params.evaluate.early_stop})
         write_json(tmp / "gates.json", gates.to_dict())
-        (tmp / "report.md").write_text(markdown_report(metrics, gates.results, run_info))
+        images = _figures(ev, params, run_info, tmp)
+        training = {"method": run_info.get("method"), "backbone": run_info.get("backbone"), "run_id": run_info.get("run_id"),
+                    "settings": params.train.settings(run_info.get("method")), "epochs": params.train.epochs}
+        card = build_model_card(metrics, provenance(dataset_dir), training)
+        (tmp / "model_card.md").write_text(card.markdown())
+        (tmp / "report.md").write_text(summary(metrics, gates.results, gates.passed, run_info).markdown())
+        (tmp / "report.html").write_text(build_report(metrics, gates.results, gates.passed, run_info, card,
+                                                      images).html(tmp))
         tracking.configure(params.mlflow)
         with mlflow.start_run(run_id=run_info["run_id"]):
-            mlflow.log_metrics(mlflow_metrics(metrics))
+            flat = mlflow_metrics(metrics)
+            flat["calibration/temperature"] = ev.calibration.temperature
+            if ev.calibration.threshold is not None:
+                flat["calibration/threshold"] = ev.calibration.threshold
+            mlflow.log_metrics(flat)
             mlflow.set_tag("medrobust.gates_passed", str(gates.passed).lower())
+            mlflow.log_dict(ev.calibration.to_dict(), "calibration.json")
             mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
-    log.info("evaluate: clean accuracy %.3f, gates %s", metrics["clean"]["accuracy"],
-             "passed" if gates.passed else "FAILED")
+    log.info("evaluate: clean accuracy %.3f, robust accuracy %.3f (%s at %s), gates %s", gates.clean_accuracy,
+             gates.robust_accuracy, g.gate_attack, metrics["headline"]["gate_eps"], "passed" if gates.passed else "FAILED")
     return EvaluateResult(Path(out_dir), metrics, gates)

@@ -44,6 +44,27 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def dvc_md5(path: str | Path) -> str:
+    """The hash DVC 3 records for ``path`` in ``dvc.lock`` (``md5: ...``), computed without DVC.
+
+    A file: the MD5 of its bytes. A folder: the MD5 of the JSON list of its files' ``{"md5", "relpath"}``,
+    sorted by path (``json.dumps(..., sort_keys=True)``), followed by ``.dir`` — DVC's directory object.
+
+    Args:
+        path: a file or a folder.
+
+    Returns:
+        The hash, e.g. ``a742923a4658e0111ac889ae7c29a4be.dir``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    entries = [{"md5": hashlib.md5(p.read_bytes()).hexdigest(), "relpath": p.relative_to(path).as_posix()}
+               for p in sorted(path.rglob("*")) if p.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON with sorted keys (NumPy scalars/arrays and paths allowed).
 
