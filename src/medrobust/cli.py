@@ -117,11 +117,16 @@ def register(
     model: Path = typer.Option(paths.MODEL, help="train stage output"),
     evaluation: Path = typer.Option(paths.EVALUATION, help="evaluate stage output"),
     out: Path = typer.Option(paths.DECISION, help="decision JSON"),
+    fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help="exit 1 when the version is rejected (CI)"),
 ) -> None:
     """Register the model; promote to @champion only if it passes the gates."""
     from medrobust.stages import register as stage
 
-    stage.run(_params(params), model, evaluation, out)
+    decision = stage.run(_params(params), model, evaluation, out)
+    if fail_on_reject and not decision.promoted:
+        logging.getLogger("medrobust").error("version %s rejected: %s", decision.version,
+                                             ", ".join(g.name for g in decision.gates if not g.passed))
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -326,11 +331,14 @@ def bench_two_moon(
 
 def main() -> None:
     """Entry point: known user errors exit 2 with one clear message, not a traceback."""
+    from medrobust.registry.evidence import EvidenceError
+    from medrobust.registry.gates import StaleEvaluationError
     from medrobust.stages.ingest import IngestError, IngestValidationError
 
     try:
         app()
-    except (ConfigError, IngestError, IngestValidationError, FileNotFoundError) as exc:
+    except (ConfigError, EvidenceError, StaleEvaluationError, IngestError, IngestValidationError,
+            FileNotFoundError) as exc:
         logging.getLogger("medrobust").error("%s", exc)
         sys.exit(2)
 

@@ -57,13 +57,13 @@ def test_gate_pass_moves_champion(pipeline_run, registry, tmp_path):
 
 
 def test_regression_against_champion_is_rejected(pipeline_run, registry, tmp_path):
-    worse = tmp_path / "eval"
-    shutil.copytree(pipeline_run.evaluation, worse)
+    # a champion whose recorded gate numbers are 0.1 better than this evaluation's
     m = _metrics(pipeline_run)
-    assert m["clean"]["accuracy"]["value"] >= 0.1
-    m["clean"]["accuracy"]["value"] -= 0.1  # still above the (zero) absolute gate, but worse than the champion
-    (worse / "metrics.json").write_text(json.dumps(m))
-    d = register.run(tiny_params(), pipeline_run.model, worse, tmp_path / "d.json")
+    assert m["clean"]["accuracy"]["value"] <= 0.9
+    champ = registry.get_model_version_by_alias("medrobust-classifier", "champion")
+    better = f"{m['clean']['accuracy']['value'] + 0.1:.6f}"
+    registry.set_model_version_tag("medrobust-classifier", champ.version, "gate.clean_accuracy", better)
+    d = register.run(tiny_params(), pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
     assert not d.promoted
     assert [g.name for g in d.gates if not g.passed] == ["no_regression_vs_champion"]
     assert str(registry.get_model_version_by_alias("medrobust-classifier", "champion").version) == "1"

@@ -25,6 +25,10 @@ from pydantic import Field
 from medrobust.config import Eps, StrictModel, eps_label
 
 
+class StaleEvaluationError(ValueError):
+    """``metrics.json`` cannot answer the gates of params.yaml: it is stale, or lacks the gate's attack."""
+
+
 class GatesConfig(StrictModel):
     """``register.gates``: the thresholds a model must meet to become ``@champion``."""
 
@@ -95,14 +99,23 @@ def gate_metrics(metrics: dict[str, Any], gates: GatesConfig) -> tuple[float, fl
         ``(clean, robust)``, both in [0, 1].
 
     Raises:
-        KeyError: the metrics have no white-box result for the gate attack at the gate ε.
+        StaleEvaluationError: the evaluation is stale (computed for another gate attack or ε), or
+            has no result for the gate attack at the gate ε.
     """
+    headline = metrics.get("headline") if isinstance(metrics.get("headline"), dict) else {}
+    evaluated = (headline.get("gate_attack"), headline.get("gate_eps"))
+    if evaluated != (gates.gate_attack, eps_label(gates.gate_eps)):
+        raise StaleEvaluationError(
+            f"the evaluation is stale: it was computed for the gate {evaluated[0]} at {evaluated[1]}, and "
+            f"register.gates now asks for {gates.gate_attack} at {eps_label(gates.gate_eps)}; run `medrobust evaluate` "
+            "again (`dvc repro` does)"
+        )
     clean = float(metrics["clean"]["accuracy"]["value"])
     section = "worst_case" if gates.gate_attack.startswith("worst_case_") else "whitebox"
     try:
         robust = float(metrics[section][gates.gate_attack][eps_label(gates.gate_eps)]["accuracy"]["value"])
     except (KeyError, TypeError):
-        raise KeyError(
+        raise StaleEvaluationError(
             f"metrics have no robust accuracy of {gates.gate_attack} at {eps_label(gates.gate_eps)}; "
             "add it to evaluate.attacks or change register.gates"
         ) from None
@@ -138,7 +151,7 @@ def check_gates(metrics: dict[str, Any], gates: GatesConfig) -> GateReport:
         The report: both numbers and every gate's result.
 
     Raises:
-        KeyError: the metrics lack the gate attack at the gate ε.
+        StaleEvaluationError: the metrics are stale or lack the gate attack at the gate ε.
     """
     clean, robust = gate_metrics(metrics, gates)
     where = f"{gates.gate_attack} at ε={eps_label(gates.gate_eps)}"
@@ -193,4 +206,5 @@ def champion_gate(clean: float, robust: float, champion: dict[str, str] | None, 
                       f"{c_robust:.3f} (tolerance {tol:.3f})")
 
 
-__all__ = ["GateReport", "GateResult", "GatesConfig", "champion_gate", "check_gates", "gate_metrics", "masking_gate"]
+__all__ = ["GateReport", "GateResult", "GatesConfig", "StaleEvaluationError", "champion_gate", "check_gates",
+           "gate_metrics", "masking_gate"]

@@ -14,7 +14,9 @@ Outputs (in ``out_dir``, written atomically): ``metrics.json`` (DVC metrics), ``
 ``robustness.csv``, ``shifts.csv``, ``roc.csv`` and ``reliability.csv``, the figures
 ``robustness.png``, ``shifts.png``, ``reliability.png``, ``roc.png`` and ``saliency.png``,
 ``report.html`` (one self-contained page), ``report.md`` (the summary), ``model_card.md``,
-``gates.json`` and ``timing.json``. All of them, and the metrics, go to the train stage's MLflow run.
+``gates.json``, ``timing.json`` and ``evidence.json`` (the SHA-256 of the evaluated ``model.pt``, of
+``metrics.json`` and of the dataset manifest, also tagged on the run: :mod:`medrobust.registry.evidence`).
+All of them, and the metrics, go to the train stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from medrobust.evaluation.suite import Evaluation, evaluate_model
 from medrobust.evaluation.tables import mlflow_metrics, reliability_rows, robustness_rows, roc_rows, shift_rows
 from medrobust.models import load_model
 from medrobust.params import Params
-from medrobust.registry import tracking
+from medrobust.registry import evidence, tracking
 from medrobust.registry.gates import GateReport, check_gates
-from medrobust.utils import atomic_output_dir, read_json, resolve_device, seed_everything, write_json
+from medrobust.utils import atomic_output_dir, read_json, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +129,13 @@ def run(
         The metrics and the gate report.
 
     Raises:
-        KeyError: the evaluation lacks the gate attack at the gate ε (params.yaml's check prevents it).
+        StaleEvaluationError: the evaluation lacks the gate attack at the gate ε (params.yaml's check prevents it).
     """
     import mlflow
 
     seed_everything(params.seed)
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
+    model_sha256 = sha256_file(model_dir / "model.pt")  # the bytes about to be loaded are the bytes evaluated
     model, _ = load_model(model_dir)
     model = model.to(resolve_device(params.device))
     run_info = read_json(model_dir / "run.json")
@@ -144,6 +147,8 @@ def run(
     gates = check_gates(metrics, g)
     with atomic_output_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", metrics)
+        proof = evidence.collect(model_sha256, tmp / "metrics.json", dataset_dir / "manifest.csv")
+        write_json(tmp / "evidence.json", proof.to_dict())
         write_json(tmp / "calibration.json", ev.calibration.to_dict())
         write_json(tmp / "timing.json", {"seconds": ev.seconds, "early_stop": params.evaluate.early_stop})
         write_json(tmp / "gates.json", gates.to_dict())
@@ -163,6 +168,7 @@ def run(
                 flat["calibration/threshold"] = ev.calibration.threshold
             mlflow.log_metrics(flat)
             mlflow.set_tag("medrobust.gates_passed", str(gates.passed).lower())
+            mlflow.set_tags(proof.tags())  # register trusts these, not the files it is handed
             mlflow.log_dict(ev.calibration.to_dict(), "calibration.json")
             mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
     log.info("evaluate: clean accuracy %.3f, robust accuracy %.3f (%s at %s), gates %s", gates.clean_accuracy,

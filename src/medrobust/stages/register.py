@@ -1,6 +1,10 @@
 """Stage 5 — register: a model version in the MLflow registry, promoted only if it passes the gates.
 
-1. Register the train stage's logged model as a new version of ``register.model_name``.
+0. Verify the evidence (:mod:`medrobust.registry.evidence`): the ``model.pt`` and ``metrics.json``
+   handed over must hash to what train and evaluate recorded in the MLflow run; if not, stop with
+   a clear error before any version is created or any alias moves.
+1. Register the train stage's logged model as a new version of ``register.model_name``, tagged with
+   the SHA-256 of the evaluated model and of its metrics.
 2. Check the gates (:mod:`medrobust.registry.gates`): minimum clean accuracy, minimum robust
    accuracy at the gate ε, the masking checks, and no regression against the current ``@champion``
    beyond a tolerance.
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.params import Params
-from medrobust.registry import champion, tracking
+from medrobust.registry import champion, evidence, tracking
 from medrobust.registry.gates import GateResult, champion_gate, check_gates
 from medrobust.utils import atomic_write_json, read_json
 
@@ -35,6 +39,7 @@ class Decision:
         promoted: whether it passed every gate and is now ``@champion``.
         gates: every gate's result, the champion comparison last.
         previous_champion: the champion's version before this run, or None.
+        evidence: the verified hashes of the evaluated model, its metrics and the dataset manifest.
     """
 
     model_name: str
@@ -42,6 +47,7 @@ class Decision:
     promoted: bool
     gates: list[GateResult]
     previous_champion: str | None
+    evidence: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``decision.json``."""
@@ -54,7 +60,14 @@ class Decision:
             "gates": [g.to_dict() for g in self.gates],
             "previous_champion": self.previous_champion,
             "champion": self.version if self.promoted else self.previous_champion,
+            "evidence": self.evidence,
         }
+
+
+def _require(path: Path, what: str, command: str) -> None:
+    """A missing input names the stage that makes it."""
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} in {path.parent} ({path.name} is missing): run `{command}` first")
 
 
 def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_path: str | Path) -> Decision:
@@ -68,20 +81,30 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
 
     Returns:
         The decision.
+
+    Raises:
+        FileNotFoundError: ``run.json`` or ``metrics.json`` is missing (the message names the stage to run).
+        EvidenceError: the model or the metrics are not the ones evaluated; nothing was registered.
     """
     import mlflow
     from mlflow import MlflowClient
 
     gcfg = params.register.gates
-    run_info = read_json(Path(model_dir) / "run.json")
-    report = check_gates(read_json(Path(eval_dir) / "metrics.json"), gcfg)
+    model_dir, eval_dir = Path(model_dir), Path(eval_dir)
+    _require(model_dir / "run.json", "trained model", "medrobust train")
+    _require(eval_dir / "metrics.json", "evaluation", "medrobust evaluate")
+    run_info = read_json(model_dir / "run.json")
     tracking.configure(params.mlflow)
+    proof = evidence.verify(evidence.run_tags(run_info["run_id"]), model_dir / "model.pt", eval_dir / "metrics.json")
+    report = check_gates(read_json(eval_dir / "metrics.json"), gcfg)
     client = MlflowClient()
     name = params.register.model_name
     prev_version, prev_tags = champion.current_champion(client, name)
 
     version = champion.register_version(client, name, run_info["model_uri"], run_info["run_id"])
     champion.tag_gate_numbers(client, name, version, report, gcfg, run_info)
+    for key, value in proof.to_dict().items():
+        client.set_model_version_tag(name, version, f"medrobust.{key}", value)
     gates = [*report.results, champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)]
     promoted = all(g.passed for g in gates)
     if promoted:
@@ -90,7 +113,7 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     else:
         champion.reject(client, name, version, [g for g in gates if not g.passed])
         log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in gates if not g.passed))
-    decision = Decision(name, version, promoted, gates, prev_version)
+    decision = Decision(name, version, promoted, gates, prev_version, proof.to_dict())
     atomic_write_json(decision_path, decision.to_dict())
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_dict(decision.to_dict(), "register/decision.json")

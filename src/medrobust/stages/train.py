@@ -26,7 +26,7 @@ import torch
 from medrobust.data.shards import load_split
 from medrobust.models import save_model
 from medrobust.params import Params
-from medrobust.registry import tracking
+from medrobust.registry import evidence, tracking
 from medrobust.training import build_method, plot_history, train_model
 from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
 
@@ -97,8 +97,10 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
         mlflow.log_artifact(str(tmp / "training.png"))
         mlflow.log_dict(dataclasses.asdict(spec), "model_spec.json")
         final_val = history.epochs[-1].get("val_accuracy", float("nan"))
+        model_sha256 = sha256_file(tmp / "model.pt")
+        mlflow.set_tag(evidence.TRAINED_MODEL_TAG, model_sha256)  # what register checks the model file against
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
-                    "model_uri": info.model_uri, "model_sha256": sha256_file(tmp / "model.pt"),
+                    "model_uri": info.model_uri, "model_sha256": model_sha256,
                     "method": cfg.method, "backbone": cfg.model.backbone}
         write_json(tmp / "run.json", run_info)
     log.info("trained %s/%s: val accuracy %.3f; MLflow run %s", cfg.method, cfg.model.backbone,
