@@ -16,17 +16,6 @@ from tests.conftest import tiny_params
 NAME = "medrobust-classifier"
 
 
-@pytest.fixture
-def registry(pipeline_run, tmp_path, monkeypatch):
-    """A fresh registry (a copy of the session's sqlite store) for each test."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(pipeline_run.tracking_uri.removeprefix("sqlite:///"), db)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{db}")
-
-
 def _versions(client) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
 
@@ -98,7 +87,7 @@ def test_stale_evaluation_says_it_is_stale(pipeline_run, registry, tmp_path):
         register.run(other_gate, pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
 
 
-def test_cli_fail_on_reject_exits_nonzero_for_ci(pipeline_run, registry, tmp_path):
+def test_cli_fail_on_reject_exits_nonzero_for_ci(candidates, registry, tmp_path):
     import subprocess
     import sys
 
@@ -106,18 +95,19 @@ def test_cli_fail_on_reject_exits_nonzero_for_ci(pipeline_run, registry, tmp_pat
 
     from tests.conftest import tiny_raw
 
-    robust = json.loads((pipeline_run.evaluation / "metrics.json").read_text())["headline"]["robust_accuracy"]["value"]
+    c = candidates[1]
+    robust = json.loads((c.evaluation / "metrics.json").read_text())["headline"]["robust_accuracy"]["value"]
     assert robust < 1.0
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_raw(register={"gates": {"min_robust_accuracy": 1.0}})))
-    cmd = [sys.executable, "-m", "medrobust.cli", "register", "--params", str(params), "--model", str(pipeline_run.model),
-           "--evaluation", str(pipeline_run.evaluation), "--out", str(tmp_path / "d.json")]
+    cmd = [sys.executable, "-m", "medrobust.cli", "register", "--params", str(params), "--model", str(c.model),
+           "--evaluation", str(c.evaluation), "--out", str(tmp_path / "d.json")]
     rejected = subprocess.run([*cmd, "--fail-on-reject"], capture_output=True, text=True, cwd=tmp_path)
     assert rejected.returncode == 1, rejected.stderr
     assert "rejected: min_robust_accuracy" in rejected.stderr and "Traceback" not in rejected.stderr
     assert json.loads((tmp_path / "d.json").read_text())["validation_status"] == "rejected"
     tampered = tmp_path / "eval"
-    shutil.copytree(pipeline_run.evaluation, tampered)
+    shutil.copytree(c.evaluation, tampered)
     (tampered / "metrics.json").write_text((tampered / "metrics.json").read_text() + "\n")
     refused = subprocess.run([*cmd[:-4], "--evaluation", str(tampered), "--out", str(tmp_path / "e.json")],
                              capture_output=True, text=True, cwd=tmp_path)

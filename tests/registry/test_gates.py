@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from medrobust.registry.gates import champion_gate
 from medrobust.stages import register
 from tests.conftest import tiny_params
-
-
-@pytest.fixture
-def registry(pipeline_run, tmp_path, monkeypatch):
-    """A fresh registry (a copy of the session's sqlite store) for each test."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(pipeline_run.tracking_uri.removeprefix("sqlite:///"), db)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{db}")
 
 
 def _metrics(pipeline_run) -> dict:
@@ -36,37 +24,59 @@ def test_session_run_registered_and_promoted(pipeline_run, registry):
     assert float(mv.tags["gate.clean_accuracy"]) == pytest.approx(_metrics(pipeline_run)["clean"]["accuracy"]["value"], abs=1e-6)
 
 
-def test_gate_fail_tags_rejection_and_keeps_champion(pipeline_run, registry, tmp_path):
-    robust = _metrics(pipeline_run)["whitebox"]["pgd_linf"]["8/255"]["accuracy"]["value"]
+NAME = "medrobust-classifier"
+
+
+def _champion(registry) -> str:
+    return str(registry.get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_gate_fail_tags_rejection_and_keeps_champion(candidates, registry, tmp_path):
+    c = candidates[0]
+    robust = json.loads((c.evaluation / "metrics.json").read_text())["whitebox"]["pgd_linf"]["8/255"]["accuracy"]["value"]
+    assert robust < 1.0
     strict = tiny_params(register={"gates": {"min_robust_accuracy": min(1.0, robust + 0.01)}})
-    d = register.run(strict, pipeline_run.model, pipeline_run.evaluation, tmp_path / "decision.json")
-    assert not d.promoted and d.version == "2"
+    d = register.run(strict, c.model, c.evaluation, tmp_path / "decision.json")
+    assert not d.promoted and d.version == "2" and d.status == "rejected"
     on_disk = json.loads((tmp_path / "decision.json").read_text())
     assert on_disk["validation_status"] == "rejected" and on_disk["failed_gates"] == ["min_robust_accuracy"]
     assert on_disk["champion"] == "1"
-    mv = registry.get_model_version("medrobust-classifier", "2")
+    mv = registry.get_model_version(NAME, "2")
     assert mv.tags["validation_status"] == "rejected" and mv.tags["failed_gates"] == "min_robust_accuracy"
-    assert str(registry.get_model_version_by_alias("medrobust-classifier", "champion").version) == "1"
+    assert _champion(registry) == "1"
+    assert not registry.get_registered_model(NAME).aliases.get("challenger")
 
 
-def test_gate_pass_moves_champion(pipeline_run, registry, tmp_path):
-    d = register.run(tiny_params(), pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
+def test_gate_pass_moves_champion(candidates, registry, tmp_path):
+    c = candidates[0]
+    lenient = tiny_params(register={"gates": {"champion_tolerance": 1.0}})
+    d = register.run(lenient, c.model, c.evaluation, tmp_path / "d.json")
     assert d.promoted and d.previous_champion == "1" and d.version == "2"
-    assert str(registry.get_model_version_by_alias("medrobust-classifier", "champion").version) == "2"
+    assert _champion(registry) == "2"
     assert [g.name for g in d.gates] == ["min_clean_accuracy", "min_robust_accuracy", "no_regression_vs_champion"]
 
 
-def test_regression_against_champion_is_rejected(pipeline_run, registry, tmp_path):
-    # a champion whose recorded gate numbers are 0.1 better than this evaluation's
-    m = _metrics(pipeline_run)
+def test_pass_that_is_not_better_becomes_challenger(pipeline_run, candidates, registry, tmp_path):
+    # the champion's recorded numbers 0.1 better than the candidate's: within no tolerance of 0.02
+    c = candidates[0]
+    m = json.loads((c.evaluation / "metrics.json").read_text())
     assert m["clean"]["accuracy"]["value"] <= 0.9
-    champ = registry.get_model_version_by_alias("medrobust-classifier", "champion")
-    better = f"{m['clean']['accuracy']['value'] + 0.1:.6f}"
-    registry.set_model_version_tag("medrobust-classifier", champ.version, "gate.clean_accuracy", better)
-    d = register.run(tiny_params(), pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
-    assert not d.promoted
+    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy", f"{m['clean']['accuracy']['value'] + 0.1:.6f}")
+    d = register.run(tiny_params(), c.model, c.evaluation, tmp_path / "d.json")
+    assert d.status == "challenger" and not d.promoted
     assert [g.name for g in d.gates if not g.passed] == ["no_regression_vs_champion"]
-    assert str(registry.get_model_version_by_alias("medrobust-classifier", "champion").version) == "1"
+    assert _champion(registry) == "1"
+    assert str(registry.get_model_version_by_alias(NAME, "challenger").version) == d.version == "2"
+    mv = registry.get_model_version(NAME, "2")
+    assert mv.tags["validation_status"] == "challenger" and mv.tags["failed_gates"] == "no_regression_vs_champion"
+
+
+def test_registering_the_same_model_again_changes_nothing(pipeline_run, registry, tmp_path):
+    before = sorted(v.version for v in registry.search_model_versions(f"name='{NAME}'"))
+    d = register.run(tiny_params(), pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
+    assert d.already_registered and d.version == "1" and d.status == "champion" and d.gates == []
+    assert sorted(v.version for v in registry.search_model_versions(f"name='{NAME}'")) == before
+    assert json.loads((tmp_path / "d.json").read_text())["already_registered"] is True
 
 
 def test_champion_gate_tolerance_and_incomparable_champion():

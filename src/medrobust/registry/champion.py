@@ -1,7 +1,12 @@
-"""The MLflow model registry: versions, the ``@champion`` alias, and the tags that explain a decision.
+"""The MLflow model registry: versions, the ``@champion`` and ``@challenger`` aliases, and the tags
+that explain a decision.
 
-Model *stages* are deprecated in MLflow 3; promotion is an alias (``@champion``) plus tags
-(``validation_status=passed|rejected``, ``failed_gates``). Each version also carries its gate
+Model *stages* are deprecated in MLflow 3; promotion is an alias plus tags:
+
+* ``@champion`` + ``validation_status=passed`` — passed every gate, the champion comparison included;
+* ``@challenger`` + ``validation_status=challenger`` — passed every value gate but not the comparison
+  with the champion (``failed_gates`` names it): a candidate worth a look, not a promotion;
+* ``validation_status=rejected`` + ``failed_gates`` — failed a value gate; no alias moves. Each version also carries its gate
 numbers as tags (``gate.clean_accuracy``, ``gate.robust_accuracy``, ``gate.attack``, ``gate.eps``), so
 the next candidate is compared with the champion without re-evaluating it.
 """
@@ -16,6 +21,7 @@ from medrobust.registry.gates import GateReport, GatesConfig, GateResult
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 
 def current_champion(client: Any, name: str) -> tuple[str | None, dict[str, str] | None]:
@@ -36,6 +42,29 @@ def current_champion(client: Any, name: str) -> tuple[str | None, dict[str, str]
     except MlflowException:
         return None, None
     return str(mv.version), dict(mv.tags)
+
+
+def find_version(client: Any, name: str, model_sha256: str, run_id: str) -> Any | None:
+    """The version of ``name`` already registered for this run or this exact model file, if any.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+        model_sha256: the evaluated ``model.pt``'s SHA-256 (tag ``medrobust.model_sha256``).
+        run_id: the train run (tag ``medrobust.run_id``).
+
+    Returns:
+        The oldest matching ``ModelVersion``, or None (also when the model does not exist yet).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions
+            if v.tags.get("medrobust.model_sha256") == model_sha256 or v.tags.get("medrobust.run_id") == run_id]
+    return min(same, key=lambda v: int(v.version)) if same else None
 
 
 def register_version(client: Any, name: str, model_uri: str, run_id: str) -> str:
@@ -91,6 +120,20 @@ def promote(client: Any, name: str, version: str) -> None:
     client.set_model_version_tag(name, version, "validation_status", "passed")
 
 
+def make_challenger(client: Any, name: str, version: str, failed: list[GateResult]) -> None:
+    """Move ``@challenger`` to ``version``: it passed the value gates, not the champion comparison.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+        version: the version.
+        failed: the comparison gates it failed; their names are joined with commas.
+    """
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, "validation_status", "challenger")
+    client.set_model_version_tag(name, version, "failed_gates", ",".join(g.name for g in failed))
+
+
 def reject(client: Any, name: str, version: str, failed: list[GateResult]) -> None:
     """Tag ``version`` ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays.
 
@@ -104,4 +147,5 @@ def reject(client: Any, name: str, version: str, failed: list[GateResult]) -> No
     client.set_model_version_tag(name, version, "failed_gates", ",".join(g.name for g in failed))
 
 
-__all__ = ["CHAMPION", "current_champion", "promote", "register_version", "reject", "tag_gate_numbers"]
+__all__ = ["CHALLENGER", "CHAMPION", "current_champion", "find_version", "make_challenger", "promote",
+           "register_version", "reject", "tag_gate_numbers"]

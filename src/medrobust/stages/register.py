@@ -8,9 +8,12 @@
 2. Check the gates (:mod:`medrobust.registry.gates`): minimum clean accuracy, minimum robust
    accuracy at the gate ε, the masking checks, and no regression against the current ``@champion``
    beyond a tolerance.
-3. Pass: move ``@champion`` to the new version and tag it ``validation_status=passed``.
-   Fail: tag it ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays
+3. Pass: move ``@champion`` to the new version and tag it ``validation_status=passed``. Pass the
+   value gates but not the champion comparison: move ``@challenger`` to it. Fail a value gate: tag
+   it ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays
    (:mod:`medrobust.registry.champion`).
+   A run, or a model file, that already is a version is not registered again: the decision says
+   ``already_registered`` and names that version.
 4. Write the decision as JSON either way.
 """
 
@@ -29,37 +32,51 @@ from medrobust.utils import atomic_write_json, read_json
 log = logging.getLogger(__name__)
 
 
+STATUS_TAG = {"champion": "passed", "challenger": "challenger", "rejected": "rejected"}
+
+
 @dataclass(frozen=True)
 class Decision:
     """The registry's decision on one version.
 
     Attributes:
         model_name: the registered model's name.
-        version: the version registered by this run.
-        promoted: whether it passed every gate and is now ``@champion``.
-        gates: every gate's result, the champion comparison last.
+        version: the version registered by this run (or, when ``already_registered``, the version
+            that already holds this model).
+        status: ``champion`` (passed every gate), ``challenger`` (passed the value gates, not the
+            comparison with the champion) or ``rejected``.
+        gates: every gate's result, the champion comparison last (empty when already registered).
         previous_champion: the champion's version before this run, or None.
         evidence: the verified hashes of the evaluated model, its metrics and the dataset manifest.
+        already_registered: this run or this model file was a version already; nothing changed.
     """
 
     model_name: str
     version: str
-    promoted: bool
+    status: str
     gates: list[GateResult]
     previous_champion: str | None
     evidence: dict[str, str] | None = None
+    already_registered: bool = False
+
+    @property
+    def promoted(self) -> bool:
+        """Whether the version is ``@champion``."""
+        return self.status == "champion"
 
     def to_dict(self) -> dict[str, Any]:
         """``decision.json``."""
         return {
             "model_name": self.model_name,
             "version": self.version,
+            "status": self.status,
             "promoted": self.promoted,
-            "validation_status": "passed" if self.promoted else "rejected",
+            "validation_status": STATUS_TAG.get(self.status, self.status),
             "failed_gates": [g.name for g in self.gates if not g.passed],
             "gates": [g.to_dict() for g in self.gates],
             "previous_champion": self.previous_champion,
             "champion": self.version if self.promoted else self.previous_champion,
+            "already_registered": self.already_registered,
             "evidence": self.evidence,
         }
 
@@ -101,19 +118,38 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     name = params.register.model_name
     prev_version, prev_tags = champion.current_champion(client, name)
 
+    existing = champion.find_version(client, name, proof.model_sha256, run_info["run_id"])
+    if existing is not None:
+        status = {v: k for k, v in STATUS_TAG.items()}.get(existing.tags.get("validation_status", ""), "rejected")
+        if status == "champion" and prev_version != str(existing.version):
+            status = "rejected"  # it was champion once; the alias has moved on since
+        log.info("%s version %s already holds this model (run %s): nothing registered", name, existing.version,
+                 run_info["run_id"])
+        decision = Decision(name, str(existing.version), status, [], prev_version, proof.to_dict(), True)
+        atomic_write_json(decision_path, decision.to_dict())
+        return decision
+
     version = champion.register_version(client, name, run_info["model_uri"], run_info["run_id"])
     champion.tag_gate_numbers(client, name, version, report, gcfg, run_info)
     for key, value in proof.to_dict().items():
         client.set_model_version_tag(name, version, f"medrobust.{key}", value)
-    gates = [*report.results, champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)]
-    promoted = all(g.passed for g in gates)
-    if promoted:
+    change = champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)
+    gates = [*report.results, change]
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        status = "champion"
         champion.promote(client, name, version)
         log.info("%s version %s passed every gate: now @%s (was %s)", name, version, champion.CHAMPION, prev_version)
+    elif failed == [change]:
+        status = "challenger"
+        champion.make_challenger(client, name, version, failed)
+        log.warning("%s version %s passed the value gates but not the champion comparison: now @%s (%s)", name,
+                    version, champion.CHALLENGER, change.message)
     else:
-        champion.reject(client, name, version, [g for g in gates if not g.passed])
-        log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in gates if not g.passed))
-    decision = Decision(name, version, promoted, gates, prev_version, proof.to_dict())
+        status = "rejected"
+        champion.reject(client, name, version, failed)
+        log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in failed))
+    decision = Decision(name, version, status, gates, prev_version, proof.to_dict())
     atomic_write_json(decision_path, decision.to_dict())
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_dict(decision.to_dict(), "register/decision.json")

@@ -1,0 +1,54 @@
+"""Registry fixtures: more trained-and-evaluated models beside the session pipeline's, and a fresh
+copy of its sqlite registry per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_params
+
+
+@dataclass
+class Candidate:
+    model: Path
+    evaluation: Path
+
+
+@pytest.fixture(scope="session")
+def candidates(pipeline_run) -> list[Candidate]:
+    """Two more models (other training seeds: other files, other MLflow runs), each evaluated, in the
+    session's tracking store and not registered."""
+    from medrobust.stages import evaluate, train
+
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = pipeline_run.tracking_uri
+    out = []
+    try:
+        for seed in (11, 12):
+            p = tiny_params(seed=seed)
+            c = Candidate(pipeline_run.root / f"model-{seed}", pipeline_run.root / f"evaluation-{seed}")
+            train.run(p, pipeline_run.dataset, c.model)
+            evaluate.run(p, pipeline_run.dataset, c.model, pipeline_run.advgen, c.evaluation)
+            out.append(c)
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return out
+
+
+@pytest.fixture
+def registry(pipeline_run, candidates, tmp_path, monkeypatch):
+    """A fresh registry (a copy of the session's sqlite store: version 1 is @champion) for each test."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(pipeline_run.tracking_uri.removeprefix("sqlite:///"), db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
