@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -127,6 +127,76 @@ def register(
         logging.getLogger("medrobust").error("version %s rejected: %s", decision.version,
                                              ", ".join(g.name for g in decision.gates if not g.passed))
         raise typer.Exit(1)
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="Inspect and steer the MLflow model registry by hand.")
+app.add_typer(registry_app, name="registry")
+
+
+def _registry(params: Path) -> tuple[Any, Any]:
+    from mlflow import MlflowClient
+
+    from medrobust.registry import tracking
+
+    p = _params(params)
+    tracking.configure(p.mlflow)
+    return p, MlflowClient()
+
+
+@registry_app.command("list")
+def registry_list(params: ParamsOpt = PARAMS) -> None:
+    """Every version: aliases, status, method, headline accuracy with 95% CI, failed gates."""
+    from medrobust.registry import versions
+
+    p, client = _registry(params)
+    typer.echo(versions.format_table(versions.list_versions(client, p.register.model_name)))
+
+
+@registry_app.command("show")
+def registry_show(version: str = typer.Argument(..., help="version number"), params: ParamsOpt = PARAMS) -> None:
+    """A version's decision (its gate table) and model card."""
+    from medrobust.registry import versions
+
+    p, client = _registry(params)
+    typer.echo(versions.show(client, p.register.model_name, version))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: str = typer.Argument(..., help="version number"),
+    force: bool = typer.Option(False, "--force", help="promote even if a gate fails (needs --reason)"),
+    reason: str = typer.Option("", "--reason", help="why; recorded on the version with your user name"),
+    params: ParamsOpt = PARAMS,
+) -> None:
+    """Move @champion to VERSION; the gates are re-checked on its own evaluation unless --force."""
+    from medrobust.registry import versions
+
+    p, client = _registry(params)
+    versions.promote(client, p.register.model_name, version, p.register.gates, force, reason)
+    typer.echo(f"{p.register.model_name}@champion -> version {version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(params: ParamsOpt = PARAMS) -> None:
+    """Move @champion back to the version the current champion replaced."""
+    from medrobust.registry import versions
+
+    p, client = _registry(params)
+    old, new = versions.rollback(client, p.register.model_name)
+    typer.echo(f"{p.register.model_name}@champion: version {old} -> {new}")
+
+
+@registry_app.command("load")
+def registry_load(ref: str = typer.Argument("@champion", help="@alias or a version number"),
+                  params: ParamsOpt = PARAMS) -> None:
+    """Smoke check: load the model with mlflow.pyfunc in this fresh process and predict on its example."""
+    from medrobust.registry import versions
+
+    p, _ = _registry(params)
+    name = p.register.model_name
+    uri = f"models:/{name}{ref}" if ref.startswith("@") else f"models:/{name}/{ref}"
+    result = versions.smoke_load(uri)
+    typer.echo(f"{uri}: input {result['input_shape']} -> output {result['output_shape']}, finite")
 
 
 @app.command()
@@ -333,11 +403,12 @@ def main() -> None:
     """Entry point: known user errors exit 2 with one clear message, not a traceback."""
     from medrobust.registry.evidence import EvidenceError
     from medrobust.registry.gates import StaleEvaluationError
+    from medrobust.registry.versions import RegistryError
     from medrobust.stages.ingest import IngestError, IngestValidationError
 
     try:
         app()
-    except (ConfigError, EvidenceError, StaleEvaluationError, IngestError, IngestValidationError,
+    except (ConfigError, EvidenceError, StaleEvaluationError, RegistryError, IngestError, IngestValidationError,
             FileNotFoundError) as exc:
         logging.getLogger("medrobust").error("%s", exc)
         sys.exit(2)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.params import Params
-from medrobust.registry import champion, evidence, tracking
+from medrobust.registry import champion, evidence, tracking, versions
 from medrobust.registry.gates import GateResult, champion_gate, check_gates
 from medrobust.utils import atomic_write_json, read_json
 
@@ -113,7 +113,8 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     run_info = read_json(model_dir / "run.json")
     tracking.configure(params.mlflow)
     proof = evidence.verify(evidence.run_tags(run_info["run_id"]), model_dir / "model.pt", eval_dir / "metrics.json")
-    report = check_gates(read_json(eval_dir / "metrics.json"), gcfg)
+    metrics = read_json(eval_dir / "metrics.json")
+    report = check_gates(metrics, gcfg)
     client = MlflowClient()
     name = params.register.model_name
     prev_version, prev_tags = champion.current_champion(client, name)
@@ -131,14 +132,18 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
 
     version = champion.register_version(client, name, run_info["model_uri"], run_info["run_id"])
     champion.tag_gate_numbers(client, name, version, report, gcfg, run_info)
-    for key, value in proof.to_dict().items():
-        client.set_model_version_tag(name, version, f"medrobust.{key}", value)
+    for key, value in {**{f"medrobust.{k}": v for k, v in proof.to_dict().items()},
+                       versions.HEADLINE_TAG: versions.headline_tag(metrics),
+                       "medrobust.model_card": f"runs:/{run_info['run_id']}/evaluation/model_card.md"}.items():
+        client.set_model_version_tag(name, version, key, value)
     change = champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)
     gates = [*report.results, change]
     failed = [g for g in gates if not g.passed]
     if not failed:
         status = "champion"
         champion.promote(client, name, version)
+        if prev_version:  # what `medrobust registry rollback` returns to
+            client.set_model_version_tag(name, version, versions.PREVIOUS_CHAMPION_TAG, prev_version)
         log.info("%s version %s passed every gate: now @%s (was %s)", name, version, champion.CHAMPION, prev_version)
     elif failed == [change]:
         status = "challenger"
@@ -150,6 +155,7 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
         champion.reject(client, name, version, failed)
         log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in failed))
     decision = Decision(name, version, status, gates, prev_version, proof.to_dict())
+    client.update_model_version(name, version, description=versions.decision_markdown(decision.to_dict()))
     atomic_write_json(decision_path, decision.to_dict())
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_dict(decision.to_dict(), "register/decision.json")
