@@ -339,6 +339,7 @@ def bench_methods(
     methods: str = typer.Option("", help="comma-separated methods (default: all registered)"),
     epochs: int = typer.Option(0, help="epochs per method (0: train.epochs)"),
     seeds: int = typer.Option(3, help="training seeds per method"),
+    jobs: int = typer.Option(1, help="seeds in parallel, one process each (the numbers do not depend on it)"),
     dataset: Path = typer.Option(paths.INGESTED, help="ingested default dataset (built if missing)"),
     out: Path = typer.Option(Path("benchmarks/methods"), help="writes <out>.json and <out>.md"),
 ) -> None:
@@ -349,14 +350,14 @@ def bench_methods(
 
     start = time.perf_counter()
     report = bench.bench_methods(_params(params), methods=_methods(methods), dataset_dir=dataset,
-                                 epochs=epochs or None, seeds=seeds)
+                                 epochs=epochs or None, seeds=seeds, jobs=jobs)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    command = command_line("methods", {"methods": methods, "epochs": epochs, "seeds": seeds, "out": out},
-                           {"epochs": 0, "seeds": 3, "out": Path("benchmarks/methods")})
+    command = command_line("methods", {"methods": methods, "epochs": epochs, "seeds": seeds, "jobs": jobs, "out": out},
+                           {"epochs": 0, "seeds": 3, "jobs": 1, "out": Path("benchmarks/methods")})
     minutes = report["wall_seconds"] / 60
+    where = f"{jobs} processes × {report['threads']} thread(s)" if jobs > 1 else f"{report['threads']} threads"
     publish(out, report, to_markdown(report, command).replace(
-        f"Command: `{command}`", f"Command: `{command}` — wall time {minutes:.0f} min on {report['threads']} threads", 1),
-        command)
+        f"Command: `{command}`", f"Command: `{command}` — wall time {minutes:.0f} min on {where}", 1), command)
 
 
 @bench_app.command("ingest")

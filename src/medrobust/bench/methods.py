@@ -41,7 +41,7 @@ from medrobust.evaluation.stats import proportion
 from medrobust.models import save_model
 from medrobust.params import Params
 from medrobust.training import build_method, train_model
-from medrobust.utils import seed_everything
+from medrobust.utils import seed_everything, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,61 @@ def attack_model(model: Any, test: ArraySplit, suites: dict[str, tuple[float, li
     return out
 
 
+def seed_rows(params: Params, methods: list[str], dataset: Path, seed: int, epochs: int, eps: float,
+              pgd_steps: int) -> list[dict[str, Any]]:
+    """Train and attack every method with one seed; one row per method.
+
+    Args:
+        params: the configuration (``train``, ``evaluate``).
+        methods: the methods to report (checked).
+        dataset: an ingested built-in dataset.
+        seed: the training seed.
+        epochs: epochs per method.
+        eps: the shared L∞ budget.
+        pgd_steps: PGD iterations (L∞ and L2).
+
+    Returns:
+        ``{"method", "seed", "train_seconds", "note", "train_norm", **attack_model(...)}`` per method.
+    """
+    setup_logging()
+    train, val, test = (load_split(dataset, s) for s in ("train", "val", "test"))
+    cfg = params.train
+    # frozen-encoder methods need a pre-trained encoder; without local ImageNet/CLIP weights they start
+    # from the encoder of the same seed's standard model (trained first)
+    frozen = [m for m in methods if TRAINING_METHODS[m].trainable == "head"]
+    order = ["standard", *[m for m in methods if m != "standard"]] if frozen and not cfg.model.pretrained else methods
+    rows = []
+    encoder_file: Path | None = None
+    for method in order:
+        seed_everything(seed)
+        start = time.perf_counter()
+        run_cfg, note = cfg, ""
+        if method in frozen and encoder_file is not None:
+            run_cfg = params.updated({"train": {"model": {"pretrained": str(encoder_file)}}}).train
+            note = "encoder: the same seed's standard model (frozen)"
+        model, trainer, spec = build_method(run_cfg, method, train, len(params.data.classes), params.data.image_size,
+                                            seed=seed)
+        train_model(model, trainer, train, val, epochs=epochs, batch_size=cfg.batch_size, optim=cfg.optim,
+                    seed=seed, hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs, desc=f"{method} seed {seed}")
+        train_s = time.perf_counter() - start
+        model.eval()
+        if method == "standard" and frozen and not cfg.model.pretrained:
+            encoder_file = save_model(model, spec, Path(tempfile.mkdtemp(prefix="medrobust-encoder-")))
+        if method not in methods:
+            continue
+        result = attack_model(model, test, threat_models(params, trainer, eps, pgd_steps), params, seed)
+        rows.append({"method": method, "seed": seed, "train_seconds": round(train_s, 1), "note": note,
+                     "train_norm": getattr(trainer, "norm", None), **result})
+        shared = result["suites"]["shared_linf"]
+        log.info("seed %d %-20s clean %.3f  L∞ worst case %.3f  masking %s  (%.0f s)", seed, method,
+                 result["clean_correct"] / result["n"], shared["worst_case"] / result["n"],
+                 "ok" if all(c["passed"] for c in result["masking"]) else "FAILED", train_s)
+    return rows
+
+
 def bench_methods(params: Params, methods: list[str] | None = None, dataset_dir: Path | None = None,
-                  eps: float = 8 / 255, pgd_steps: int = 20, epochs: int | None = None, seeds: int = 3) -> dict[str, Any]:
+                  eps: float = 8 / 255, pgd_steps: int = 20, epochs: int | None = None, seeds: int = 3,
+                  jobs: int = 1) -> dict[str, Any]:
     """Train every method (or ``methods``) once per seed with the same budget, then attack it in both threat models.
 
     Args:
@@ -144,6 +197,7 @@ def bench_methods(params: Params, methods: list[str] | None = None, dataset_dir:
         pgd_steps: PGD iterations (L∞ and L2).
         epochs: epochs per method (default ``train.epochs``).
         seeds: training seeds per method (``params.seed``, ``params.seed + 1``, ...).
+        jobs: seeds run in parallel, one process each (``spawn``); the rows do not depend on it.
 
     Returns:
         The report: one row per (method, seed) and a summary per method, ranked.
@@ -153,47 +207,26 @@ def bench_methods(params: Params, methods: list[str] | None = None, dataset_dir:
     """
     methods = check_methods(methods)
     dataset = default_dataset(params, dataset_dir)
-    train, val, test = (load_split(dataset, s) for s in ("train", "val", "test"))
+    test_n = len(load_split(dataset, "test"))
     cfg = params.train
     epochs = epochs or cfg.epochs
-    # frozen-encoder methods need a pre-trained encoder; without local ImageNet/CLIP weights they start
-    # from the encoder of the same seed's standard model (trained first)
-    frozen = [m for m in methods if TRAINING_METHODS[m].trainable == "head"]
-    order = ["standard", *[m for m in methods if m != "standard"]] if frozen and not cfg.model.pretrained else methods
-    rows = []
-    for s in range(seeds):
-        seed = params.seed + s
-        encoder_file: Path | None = None
-        for method in order:
-            seed_everything(seed)
-            start = time.perf_counter()
-            run_cfg, note = cfg, ""
-            if method in frozen and encoder_file is not None:
-                run_cfg = params.updated({"train": {"model": {"pretrained": str(encoder_file)}}}).train
-                note = "encoder: the same seed's standard model (frozen)"
-            model, trainer, spec = build_method(run_cfg, method, train, len(params.data.classes), params.data.image_size,
-                                                seed=seed)
-            train_model(model, trainer, train, val, epochs=epochs, batch_size=cfg.batch_size, optim=cfg.optim,
-                        seed=seed, hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs, desc=f"{method} seed {seed}")
-            train_s = time.perf_counter() - start
-            model.eval()
-            if method == "standard" and frozen and not cfg.model.pretrained:
-                encoder_file = save_model(model, spec, Path(tempfile.mkdtemp(prefix="medrobust-encoder-")))
-            if method not in methods:
-                continue
-            result = attack_model(model, test, threat_models(params, trainer, eps, pgd_steps), params, seed)
-            rows.append({"method": method, "seed": seed, "train_seconds": round(train_s, 1), "note": note,
-                         "train_norm": getattr(trainer, "norm", None), **result})
-            shared = result["suites"]["shared_linf"]
-            log.info("seed %d %-20s clean %.3f  L∞ worst case %.3f  masking %s  (%.0f s)", seed, method,
-                     result["clean_correct"] / result["n"], shared["worst_case"] / result["n"],
-                     "ok" if all(c["passed"] for c in result["masking"]) else "FAILED", train_s)
-    return {"dataset": "built-in synthetic (params.yaml data.synthetic)", "n_test": len(test),
+    seed_list = [params.seed + s for s in range(seeds)]
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(seed_rows, params, methods, dataset, seed, epochs, eps, pgd_steps) for seed in seed_list]
+            per_seed = [f.result() for f in futures]
+    else:
+        per_seed = [seed_rows(params, methods, dataset, seed, epochs, eps, pgd_steps) for seed in seed_list]
+    rows = [r for seed in per_seed for r in seed]
+    return {"dataset": "built-in synthetic (params.yaml data.synthetic)", "n_test": test_n,
             "backbone": cfg.model.backbone, "epochs": epochs, "batch_size": cfg.batch_size,
-            "optimizer": {"name": cfg.optim.name, "lr": cfg.optim.lr}, "seeds": [params.seed + s for s in range(seeds)],
+            "optimizer": {"name": cfg.optim.name, "lr": cfg.optim.lr}, "seeds": seed_list,
             "clean_warmup_epochs": cfg.clean_warmup_epochs, "attack": {"eps": eps, "pgd_steps": pgd_steps,
                                                                        **_autoattack_budget(params)},
-            "rows": rows, "summary": summarise(rows, methods), "threads": torch.get_num_threads()}
+            "rows": rows, "summary": summarise(rows, methods), "threads": torch.get_num_threads(), "jobs": jobs}
 
 
 def _figure(rows: list[dict[str, Any]], count: Any) -> dict[str, Any]:
