@@ -3,8 +3,10 @@
 The tracking URI is ``$MLFLOW_TRACKING_URI`` when set (production: an MLflow server backed by
 PostgreSQL + S3), else ``mlflow.tracking_uri`` from params.yaml (default: a sqlite file in the
 repository, which gives tracking *and* the model registry with no server). A relative sqlite path
-is made absolute so that every process (DVC, Kubeflow's local runner, tests) hits the same file, and
-the experiment's artifacts go to ``mlartifacts/`` next to it.
+is anchored at the repository (:func:`repository_root`), not the current folder, so that every
+process — the CLI run from any folder, DVC, ``dvc exp run --temp`` and ``--queue`` (which run in a
+temporary copy of the repository under ``.dvc/tmp/exps/``, thrown away afterwards), Kubeflow's local
+runner — registers into the same file; the experiment's artifacts go to ``mlartifacts/`` next to it.
 """
 
 from __future__ import annotations
@@ -29,12 +31,33 @@ class MlflowConfig(StrictModel):
 MODEL_PIP_REQUIREMENTS = ["torch==2.14.1", "medrobust"]
 
 
+def repository_root(start: Path | None = None) -> Path:
+    """The repository a relative store path belongs to.
+
+    Inside a DVC experiment's temporary workspace (``<repo>/.dvc/tmp/exps/<tmp>/``: ``dvc exp run
+    --temp`` and queued experiments) it is the original ``<repo>``; else the nearest folder at or
+    above ``start`` that holds ``.dvc``; else ``start`` itself.
+
+    Args:
+        start: where to look from; None: the current directory.
+
+    Returns:
+        The folder, absolute.
+    """
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(1, len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), here)
+
+
 def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
-    """Make a relative ``sqlite:///file.db`` absolute (relative to ``base`` or the cwd).
+    """Make a relative ``sqlite:///file.db`` absolute (relative to ``base`` or the repository).
 
     Args:
         uri: a tracking URI.
-        base: the folder a relative sqlite path is relative to; None: the current directory.
+        base: the folder a relative sqlite path is relative to; None: :func:`repository_root`.
 
     Returns:
         ``sqlite:///<absolute path>`` for a relative sqlite URI; any other URI unchanged.
@@ -46,7 +69,7 @@ def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         path = Path(uri[len(prefix):])
-        return prefix + str(((base or Path.cwd()) / path).resolve())
+        return prefix + str(((base or repository_root()) / path).resolve())
     return uri
 
 
