@@ -34,3 +34,36 @@ def test_relative_sqlite_store_is_anchored_at_the_repository(tmp_path, monkeypat
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking_uri(MlflowConfig()) == "http://mlflow:5000"
+
+
+def test_run_params_keep_only_the_active_method_and_source():
+    from tests.conftest import tiny_params
+
+    from medrobust.registry.tracking import flatten, run_params
+
+    full = tiny_params().to_dict()
+    trimmed = run_params(full)
+    assert list(trimmed["train"]["methods"]) == ["pgd_at"]
+    assert trimmed["train"]["methods"]["pgd_at"] == full["train"]["methods"]["pgd_at"]
+    assert "pacs" not in trimmed["data"] and "s3" not in trimmed["data"] and "synthetic" in trimmed["data"]
+    assert full["train"]["methods"].keys() > {"pgd_at", "trades"}  # the input is untouched
+    assert len(flatten(trimmed)) < len(flatten(full)) - 60
+
+
+def test_training_run_records_commit_data_hash_and_dataset_input(pipeline_run):
+    import json
+
+    from mlflow import MlflowClient
+
+    from medrobust.utils import dvc_md5
+
+    run_id = json.loads((pipeline_run.model / "run.json").read_text())["run_id"]
+    run = MlflowClient(tracking_uri=pipeline_run.tracking_uri).get_run(run_id)
+    assert run.data.tags["medrobust.data_dvc_md5"] == dvc_md5(pipeline_run.dataset)
+    assert not any(k.startswith("train.methods.trades") for k in run.data.params)
+    assert any(k.startswith("train.methods.pgd_at") for k in run.data.params)
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "ingested" and inp.dataset.digest == dvc_md5(pipeline_run.dataset)[:36]
+    assert "patient_id" in inp.dataset.schema and "source_sha256" not in inp.dataset.schema  # ids are pseudonyms
+    commit = run.data.tags["mlflow.source.git.commit"]  # the tests run inside the repository
+    assert len(commit.removesuffix("-dirty")) == 40

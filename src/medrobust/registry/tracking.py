@@ -111,6 +111,54 @@ def configure(cfg: MlflowConfig) -> str:
     return exp_id
 
 
+SOURCE_SECTIONS = ("pacs", "s3", "medmnist", "ham10000", "cmmd", "image_folder", "two_moons", "synthetic")
+
+
+def run_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params a training run logs: what shaped this run, not every alternative params.yaml holds.
+
+    ``train.methods`` keeps only the active method's settings (not all 16), and ``data`` only the
+    active source's section (``data.pacs`` … are settings of sources this run did not read).
+
+    Args:
+        params: the params as a dict (``Params.to_dict()``).
+
+    Returns:
+        A copy, trimmed.
+    """
+    out = {k: v for k, v in params.items()}
+    train = dict(out.get("train") or {})
+    if isinstance(train.get("methods"), dict):
+        train["methods"] = {train.get("method"): train["methods"].get(train.get("method"), {})}
+    out["train"] = train
+    data = dict(out.get("data") or {})
+    out["data"] = {k: v for k, v in data.items() if k not in SOURCE_SECTIONS or k == data.get("source")}
+    return out
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The repository's current commit (with ``-dirty`` when tracked files changed), or None outside git.
+
+    Args:
+        start: a folder inside the repository; None: the current directory.
+
+    Returns:
+        The commit hash, or None when git or a repository is missing.
+    """
+    import subprocess
+
+    try:
+        cwd = start or Path.cwd()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings.
 

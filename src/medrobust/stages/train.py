@@ -19,6 +19,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from medrobust.models import save_model
 from medrobust.params import Params
 from medrobust.registry import evidence, tracking
 from medrobust.training import build_method, plot_history, train_model
-from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
+from medrobust.utils import atomic_output_dir, dvc_md5, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ class TrainResult:
     final_val_accuracy: float
 
 
+def _dataset(dataset_dir: str | Path, digest: str) -> Any:
+    """The ingested dataset as an MLflow dataset input: the manifest (pseudonymous ids, no pixels)."""
+    import mlflow.data
+    import pandas as pd
+
+    manifest = pd.read_csv(Path(dataset_dir) / "manifest.csv")
+    cols = [c for c in ("image_id", "patient_id", "split", "label", "source") if c in manifest.columns]
+    return mlflow.data.from_pandas(manifest[cols], source=str(Path(dataset_dir).resolve() / "manifest.csv"),
+                                   name="ingested", digest=digest[:36])
+
+
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
     """Train, checkpoint every epoch, log to MLflow.
 
@@ -69,6 +81,10 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
     cfg = params.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.clean_warmup_epochs >= cfg.epochs and cfg.method != "standard":
+        log.warning("train.epochs (%d) <= train.clean_warmup_epochs (%d): every epoch is clean warm-up, so %s never "
+                    "trains with its own loss; raise train.epochs or lower clean_warmup_epochs", cfg.epochs,
+                    cfg.clean_warmup_epochs, cfg.method)
     seed_everything(params.seed)
     train, val = load_split(dataset_dir, "train"), load_split(dataset_dir, "val")
     device = resolve_device(params.device)
@@ -76,9 +92,15 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
                                        seed=params.seed, device=device)
     tracking.configure(params.mlflow)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
-        mlflow.log_params(tracking.flatten(params.to_dict()))
-        mlflow.set_tags({"medrobust.method": cfg.method, "medrobust.backbone": cfg.model.backbone,
-                         "medrobust.stage": "train"})
+        mlflow.log_params(tracking.flatten(tracking.run_params(params.to_dict())))
+        data_md5 = dvc_md5(Path(dataset_dir))
+        tags = {"medrobust.method": cfg.method, "medrobust.backbone": cfg.model.backbone, "medrobust.stage": "train",
+                "medrobust.data_dvc_md5": data_md5}
+        commit = tracking.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        mlflow.set_tags(tags)
+        mlflow.log_input(_dataset(dataset_dir, data_md5), context="training")
         history = train_model(
             model, method, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
             seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
