@@ -113,7 +113,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
         advgen.run(p, run.dataset, run.advgen)
         train.run(p, run.dataset, run.model)
         evaluate.run(p, run.dataset, run.model, run.advgen, run.evaluation)
-        register.run(p, run.model, run.evaluation, run.decision)
+        register.run(p, run.model, run.evaluation, run.decision, run.dataset)
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -117,12 +117,13 @@ def register(
     model: Path = typer.Option(paths.MODEL, help="train stage output"),
     evaluation: Path = typer.Option(paths.EVALUATION, help="evaluate stage output"),
     out: Path = typer.Option(paths.DECISION, help="decision JSON"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (its test split feeds the serving check)"),
     fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help="exit 1 when the version is rejected (CI); a challenger is not"),
 ) -> None:
     """Register the model; promote to @champion only if it passes the gates."""
     from medrobust.stages import register as stage
 
-    decision = stage.run(_params(params), model, evaluation, out)
+    decision = stage.run(_params(params), model, evaluation, out, dataset_dir=dataset)
     if fail_on_reject and decision.status == "rejected":
         logging.getLogger("medrobust").error("version %s rejected: %s", decision.version,
                                              ", ".join(g.name for g in decision.gates if not g.passed))

@@ -62,7 +62,8 @@ def test_a_pipeline_built_from_the_yaml_files_alone_compiles(tmp_path):
         trn = load["train"](params_yaml=params_yaml, dataset=ing.outputs["dataset"])
         ev = load["evaluate"](params_yaml=params_yaml, dataset=ing.outputs["dataset"],
                               adversarial=adv.outputs["adversarial"], model=trn.outputs["model"])
-        load["register"](params_yaml=params_yaml, model=trn.outputs["model"], evaluation=ev.outputs["evaluation"])
+        load["register"](params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
+                         evaluation=ev.outputs["evaluation"])
 
     out = tmp_path / "reuse.yaml"
     compiler.Compiler().compile(reuse, package_path=str(out))

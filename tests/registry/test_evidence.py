@@ -87,7 +87,7 @@ def test_stale_evaluation_says_it_is_stale(pipeline_run, registry, tmp_path):
         register.run(other_gate, pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
 
 
-def test_cli_fail_on_reject_exits_nonzero_for_ci(candidates, registry, tmp_path):
+def test_cli_fail_on_reject_exits_nonzero_for_ci(pipeline_run, candidates, registry, tmp_path):
     import subprocess
     import sys
 
@@ -101,7 +101,8 @@ def test_cli_fail_on_reject_exits_nonzero_for_ci(candidates, registry, tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_raw(register={"gates": {"min_robust_accuracy": 1.0}})))
     cmd = [sys.executable, "-m", "medrobust.cli", "register", "--params", str(params), "--model", str(c.model),
-           "--evaluation", str(c.evaluation), "--out", str(tmp_path / "d.json")]
+           "--evaluation", str(c.evaluation), "--out", str(tmp_path / "d.json"),
+           "--dataset", str(pipeline_run.dataset)]
     rejected = subprocess.run([*cmd, "--fail-on-reject"], capture_output=True, text=True, cwd=tmp_path)
     assert rejected.returncode == 1, rejected.stderr
     assert "rejected: min_robust_accuracy" in rejected.stderr and "Traceback" not in rejected.stderr
@@ -109,7 +110,12 @@ def test_cli_fail_on_reject_exits_nonzero_for_ci(candidates, registry, tmp_path)
     tampered = tmp_path / "eval"
     shutil.copytree(c.evaluation, tampered)
     (tampered / "metrics.json").write_text((tampered / "metrics.json").read_text() + "\n")
-    refused = subprocess.run([*cmd[:-4], "--evaluation", str(tampered), "--out", str(tmp_path / "e.json")],
+    refused = subprocess.run([*cmd[:-6], "--evaluation", str(tampered), "--out", str(tmp_path / "e.json"),
+                              "--dataset", str(pipeline_run.dataset)],
                              capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode == 2 and "metrics.json was modified after evaluation" in refused.stderr
     assert "Traceback" not in refused.stderr
+    no_data = subprocess.run([*cmd[:-2], "--dataset", str(tmp_path / "none")], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert no_data.returncode == 2 and "no ingested dataset in" in no_data.stderr
+    assert "run `medrobust ingest` first" in no_data.stderr

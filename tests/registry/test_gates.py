@@ -89,3 +89,19 @@ def test_champion_gate_tolerance_and_incomparable_champion():
     other = {**champ, "gate.eps": "0.0156862745"}
     res = champion_gate(0.1, 0.1, other, gates)
     assert res.passed and "not comparable" in res.message
+
+
+def test_serving_check_loads_the_version_in_a_fresh_process(pipeline_run, candidates, registry):
+    from medrobust.data.shards import load_split
+    from medrobust.registry.serving import serving_gate
+
+    decision = json.loads(pipeline_run.decision.read_text())
+    serving = next(g for g in decision["gates"] if g["name"] == "serving_check")
+    assert serving["passed"] and serving["value"] <= 1e-5 and serving["threshold"] == 1e-5
+    assert "pytorch" in serving["message"] and "pyfunc" in serving["message"]
+    # the same version against another model's weights: the registry would serve a different model
+    images = load_split(pipeline_run.dataset, "test").x.numpy()
+    other = serving_gate(f"models:/{NAME}/1", candidates[0].model, images)
+    assert not other.passed and other.value > 1e-5 and "would serve another model" in other.message
+    missing = serving_gate(f"models:/{NAME}/99", pipeline_run.model, images)
+    assert not missing.passed and "did not load or predict in a fresh process" in missing.message

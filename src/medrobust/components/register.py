@@ -1,13 +1,14 @@
 """Component: register — shell around :func:`medrobust.stages.register.run`."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from medrobust.components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def register(params_yaml: str, model: Input[Model], evaluation: Input[Artifact], decision: Output[Artifact]) -> bool:
+def register(params_yaml: str, dataset: Input[Dataset], model: Input[Model], evaluation: Input[Artifact],
+             decision: Output[Artifact]) -> bool:
     """Register the model version; returns whether it became ``@champion``.
 
     Runs medrobust.stages.register.run: a new version of register.model_name in the MLflow registry,
@@ -16,6 +17,7 @@ def register(params_yaml: str, model: Input[Model], evaluation: Input[Artifact],
 
     Args:
         params_yaml: params.yaml as one line of JSON (medrobust.params.params_as_text).
+        dataset: the ingest task's dataset (its test split feeds the serving check).
         model: the train task's model (its run.json names the MLflow run and the logged model).
         evaluation: the evaluate task's evaluation (its metrics.json).
 
@@ -32,7 +34,7 @@ def register(params_yaml: str, model: Input[Model], evaluation: Input[Artifact],
     from medrobust.utils import setup_logging
 
     setup_logging()
-    result = stage.run(params_from_text(params_yaml), model.path, evaluation.path, decision.path)
+    result = stage.run(params_from_text(params_yaml), model.path, evaluation.path, decision.path, dataset.path)
     decision.metadata["version"] = result.version
     decision.metadata["promoted"] = result.promoted
     return result.promoted

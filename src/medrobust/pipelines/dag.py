@@ -104,10 +104,12 @@ def build_pipeline(default_params_yaml: str):
         ))))
         ev.set_caching_options(False)  # logs to the (uncached) MLflow run of this execution
         with dsl.If(ev.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 - a KFP condition
-            reg = c.register(params_yaml=params_yaml, model=trn.outputs["model"], evaluation=ev.outputs["evaluation"])
+            reg = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
+                             evaluation=ev.outputs["evaluation"])
             _mlflow(reg.set_caching_options(False).set_retry(num_retries=2, backoff_duration="30s"))
         with dsl.Else(name="gates-failed"):
-            rej = c.register(params_yaml=params_yaml, model=trn.outputs["model"], evaluation=ev.outputs["evaluation"])
+            rej = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
+                             evaluation=ev.outputs["evaluation"])
             _mlflow(rej.set_display_name("register-rejected").set_caching_options(False))
 
     return medrobust_pipeline

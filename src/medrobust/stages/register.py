@@ -4,7 +4,9 @@
    handed over must hash to what train and evaluate recorded in the MLflow run; if not, stop with
    a clear error before any version is created or any alias moves.
 1. Register the train stage's logged model as a new version of ``register.model_name``, tagged with
-   the SHA-256 of the evaluated model and of its metrics.
+   the SHA-256 of the evaluated model and of its metrics. Load it back in a fresh process with
+   ``mlflow.pytorch`` and ``mlflow.pyfunc``: it must reproduce the evaluated logits on the test split
+   (:mod:`medrobust.registry.serving`, the ``serving_check`` gate).
 2. Check the gates (:mod:`medrobust.registry.gates`): minimum clean accuracy, minimum robust
    accuracy at the gate ε, the masking checks, and no regression against the current ``@champion``
    beyond a tolerance.
@@ -24,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medrobust.data.shards import load_split
 from medrobust.params import Params
 from medrobust.registry import champion, evidence, tracking, versions
 from medrobust.registry.gates import GateResult, champion_gate, check_gates
+from medrobust.registry.serving import serving_gate
 from medrobust.utils import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +91,8 @@ def _require(path: Path, what: str, command: str) -> None:
         raise FileNotFoundError(f"no {what} in {path.parent} ({path.name} is missing): run `{command}` first")
 
 
-def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_path: str | Path) -> Decision:
+def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_path: str | Path,
+        dataset_dir: str | Path | None = None) -> Decision:
     """Register, gate, promote or reject; write ``decision_path`` (JSON).
 
     Args:
@@ -95,6 +100,9 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
         model_dir: the train stage's output (``run.json``: the MLflow run and logged model).
         eval_dir: the evaluate stage's output (``metrics.json``).
         decision_path: where the decision JSON goes (written atomically).
+        dataset_dir: the ingested dataset: its test split feeds the serving check (the registered
+            version, loaded in a fresh process, must give the evaluated model's logits); None: no
+            serving check (the decision lists no ``serving_check`` gate).
 
     Returns:
         The decision.
@@ -110,6 +118,8 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     _require(model_dir / "run.json", "trained model", "medrobust train")
     _require(eval_dir / "metrics.json", "evaluation", "medrobust evaluate")
+    if dataset_dir is not None:
+        _require(Path(dataset_dir) / "manifest.csv", "ingested dataset", "medrobust ingest")
     run_info = read_json(model_dir / "run.json")
     tracking.configure(params.mlflow)
     proof = evidence.verify(evidence.run_tags(run_info["run_id"]), model_dir / "model.pt", eval_dir / "metrics.json")
@@ -136,8 +146,12 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
                        versions.HEADLINE_TAG: versions.headline_tag(metrics),
                        "medrobust.model_card": f"runs:/{run_info['run_id']}/evaluation/model_card.md"}.items():
         client.set_model_version_tag(name, version, key, value)
+    value_gates = list(report.results)
+    if dataset_dir is not None:
+        images = load_split(Path(dataset_dir), "test").x.numpy()
+        value_gates.append(serving_gate(f"models:/{name}/{version}", model_dir, images))
     change = champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)
-    gates = [*report.results, change]
+    gates = [*value_gates, change]
     failed = [g for g in gates if not g.passed]
     if not failed:
         status = "champion"
