@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,10 @@ def _dataset(dataset_dir: str | Path, digest: str) -> Any:
 
     manifest = pd.read_csv(Path(dataset_dir) / "manifest.csv")
     cols = [c for c in ("image_id", "patient_id", "split", "label", "source") if c in manifest.columns]
-    return mlflow.data.from_pandas(manifest[cols], source=str(Path(dataset_dir).resolve() / "manifest.csv"),
-                                   name="ingested", digest=digest[:36])
+    with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways" (the same class twice)
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.data.from_pandas(manifest[cols], source=str(Path(dataset_dir).resolve() / "manifest.csv"),
+                                       name="ingested", digest=digest[:36])
 
 
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
