@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +111,7 @@ def evaluate_model(cfg: EvaluateConfig, model: Any, dataset_dir: Path, advgen_di
     Returns:
         The :class:`Evaluation`.
     """
+    start = time.perf_counter()
     test, val = load_split(dataset_dir, "test"), load_split(dataset_dir, "val")
     y = test.y.numpy().astype(int)
     n = len(y)
@@ -164,19 +168,33 @@ def evaluate_model(cfg: EvaluateConfig, model: Any, dataset_dir: Path, advgen_di
     metrics["headline"] = {"gate_attack": gate_attack, "gate_eps": gate_label, "n_test": n,
                            "clean_accuracy": metrics["clean"]["accuracy"],
                            "robust_accuracy": metrics[section].get(gate_attack, {}).get(gate_label, {}).get("accuracy")}
+    ev.seconds["part/clean_calibration_attacks"] = round(time.perf_counter() - start, 3)
     if cfg.targeted_false_negatives and len(classes) == 2:
-        metrics["targeted_false_negative_rate"] = _targeted_fnr(cfg, model, test, cal, boot, seed)
+        with _timed(ev, "targeted_false_negatives"):
+            metrics["targeted_false_negative_rate"] = _targeted_fnr(cfg, model, test, cal, boot, seed)
     if cfg.masking.enabled:
+        mark = time.perf_counter()
         checks = run_masking_checks(model, test.x, test.y, accuracy_table, cfg.masking, gate_eps, gate_label, seed=seed)
         metrics["masking_checks"] = [c.to_dict() for c in checks]
         for c in checks:
             (log.info if c.passed else log.warning)("masking check %s: %s — %s", c.name,
                                                      "pass" if c.passed else "FAIL", c.message)
+        ev.seconds["part/masking_checks"] = round(time.perf_counter() - mark, 3)
     if cfg.shifts.enabled:
-        _shifts(cfg, model, test, ev, boot, seed, gate_runs, gate_eps)
-    metrics["transfer"] = _transfer(advgen_dir, model, cal, boot, classes, cfg.batch_size)
-    metrics["slices"] = _slices(cfg, test, ev, boot, classes, _ingest_source(dataset_dir))
+        with _timed(ev, "shifts"):
+            _shifts(cfg, model, test, ev, boot, seed, gate_runs, gate_eps)
+    with _timed(ev, "transfer_and_slices"):
+        metrics["transfer"] = _transfer(advgen_dir, model, cal, boot, classes, cfg.batch_size)
+        metrics["slices"] = _slices(cfg, test, ev, boot, classes, _ingest_source(dataset_dir))
     return ev
+
+
+@contextmanager
+def _timed(ev: Evaluation, part: str) -> Iterator[None]:
+    """Seconds spent in one part of the evaluation, into ``ev.seconds["part/<part>"]`` (``timing.json``)."""
+    mark = time.perf_counter()
+    yield
+    ev.seconds[f"part/{part}"] = round(time.perf_counter() - mark, 3)
 
 
 def _ingest_source(dataset_dir: Path) -> str | None:

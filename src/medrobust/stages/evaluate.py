@@ -22,6 +22,7 @@ All of them, and the metrics, go to the train stage's MLflow run.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,10 @@ def run(
         proof = evidence.collect(model_sha256, tmp / "metrics.json", dataset_dir / "manifest.csv")
         write_json(tmp / "evidence.json", proof.to_dict())
         write_json(tmp / "calibration.json", ev.calibration.to_dict())
-        write_json(tmp / "timing.json", {"seconds": ev.seconds, "early_stop": params.evaluate.early_stop})
         write_json(tmp / "gates.json", gates.to_dict())
+        mark = time.perf_counter()
         images = _figures(ev, params, run_info, tmp)
+        ev.seconds["part/figures_and_saliency"] = round(time.perf_counter() - mark, 3)
         training = {"method": run_info.get("method"), "backbone": run_info.get("backbone"), "run_id": run_info.get("run_id"),
                     "settings": params.train.settings(run_info.get("method")), "epochs": params.train.epochs}
         card = build_model_card(metrics, provenance(dataset_dir), training)
@@ -160,6 +162,7 @@ def run(
         (tmp / "report.md").write_text(summary(metrics, gates.results, gates.passed, run_info).markdown())
         (tmp / "report.html").write_text(build_report(metrics, gates.results, gates.passed, run_info, card,
                                                       images).html(tmp))
+        write_json(tmp / "timing.json", {"seconds": ev.seconds, "early_stop": params.evaluate.early_stop})
         tracking.configure(params.mlflow)
         with mlflow.start_run(run_id=run_info["run_id"]):
             flat = mlflow_metrics(metrics)
