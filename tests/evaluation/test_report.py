@@ -12,7 +12,9 @@ import json
 import re
 import struct
 import subprocess
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -139,8 +141,9 @@ def test_dvc_md5_is_the_hash_dvc_itself_records(tmp_path):
     single.write_text("one file\n")
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["dvc", "add", "-q", "data", "one.txt"], cwd=repo, check=True)
+    dvc = str(Path(sys.executable).parent / "dvc")  # the environment's DVC, whatever the PATH
+    subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([dvc, "add", "-q", "data", "one.txt"], cwd=repo, check=True)
     import yaml
 
     recorded = {p: yaml.safe_load((repo / f"{p}.dvc").read_text())["outs"][0]["md5"] for p in ("data", "one.txt")}
