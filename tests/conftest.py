@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,20 @@ class PipelineRun:
     tracking_uri: str
 
 
+@contextmanager
+def tracking_store(uri: str) -> Iterator[None]:
+    """``$MLFLOW_TRACKING_URI`` set to ``uri`` inside the block, restored (or removed) after it."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     """Every stage, once, on tiny synthetic data, against a real sqlite-backed MLflow registry."""
@@ -102,9 +118,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
 
     root = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with tracking_store(uri):
         p = tiny_params()
         run = PipelineRun(root, p, root / "raw", root / "ingested", root / "advgen", root / "model",
                           root / "evaluation", root / "decision.json", uri)
@@ -114,11 +128,6 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
         train.run(p, run.dataset, run.model)
         evaluate.run(p, run.dataset, run.model, run.advgen, run.evaluation)
         register.run(p, run.model, run.evaluation, run.decision, run.dataset)
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
     return run
 
 

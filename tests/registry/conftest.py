@@ -3,14 +3,13 @@ copy of its sqlite registry per test."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_params
+from tests.conftest import tiny_params, tracking_store
 
 
 @dataclass
@@ -25,21 +24,14 @@ def candidates(pipeline_run) -> list[Candidate]:
     session's tracking store and not registered."""
     from medrobust.stages import evaluate, train
 
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = pipeline_run.tracking_uri
     out = []
-    try:
+    with tracking_store(pipeline_run.tracking_uri):
         for seed in (11, 12):
             p = tiny_params(seed=seed)
             c = Candidate(pipeline_run.root / f"model-{seed}", pipeline_run.root / f"evaluation-{seed}")
             train.run(p, pipeline_run.dataset, c.model)
             evaluate.run(p, pipeline_run.dataset, c.model, pipeline_run.advgen, c.evaluation)
             out.append(c)
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
     return out
 
 
