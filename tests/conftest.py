@@ -40,9 +40,17 @@ TINY: dict[str, Any] = {
                              {"name": "autoattack", "norm": "linf", "eps": ["8/255"], "steps": 5, "n_queries": 20}],
                  "masking": {"n_points": 16, "square_queries": 20},
                  "shifts": {"severities": [1, 5]}},
-    "register": {"gates": {"min_clean_accuracy": 0.0, "min_robust_accuracy": 0.0, "gate_attack": "pgd_linf",
-                           "gate_eps": "8/255", "require_masking_checks": False}},
+    "register": {"gate_attack": "pgd_linf", "gate_eps": "8/255", "require_masking_checks": False,
+                 "gates": None},  # tiny_gates()
 }
+
+
+def tiny_gates(clean: float = 0.0, robust: float = 0.0, tolerance: float | None = 0.02,
+               use: str = "value") -> list[dict[str, Any]]:
+    """The tiny runs' gates: clean and robust accuracy (at the gate), each with a change threshold."""
+    return [{"name": "clean_accuracy", "metric": "clean.accuracy", "lower_bound": clean, "max_regression": tolerance},
+            {"name": "robust_accuracy", "metric": "{gate}.accuracy", "lower_bound": robust, "use": use,
+             "max_regression": tolerance}]
 
 
 def tiny_raw(**overrides: Any) -> dict[str, Any]:
@@ -57,6 +65,7 @@ def tiny_raw(**overrides: Any) -> dict[str, Any]:
                 dst[k] = v
 
     merge(raw, copy.deepcopy(TINY))
+    raw["register"]["gates"] = tiny_gates()
     merge(raw, copy.deepcopy(overrides))
     return raw
 

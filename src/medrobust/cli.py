@@ -118,12 +118,13 @@ def register(
     evaluation: Path = typer.Option(paths.EVALUATION, help="evaluate stage output"),
     out: Path = typer.Option(paths.DECISION, help="decision JSON"),
     dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (its test split feeds the serving check)"),
+    report: Path = typer.Option(paths.REPORT, help="the evaluation's report.md, ending with the registry decision"),
     fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help="exit 1 when the version is rejected (CI); a challenger is not"),
 ) -> None:
     """Register the model; promote to @champion only if it passes the gates."""
     from medrobust.stages import register as stage
 
-    decision = stage.run(_params(params), model, evaluation, out, dataset_dir=dataset)
+    decision = stage.run(_params(params), model, evaluation, out, dataset_dir=dataset, report_path=report)
     if fail_on_reject and decision.status == "rejected":
         logging.getLogger("medrobust").error("version %s rejected: %s", decision.version,
                                              ", ".join(g.name for g in decision.gates if not g.passed))
@@ -173,7 +174,7 @@ def registry_promote(
     from medrobust.registry import versions
 
     p, client = _registry(params)
-    versions.promote(client, p.register.model_name, version, p.register.gates, force, reason)
+    versions.promote(client, p.register.model_name, version, p.register, force, reason)
     typer.echo(f"{p.register.model_name}@champion -> version {version}")
 
 

@@ -197,7 +197,7 @@ def field_error(field: str, message: str) -> PydanticCustomError:
 
     Args:
         field: the field's key relative to the validated model, dotted for nested keys
-            (``"register.gates.gate_eps"``).
+            (``"register.gate_eps"``).
         message: what is wrong and what is allowed.
 
     Returns:

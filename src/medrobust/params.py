@@ -24,7 +24,7 @@ heads and shifts are their registries'. :func:`params_schema` gives the JSON Sch
 
 The top-level fields of :class:`Params` (listed here: a class docstring is its JSON Schema description):
 ``seed`` (0 .. 2**63 − 1, default 42), ``device`` (``auto``: CUDA when available, else CPU; ``cpu``;
-``cuda``) and the sections above; ``register.gates.gate_attack`` and ``gate_eps`` must be among those
+``cuda``) and the sections above; ``register.gate_attack`` and ``gate_eps`` must be among those
 ``evaluate.attacks`` evaluates. :class:`AdvgenConfig` holds ``surrogate`` (the surrogate model, trained or
 loaded), ``attacks`` (each (attack, norm, ε) makes one transfer set; default FGSM and PGD-10 with a random
 start at 4/255 and 8/255) and ``batch_size`` (images per attack batch, 1 .. 100,000, default 128).
@@ -89,17 +89,17 @@ class Params(StrictModel):
 
     @model_validator(mode="after")
     def _gate_is_evaluated(self) -> Params:
-        g = self.register.gates
+        g = self.register
         eps_of: dict[str, list[float]] = {}
         for a in self.evaluate.attacks:
             eps_of.setdefault(a.key, []).extend(a.eps)
             eps_of.setdefault(f"worst_case_{a.norm}", []).extend(a.eps)
         if g.gate_attack not in eps_of:
-            raise field_error("register.gates.gate_attack", f"{g.gate_attack!r} is not evaluated; allowed values "
+            raise field_error("register.gate_attack", f"{g.gate_attack!r} is not evaluated; allowed values "
                               f"(from evaluate.attacks): {', '.join(sorted(eps_of))}")
         evaluated = sorted(set(eps_of[g.gate_attack]))
         if not any(abs(e - g.gate_eps) < 1e-9 for e in evaluated):
-            raise field_error("register.gates.gate_eps", f"{eps_label(g.gate_eps)} is not among the evaluated "
+            raise field_error("register.gate_eps", f"{eps_label(g.gate_eps)} is not among the evaluated "
                               f"epsilons of {g.gate_attack}; allowed values: "
                               f"{', '.join(eps_label(e) for e in evaluated)}")
         return self

@@ -81,7 +81,7 @@ def test_missing_evaluation_names_the_stage(pipeline_run, tmp_path):
 def test_stale_evaluation_says_it_is_stale(pipeline_run, registry, tmp_path):
     from medrobust.registry.gates import StaleEvaluationError
 
-    other_gate = tiny_params(register={"gates": {"gate_attack": "fgsm_linf", "gate_eps": "4/255"}})
+    other_gate = tiny_params(register={"gate_attack": "fgsm_linf", "gate_eps": "4/255"})
     with pytest.raises(StaleEvaluationError, match=r"evaluation is stale: it was computed for the gate pgd_linf at "
                                                    r"8/255.*fgsm_linf at 4/255.*run `medrobust evaluate` again"):
         register.run(other_gate, pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")
@@ -93,19 +93,19 @@ def test_cli_fail_on_reject_exits_nonzero_for_ci(pipeline_run, candidates, regis
 
     import yaml
 
-    from tests.conftest import tiny_raw
+    from tests.conftest import tiny_gates, tiny_raw
 
     c = candidates[1]
     robust = json.loads((c.evaluation / "metrics.json").read_text())["headline"]["robust_accuracy"]["value"]
     assert robust < 1.0
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_raw(register={"gates": {"min_robust_accuracy": 1.0}})))
+    params.write_text(yaml.safe_dump(tiny_raw(register={"gates": tiny_gates(robust=1.0)})))
     cmd = [sys.executable, "-m", "medrobust.cli", "register", "--params", str(params), "--model", str(c.model),
            "--evaluation", str(c.evaluation), "--out", str(tmp_path / "d.json"),
            "--dataset", str(pipeline_run.dataset)]
     rejected = subprocess.run([*cmd, "--fail-on-reject"], capture_output=True, text=True, cwd=tmp_path)
     assert rejected.returncode == 1, rejected.stderr
-    assert "rejected: min_robust_accuracy" in rejected.stderr and "Traceback" not in rejected.stderr
+    assert "rejected: robust_accuracy" in rejected.stderr and "Traceback" not in rejected.stderr
     assert json.loads((tmp_path / "d.json").read_text())["validation_status"] == "rejected"
     tampered = tmp_path / "eval"
     shutil.copytree(c.evaluation, tampered)

@@ -1,4 +1,4 @@
-"""Gates and promotion against a real sqlite-backed MLflow model registry."""
+"""Gates as data, and promotion, against a real sqlite-backed MLflow model registry."""
 
 from __future__ import annotations
 
@@ -6,69 +6,109 @@ import json
 
 import pytest
 
-from medrobust.registry.gates import champion_gate
+from medrobust.registry.gates import GateReport, GateSpec, StaleEvaluationError, change_gates, check_gates, resolve
 from medrobust.stages import register
-from tests.conftest import tiny_params
-
-
-def _metrics(pipeline_run) -> dict:
-    return json.loads((pipeline_run.evaluation / "metrics.json").read_text())
-
-
-def test_session_run_registered_and_promoted(pipeline_run, registry):
-    decision = json.loads(pipeline_run.decision.read_text())
-    assert decision["promoted"] and decision["validation_status"] == "passed"
-    mv = registry.get_model_version_by_alias("medrobust-classifier", "champion")
-    assert str(mv.version) == decision["version"] == "1"
-    assert mv.tags["validation_status"] == "passed"
-    assert float(mv.tags["gate.clean_accuracy"]) == pytest.approx(_metrics(pipeline_run)["clean"]["accuracy"]["value"], abs=1e-6)
-
+from tests.conftest import tiny_gates, tiny_params
 
 NAME = "medrobust-classifier"
+
+
+def _metrics(path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
 
 
 def _champion(registry) -> str:
     return str(registry.get_model_version_by_alias(NAME, "champion").version)
 
 
+def test_session_run_registered_and_promoted(pipeline_run, registry):
+    decision = json.loads(pipeline_run.decision.read_text())
+    assert decision["promoted"] and decision["validation_status"] == "passed"
+    mv = registry.get_model_version_by_alias(NAME, "champion")
+    assert str(mv.version) == decision["version"] == "1"
+    assert mv.tags["validation_status"] == "passed"
+    m = _metrics(pipeline_run.evaluation)
+    assert float(mv.tags["gate.clean_accuracy.value"]) == pytest.approx(m["clean"]["accuracy"]["value"], abs=1e-6)
+    assert mv.tags["gate.suite"] == m["suite"]["sha256"] and len(m["suite"]["sha256"]) == 64
+    assert mv.tags["gate.robust_accuracy.verdict"] == "pass"
+    # the first version had no champion to compare with: its change gates say so
+    change = [g for g in decision["gates"] if g["kind"] == "change"]
+    assert [g["name"] for g in change] == ["clean_accuracy.change", "robust_accuracy.change"]
+    assert all(g["skipped"] and "no current champion" in g["message"] for g in change)
+    assert mv.tags["gate.robust_accuracy.change.verdict"] == "skipped"
+
+
 def test_gate_fail_tags_rejection_and_keeps_champion(candidates, registry, tmp_path):
     c = candidates[0]
-    robust = json.loads((c.evaluation / "metrics.json").read_text())["whitebox"]["pgd_linf"]["8/255"]["accuracy"]["value"]
+    robust = _metrics(c.evaluation)["whitebox"]["pgd_linf"]["8/255"]["accuracy"]["value"]
     assert robust < 1.0
-    strict = tiny_params(register={"gates": {"min_robust_accuracy": min(1.0, robust + 0.01)}})
+    strict = tiny_params(register={"gates": tiny_gates(robust=min(1.0, robust + 0.01))})
     d = register.run(strict, c.model, c.evaluation, tmp_path / "decision.json")
     assert not d.promoted and d.version == "2" and d.status == "rejected"
     on_disk = json.loads((tmp_path / "decision.json").read_text())
-    assert on_disk["validation_status"] == "rejected" and on_disk["failed_gates"] == ["min_robust_accuracy"]
+    assert on_disk["validation_status"] == "rejected" and on_disk["failed_gates"] == ["robust_accuracy"]
     assert on_disk["champion"] == "1"
     mv = registry.get_model_version(NAME, "2")
-    assert mv.tags["validation_status"] == "rejected" and mv.tags["failed_gates"] == "min_robust_accuracy"
+    assert mv.tags["validation_status"] == "rejected" and mv.tags["failed_gates"] == "robust_accuracy"
+    assert mv.tags["gate.robust_accuracy.verdict"] == "fail"
+    assert float(mv.tags["gate.robust_accuracy.threshold"]) == pytest.approx(min(1.0, robust + 0.01))
     assert _champion(registry) == "1"
     assert not registry.get_registered_model(NAME).aliases.get("challenger")
 
 
 def test_gate_pass_moves_champion(candidates, registry, tmp_path):
     c = candidates[0]
-    lenient = tiny_params(register={"gates": {"champion_tolerance": 1.0}})
+    lenient = tiny_params(register={"gates": tiny_gates(tolerance=1.0)})
     d = register.run(lenient, c.model, c.evaluation, tmp_path / "d.json")
     assert d.promoted and d.previous_champion == "1" and d.version == "2"
     assert _champion(registry) == "2"
-    assert [g.name for g in d.gates] == ["min_clean_accuracy", "min_robust_accuracy", "no_regression_vs_champion"]
+    assert [g.name for g in d.gates] == ["clean_accuracy", "robust_accuracy", "clean_accuracy.change",
+                                         "robust_accuracy.change"]
+    assert all(not g.skipped and g.champion is not None for g in d.gates if g.kind == "change")
+    assert registry.get_model_version(NAME, "2").tags["medrobust.previous_champion"] == "1"
 
 
-def test_pass_that_is_not_better_becomes_challenger(pipeline_run, candidates, registry, tmp_path):
-    # the champion's recorded numbers 0.1 better than the candidate's: within no tolerance of 0.02
+def test_pass_that_is_not_better_becomes_challenger(candidates, registry, tmp_path):
+    # the champion's recorded clean accuracy 0.1 above the candidate's: beyond the tolerance of 0.02
     c = candidates[0]
-    m = json.loads((c.evaluation / "metrics.json").read_text())
+    m = _metrics(c.evaluation)
     assert m["clean"]["accuracy"]["value"] <= 0.9
-    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy", f"{m['clean']['accuracy']['value'] + 0.1:.6f}")
+    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy.value", f"{m['clean']['accuracy']['value'] + 0.1:.6f}")
     d = register.run(tiny_params(), c.model, c.evaluation, tmp_path / "d.json")
     assert d.status == "challenger" and not d.promoted
-    assert [g.name for g in d.gates if not g.passed] == ["no_regression_vs_champion"]
+    assert [g.name for g in d.gates if not g.passed] == ["clean_accuracy.change"]
     assert _champion(registry) == "1"
     assert str(registry.get_model_version_by_alias(NAME, "challenger").version) == d.version == "2"
     mv = registry.get_model_version(NAME, "2")
-    assert mv.tags["validation_status"] == "challenger" and mv.tags["failed_gates"] == "no_regression_vs_champion"
+    assert mv.tags["validation_status"] == "challenger" and mv.tags["failed_gates"] == "clean_accuracy.change"
+
+
+def test_candidate_002_worse_with_tolerance_001_is_not_promoted_and_names_the_gate(candidates, registry, tmp_path):
+    """The acceptance case: 0.02 worse than the champion on worst-case robust accuracy, tolerance 0.01."""
+    c = candidates[0]
+    robust = _metrics(c.evaluation)["whitebox"]["pgd_linf"]["8/255"]["accuracy"]["value"]
+    registry.set_model_version_tag(NAME, "1", "gate.robust_accuracy.value", f"{robust + 0.02:.6f}")
+    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy.value", "0.0")
+    d = register.run(tiny_params(register={"gates": tiny_gates(tolerance=0.01)}), c.model, c.evaluation,
+                     tmp_path / "d.json")
+    assert not d.promoted and _champion(registry) == "1"
+    assert [g.name for g in d.gates if not g.passed] == ["robust_accuracy.change"]
+    failed = next(g for g in d.gates if g.name == "robust_accuracy.change")
+    assert failed.champion == pytest.approx(robust + 0.02, abs=1e-6) and failed.threshold == pytest.approx(robust + 0.01,
+                                                                                                          abs=1e-6)
+    assert "worse by 0.020" in failed.message and "tolerance 0.010" in failed.message
+    assert registry.get_model_version(NAME, d.version).tags["failed_gates"] == "robust_accuracy.change"
+    assert "| robust_accuracy.change |" in registry.get_model_version(NAME, d.version).description
+
+
+def test_champion_of_another_suite_skips_the_change_gates(candidates, registry, tmp_path):
+    c = candidates[0]
+    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy.value", "1.0")
+    registry.set_model_version_tag(NAME, "1", "gate.suite", "0" * 64)
+    d = register.run(tiny_params(), c.model, c.evaluation, tmp_path / "d.json")
+    assert d.promoted
+    change = [g for g in d.gates if g.kind == "change"]
+    assert change and all(g.skipped and "another suite" in g.message for g in change)
 
 
 def test_registering_the_same_model_again_changes_nothing(pipeline_run, registry, tmp_path):
@@ -79,16 +119,72 @@ def test_registering_the_same_model_again_changes_nothing(pipeline_run, registry
     assert json.loads((tmp_path / "d.json").read_text())["already_registered"] is True
 
 
-def test_champion_gate_tolerance_and_incomparable_champion():
-    gates = tiny_params(register={"gates": {"champion_tolerance": 0.05}}).register.gates
-    champ = {"gate.clean_accuracy": "0.90", "gate.robust_accuracy": "0.60", "gate.attack": "pgd_linf",
-             "gate.eps": f"{8 / 255:.9g}"}
-    assert champion_gate(0.86, 0.56, champ, gates).passed
-    assert not champion_gate(0.84, 0.60, champ, gates).passed
-    assert not champion_gate(0.90, 0.54, champ, gates).passed
-    other = {**champ, "gate.eps": "0.0156862745"}
-    res = champion_gate(0.1, 0.1, other, gates)
-    assert res.passed and "not comparable" in res.message
+def _report(values: dict[str, float], suite: str = "s" * 64) -> GateReport:
+    return GateReport((), values, suite)
+
+
+def test_change_thresholds_absolute_relative_and_direction():
+    cfg = tiny_params(register={"gates": [
+        {"name": "acc", "metric": "clean.accuracy", "lower_bound": 0.0, "max_regression": 0.05},
+        {"name": "rel", "metric": "clean.accuracy", "lower_bound": 0.0, "max_regression": 0.1, "regression": "relative"},
+        {"name": "ece", "metric": "clean.ece", "upper_bound": 1.0, "max_regression": 0.01},
+    ]}).register
+    champ = {"gate.suite": "s" * 64, "gate.acc.value": "0.90", "gate.rel.value": "0.50", "gate.ece.value": "0.05"}
+    ok = {g.name: g for g in change_gates(_report({"acc": 0.86, "rel": 0.46, "ece": 0.059}), champ, cfg)}
+    assert all(g.passed and not g.skipped for g in ok.values())
+    bad = {g.name: g for g in change_gates(_report({"acc": 0.84, "rel": 0.44, "ece": 0.061}), champ, cfg)}
+    assert not any(g.passed for g in bad.values())
+    assert bad["rel.change"].threshold == pytest.approx(0.45) and bad["ece.change"].threshold == pytest.approx(0.06)
+    none = change_gates(_report({"acc": 0.1}), None, cfg)
+    assert all(g.passed and g.skipped for g in none)
+
+
+def test_value_gates_on_the_estimate_or_the_ci_bound(pipeline_run):
+    m = _metrics(pipeline_run.evaluation)
+    acc = m["clean"]["accuracy"]
+    assert acc["ci_low"] < acc["value"]
+    between = (acc["ci_low"] + acc["value"]) / 2
+    gates = [{"name": "point", "metric": "clean.accuracy", "lower_bound": between},
+             {"name": "ci", "metric": "clean.accuracy", "lower_bound": between, "use": "ci"},
+             {"name": "ece_ci", "metric": "clean.ece", "upper_bound": 1.0, "use": "ci"}]
+    report = check_gates(m, tiny_params(register={"gates": gates}).register)
+    by = {g.name: g for g in report.results}
+    assert by["point"].passed and by["point"].value == pytest.approx(acc["value"])
+    assert not by["ci"].passed and by["ci"].value == pytest.approx(acc["ci_low"]) and "lower bound" in by["ci"].message
+    assert by["ece_ci"].passed and by["ece_ci"].value == pytest.approx(m["clean"]["ece"]["ci_high"])
+    missing = tiny_params(register={"gates": [{"name": "x", "metric": "clean.nope", "lower_bound": 0.1}]}).register
+    with pytest.raises(StaleEvaluationError, match=r"gate x: metrics.json has no clean.nope"):
+        check_gates(m, missing)
+
+
+def test_default_gates_read_every_figure_they_name(pipeline_run):
+    """params.yaml's gates (ECE, sensitivity under attack, shifts, worst slice) resolve on a real evaluation."""
+    from medrobust.params import load_params
+    from tests.conftest import REPO
+
+    cfg = load_params(REPO / "params.yaml").register.model_copy(update={"gate_attack": "pgd_linf"})
+    report = check_gates(_metrics(pipeline_run.evaluation), cfg)
+    names = [g.name for g in report.results]
+    assert names == ["clean_accuracy", "robust_accuracy", "robust_sensitivity", "clean_ece", "shift_accuracy",
+                     "worst_slice", "masking_checks"]
+    assert set(report.values) == set(names[:-1]) and all(0.0 <= v <= 1.0 for v in report.values.values())
+
+
+def test_metric_paths_with_dotted_keys():
+    m = {"whitebox": {"pgd_l2": {"0.5": {"accuracy": {"value": 0.7}}, "0": {"x": 1}}}}
+    assert resolve(m, "whitebox.pgd_l2.0.5.accuracy", "")["value"] == 0.7
+    assert resolve(m, "{gate}.accuracy", "whitebox.pgd_l2.0.5")["value"] == 0.7
+    with pytest.raises(KeyError, match="whitebox.pgd_l2.1"):
+        resolve(m, "whitebox.pgd_l2.1.accuracy", "")
+
+
+def test_gate_spec_validation():
+    with pytest.raises(ValueError, match="lower_bound or upper_bound, not both"):
+        GateSpec(name="a", metric="clean.accuracy", lower_bound=0.1, upper_bound=0.2)
+    with pytest.raises(ValueError, match="change-only gate must say higher_is_better"):
+        GateSpec(name="a", metric="clean.accuracy", max_regression=0.1)
+    with pytest.raises(ValueError, match="duplicate gate names"):
+        tiny_params(register={"gates": [{"name": "a", "metric": "clean.accuracy", "lower_bound": 0.1}] * 2})
 
 
 def test_serving_check_loads_the_version_in_a_fresh_process(pipeline_run, candidates, registry):

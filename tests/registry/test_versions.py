@@ -12,7 +12,7 @@ import yaml
 from medrobust.registry import versions
 from medrobust.registry.versions import RegistryError
 from medrobust.stages import register
-from tests.conftest import tiny_params, tiny_raw
+from tests.conftest import tiny_gates, tiny_params, tiny_raw
 
 NAME = "medrobust-classifier"
 
@@ -25,7 +25,7 @@ def _as_challenger(registry, candidate, tmp_path):
     """Register ``candidate`` while the champion's recorded clean accuracy is 0.1 above it: @challenger."""
     clean = json.loads((candidate.evaluation / "metrics.json").read_text())["clean"]["accuracy"]["value"]
     assert clean <= 0.9
-    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy", f"{clean + 0.1:.6f}")
+    registry.set_model_version_tag(NAME, "1", "gate.clean_accuracy.value", f"{clean + 0.1:.6f}")
     d = register.run(tiny_params(), candidate.model, candidate.evaluation, tmp_path / "d.json")
     assert d.status == "challenger"
     return d
@@ -38,7 +38,7 @@ def test_list_shows_aliases_status_and_intervals(candidates, registry, tmp_path)
     by = {r["version"]: r for r in rows}
     assert by["1"]["aliases"] == "champion" and by["1"]["status"] == "passed"
     assert by["2"]["aliases"] == "challenger" and by["2"]["status"] == "challenger"
-    assert by["2"]["failed_gates"] == "no_regression_vs_champion" and by["2"]["method"] == "pgd_at"
+    assert by["2"]["failed_gates"] == "clean_accuracy.change" and by["2"]["method"] == "pgd_at"
     m = json.loads((candidates[0].evaluation / "metrics.json").read_text())["headline"]
     lo, hi = m["clean_accuracy"]["ci"]
     assert by["2"]["clean"] == f"{m['clean_accuracy']['value']:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -52,9 +52,9 @@ def test_list_shows_aliases_status_and_intervals(candidates, registry, tmp_path)
 def test_description_is_the_decision_and_show_adds_the_model_card(candidates, registry, tmp_path):
     _as_challenger(registry, candidates[0], tmp_path)
     mv = registry.get_model_version(NAME, "2")
-    assert "@challenger" in mv.description and "| gate | value | threshold | verdict | why |" in mv.description
-    assert "| no_regression_vs_champion |" in mv.description and "**FAIL**" in mv.description
-    assert "pgd_linf at ε=8/255" in mv.description
+    assert "@challenger" in mv.description and "| gate | value | threshold | champion | verdict | why |" in mv.description
+    assert "| clean_accuracy.change |" in mv.description and "**FAIL**" in mv.description
+    assert "whitebox.pgd_linf.8/255.accuracy" in mv.description
     text = versions.show(registry, NAME, "2")
     assert text.startswith(f"# {NAME} version 2 (aliases: @challenger)")
     assert "## Intended use" in text and "## Limitations" in text
@@ -63,9 +63,9 @@ def test_description_is_the_decision_and_show_adds_the_model_card(candidates, re
 
 
 def test_manual_promote_rechecks_gates_and_forced_promote_records_the_reason(candidates, registry, tmp_path):
-    gates = tiny_params().register.gates
+    gates = tiny_params().register
     _as_challenger(registry, candidates[0], tmp_path)
-    with pytest.raises(RegistryError, match="version 2 fails no_regression_vs_champion"):
+    with pytest.raises(RegistryError, match="version 2 fails clean_accuracy.change"):
         versions.promote(registry, NAME, "2", gates)
     with pytest.raises(RegistryError, match="--force needs --reason"):
         versions.promote(registry, NAME, "2", gates, force=True)
@@ -81,7 +81,7 @@ def test_manual_promote_rechecks_gates_and_forced_promote_records_the_reason(can
 def test_rollback_restores_the_previous_champion(candidates, registry, tmp_path):
     with pytest.raises(RegistryError, match="replaced no earlier champion"):
         versions.rollback(registry, NAME)
-    lenient = tiny_params(register={"gates": {"champion_tolerance": 1.0}})
+    lenient = tiny_params(register={"gates": tiny_gates(tolerance=1.0)})
     d = register.run(lenient, candidates[1].model, candidates[1].evaluation, tmp_path / "d.json")
     assert d.promoted and _champion(registry) == "2"
     assert versions.rollback(registry, NAME) == ("2", "1")

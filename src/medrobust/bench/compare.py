@@ -110,7 +110,7 @@ def _subset(data: ArraySplit, idx: np.ndarray) -> ArraySplit:
 
 def _gate_specs(params: Params) -> tuple[list[Any], str]:
     """The suite's attacks of the gate's norm, each at the gate ε (the worst case the gates use)."""
-    g = params.register.gates
+    g = params.register
     norm = g.gate_attack.removeprefix("worst_case_") if g.gate_attack.startswith("worst_case_") else next(
         (s.norm for s in params.evaluate.attacks if s.key == g.gate_attack), "linf")
     specs = [s for s in params.evaluate.attacks if s.norm == norm]
@@ -132,7 +132,7 @@ def fold_scores(params: Params, method: str, data: ArraySplit, fold: Fold, epoch
     """
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    cfg, ev, g = params.train, params.evaluate, params.register.gates
+    cfg, ev, g = params.train, params.evaluate, params.register
     train, val, test = (_subset(data, i) for i in (fold.train, fold.val, fold.test))
     seed = params.seed + fold.index
     seed_everything(seed)
@@ -235,7 +235,7 @@ def compare_methods(params: Params, methods: list[str], n_folds: int = 5, datase
     return {"methods": methods, "folds": n_folds, "epochs": epochs, "seed": params.seed,
             "n_images": len(data), "n_patients": int(len(np.unique(groups))),
             "fold_sizes": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
-            "robustness": {"attacks": [s.key for s in specs], "norm": norm, "eps": eps_label(params.register.gates.gate_eps)},
+            "robustness": {"attacks": [s.key for s in specs], "norm": norm, "eps": eps_label(params.register.gate_eps)},
             "backbone": params.train.model.backbone, "scores": scores, "summary": summary, "pairs": pairs,
             "wilcoxon_min_p": 2 / 2 ** n_folds, "wall_seconds": round(time.perf_counter() - wall, 1),
             "threads": torch.get_num_threads()}

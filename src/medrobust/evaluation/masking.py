@@ -5,7 +5,7 @@ Robustness", 2019, arXiv 1902.06705; the flags of Croce & Hein, "Reliable evalua
 robustness with an ensemble of diverse parameter-free attacks", 2020, arXiv 2003.01690).
 
 Each check has a name, a pass/fail result and a message. They appear in ``metrics.json`` and
-``report.md``, and ``register.gates.require_masking_checks`` makes them a gate.
+``report.md``, and ``register.require_masking_checks`` makes them a gate.
 
 Each check and when it fails:
 

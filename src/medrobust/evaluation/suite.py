@@ -103,8 +103,8 @@ def evaluate_model(cfg: EvaluateConfig, model: Any, dataset_dir: Path, advgen_di
         model: the classifier (on its device).
         dataset_dir: the ingest stage's output.
         advgen_dir: the advgen stage's output (its transfer sets), or None.
-        gate_attack: ``register.gates.gate_attack`` (an attack key or ``worst_case_<norm>``).
-        gate_eps: ``register.gates.gate_eps``.
+        gate_attack: ``register.gate_attack`` (an attack key or ``worst_case_<norm>``).
+        gate_eps: ``register.gate_eps``.
         seed: params.yaml's ``seed`` (attack random starts, shift noise).
         classes: ``data.classes``.
 
@@ -233,6 +233,7 @@ def _shifts(cfg: EvaluateConfig, model: Any, test: ArraySplit, ev: Evaluation, b
         [ev.strongest] if ev.strongest is not None and cfg.shifts.under_attack == "strongest" else [])
     gate_robust = cond.worst_case([c for s, c in gate_runs if s in specs], y).robust.astype(float) if specs else None
     metrics["shifts"], metrics["shifts_modality"] = {}, modality
+    per_shift: list[np.ndarray] = []
     for name in tqdm(names, desc="shifts", mininterval=5):
         by_sev, correct = {}, []
         for severity in cfg.shifts.severities:
@@ -241,6 +242,7 @@ def _shifts(cfg: EvaluateConfig, model: Any, test: ArraySplit, ev: Evaluation, b
                                                      tuple(metrics["classes"]))
             correct.append(c.logits.argmax(1) == y)
         mean_correct = np.stack(correct, 1).mean(1)
+        per_shift.append(mean_correct)
         entry: dict[str, Any] = {
             "severities": by_sev,
             "mean_accuracy": boot.estimate(float(mean_correct.mean()), lambda w: weighted_mean(mean_correct, w), n),
@@ -262,6 +264,12 @@ def _shifts(cfg: EvaluateConfig, model: Any, test: ArraySplit, ev: Evaluation, b
         metrics["shifts"][name] = entry
         log.info("shift %s: accuracy by severity %s", name,
                  ", ".join(f"{s}={m['accuracy']['value']:.3f}" for s, m in by_sev.items()))
+    if per_shift:  # one number for a gate: accuracy averaged over every shift and severity, per point
+        overall = np.stack(per_shift, 1).mean(1)
+        metrics["shifts_summary"] = {
+            "shifts": list(names), "severities": list(cfg.shifts.severities),
+            "mean_accuracy": boot.estimate(float(overall.mean()), lambda w: weighted_mean(overall, w), n),
+        }
 
 
 def _transfer(advgen_dir: Path | None, model: Any, cal: Calibration, boot: Bootstrap, classes: tuple[str, ...],
@@ -305,11 +313,12 @@ def _slices(cfg: EvaluateConfig, test: ArraySplit, ev: Evaluation, boot: Bootstr
             if ev.gate is not None:
                 entry["robust_accuracy"] = proportion(int(ev.gate.robust[mask].sum()), size, boot.level)
             out["columns"][column][value] = entry
-            score = (entry.get("robust_accuracy") or entry["clean"]["accuracy"])["value"]
-            if score is not None and (worst is None or score < worst[0]):
-                worst = (score, column, value)
+            figure = entry.get("robust_accuracy") or entry["clean"]["accuracy"]
+            if figure["value"] is not None and (worst is None or figure["value"] < worst[0]):
+                worst = (figure["value"], column, value, figure)
     out["worst"] = None if worst is None else {"column": worst[1], "value": worst[2], "score": worst[0],
-                                               "by": "robust_accuracy" if ev.gate is not None else "accuracy"}
+                                               "by": "robust_accuracy" if ev.gate is not None else "accuracy",
+                                               "accuracy": worst[3]}  # the figure with its CI, for a gate
     return out
 
 

@@ -6,17 +6,31 @@ Model *stages* are deprecated in MLflow 3; promotion is an alias plus tags:
 * ``@champion`` + ``validation_status=passed`` — passed every gate, the champion comparison included;
 * ``@challenger`` + ``validation_status=challenger`` — passed every value gate but not the comparison
   with the champion (``failed_gates`` names it): a candidate worth a look, not a promotion;
-* ``validation_status=rejected`` + ``failed_gates`` — failed a value gate; no alias moves. Each version also carries its gate
-numbers as tags (``gate.clean_accuracy``, ``gate.robust_accuracy``, ``gate.attack``, ``gate.eps``), so
-the next candidate is compared with the champion without re-evaluating it.
+* ``validation_status=rejected`` + ``failed_gates`` — failed a value gate; no alias moves.
+
+Each version also carries its gate numbers as tags (``gate.<name>.value``, ``gate.suite``,
+``gate.attack``, ``gate.eps``), so the next candidate is compared with the champion without
+re-evaluating it.
+
+Moving ``@champion`` is a compare-and-set under a lease (:func:`promotion_lease`): re-read the
+champion, decide, set the alias, read it back (:func:`set_alias_verified`), and retry, a bounded
+number of times, when another writer got there first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from medrobust.registry.gates import GateReport, GatesConfig, GateResult
+from medrobust.registry.config import PromotionConfig
+from medrobust.registry.gates import GateReport, GatesConfig, GateResult, version_tags
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +108,113 @@ def tag_gate_numbers(client: Any, name: str, version: str, report: GateReport, g
         client: an ``mlflow.MlflowClient``.
         name: the registered model's name.
         version: the version to tag.
-        report: the absolute gates of the version's evaluation (its clean and robust accuracy).
-        gates: ``register.gates`` (the gate attack and ε).
+        report: the value gates of the version's evaluation.
+        gates: ``register`` (the gate attack, ε and gates).
         run_info: the train stage's ``run.json`` (``method``, ``backbone``; empty when absent).
 
-    Tags written: ``gate.clean_accuracy``, ``gate.robust_accuracy`` (6 decimals), ``gate.attack``,
-    ``gate.eps``, ``medrobust.method`` and ``medrobust.backbone``.
+    Tags written: :func:`medrobust.registry.gates.version_tags` (``gate.<name>.value`` …, ``gate.suite``),
+    ``medrobust.method`` and ``medrobust.backbone``.
     """
-    tags = {"gate.clean_accuracy": f"{report.clean_accuracy:.6f}", "gate.robust_accuracy": f"{report.robust_accuracy:.6f}",
-            "gate.attack": gates.gate_attack, "gate.eps": f"{gates.gate_eps:.9g}",
-            "medrobust.method": run_info.get("method", ""), "medrobust.backbone": run_info.get("backbone", "")}
+    tags = {**version_tags(report, gates), "medrobust.method": run_info.get("method", ""),
+            "medrobust.backbone": run_info.get("backbone", "")}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+class LeaseError(RuntimeError):
+    """The promotion lease could not be taken within ``register.promotion.retries`` attempts."""
+
+
+class LostRace(RuntimeError):
+    """The alias did not hold what this run set: another writer moved it; decide again."""
+
+
+def lease_name(name: str) -> str:
+    """The registered model used as the promotion lease of ``name``."""
+    return f"{name}--promotion-lease"
+
+
+@contextmanager
+def promotion_lease(client: Any, name: str, cfg: PromotionConfig) -> Iterator[str]:
+    """Hold the promotion lease of ``name``: only one writer at a time reads the champion and moves it.
+
+    The lease is a registered model named :func:`lease_name`. Creating a registered model is atomic in
+    every MLflow store (a unique name in sqlite and PostgreSQL, behind the REST server too): one
+    writer creates it and the others get ``RESOURCE_ALREADY_EXISTS`` and wait, with an exponential
+    backoff, up to ``cfg.retries`` attempts. A lease older than ``cfg.lease_s`` belongs to a writer that
+    died, and is broken. The holder deletes it on the way out, whatever happened inside.
+
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        name: the registered model's name.
+        cfg: ``register.promotion``.
+
+    Yields:
+        This holder's token (also the lease's ``holder`` tag).
+
+    Raises:
+        LeaseError: the lease stayed taken for every attempt.
+    """
+    from mlflow.exceptions import MlflowException
+
+    lease, token = lease_name(name), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    wait = cfg.backoff_s
+    for attempt in range(1, cfg.retries + 1):
+        try:
+            client.create_registered_model(lease, tags={"holder": token, "purpose": "medrobust promotion lease"},
+                                           description=f"held while {name}@champion is decided; safe to delete "
+                                                       f"after {cfg.lease_s:.0f} s")
+            break
+        except MlflowException as exc:
+            if "ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) and "already exists" not in str(exc):
+                raise
+        try:
+            held = client.get_registered_model(lease)
+            age = time.time() - held.creation_timestamp / 1000.0
+            if age > cfg.lease_s:
+                log.warning("breaking a stale promotion lease of %s (held %.0f s by %s)", name, age,
+                            held.tags.get("holder"))
+                client.delete_registered_model(lease)
+                continue
+        except MlflowException:
+            continue  # released meanwhile: try again at once
+        log.debug("promotion lease of %s is taken (attempt %d/%d); waiting %.2f s", name, attempt, cfg.retries, wait)
+        time.sleep(wait * (0.5 + random.random()))
+        wait = min(wait * 2, 5.0)
+    else:
+        raise LeaseError(f"could not take the promotion lease of {name} in {cfg.retries} attempts: another "
+                         f"registration holds it. If none runs, delete the registered model {lease!r}")
+    try:
+        yield token
+    finally:
+        try:
+            held = client.get_registered_model(lease)
+            if held.tags.get("holder") == token:
+                client.delete_registered_model(lease)
+        except MlflowException:
+            pass
+
+
+def still_holding(client: Any, name: str, token: str) -> bool:
+    """Whether the lease of ``name`` is still this holder's (not broken as stale meanwhile)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(lease_name(name)).tags.get("holder") == token
+    except MlflowException:
+        return False
+
+
+def set_alias_verified(client: Any, name: str, alias: str, version: str) -> None:
+    """Set ``name@alias`` to ``version`` and read it back.
+
+    Raises:
+        LostRace: the alias reads back as another version.
+    """
+    client.set_registered_model_alias(name, alias, version)
+    now = str(client.get_model_version_by_alias(name, alias).version)
+    if now != str(version):
+        raise LostRace(f"{name}@{alias} reads {now} right after it was set to {version}")
 
 
 def promote(client: Any, name: str, version: str) -> None:
@@ -116,7 +225,7 @@ def promote(client: Any, name: str, version: str) -> None:
         name: the registered model's name.
         version: the version that passed every gate.
     """
-    client.set_registered_model_alias(name, CHAMPION, version)
+    set_alias_verified(client, name, CHAMPION, version)
     client.set_model_version_tag(name, version, "validation_status", "passed")
 
 
@@ -129,7 +238,7 @@ def make_challenger(client: Any, name: str, version: str, failed: list[GateResul
         version: the version.
         failed: the comparison gates it failed; their names are joined with commas.
     """
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    set_alias_verified(client, name, CHALLENGER, version)
     client.set_model_version_tag(name, version, "validation_status", "challenger")
     client.set_model_version_tag(name, version, "failed_gates", ",".join(g.name for g in failed))
 
@@ -147,5 +256,6 @@ def reject(client: Any, name: str, version: str, failed: list[GateResult]) -> No
     client.set_model_version_tag(name, version, "failed_gates", ",".join(g.name for g in failed))
 
 
-__all__ = ["CHALLENGER", "CHAMPION", "current_champion", "find_version", "make_challenger", "promote",
-           "register_version", "reject", "tag_gate_numbers"]
+__all__ = ["CHALLENGER", "CHAMPION", "LeaseError", "LostRace", "current_champion", "find_version", "lease_name",
+           "make_challenger", "promote", "promotion_lease", "register_version", "reject", "set_alias_verified",
+           "still_holding", "tag_gate_numbers"]

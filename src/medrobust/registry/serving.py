@@ -88,19 +88,20 @@ def serving_gate(uri: str, model_dir: str | Path, images: np.ndarray, tolerance:
     try:
         served = served_logits(uri, images)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        return GateResult(name, False, None, tolerance, str(exc))
+        return GateResult(name, False, None, tolerance, str(exc), kind="check")
     diffs = {}
     for loader, logits in served.items():
         if logits.shape != reference.shape:
             return GateResult(name, False, None, tolerance,
-                              f"{loader} returns shape {logits.shape}, the evaluated model {reference.shape}")
+                              f"{loader} returns shape {logits.shape}, the evaluated model {reference.shape}", kind="check")
         diffs[loader] = float(np.abs(logits - reference).max()) if reference.size else 0.0
     worst = max(diffs.values())
     ok = worst <= tolerance
     return GateResult(name, ok, worst, tolerance,
                       f"{uri} in a fresh process on {len(images)} test images: max |Δ logit| "
                       + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-                      + (f" <= {tolerance:g}" if ok else f" > {tolerance:g}: the registry would serve another model"))
+                      + (f" <= {tolerance:g}" if ok else f" > {tolerance:g}: the registry would serve another model"),
+                      kind="check")
 
 
 def _main(argv: list[str]) -> None:

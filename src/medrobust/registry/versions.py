@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medrobust.registry.champion import CHAMPION, current_champion
-from medrobust.registry.gates import GateResult, GatesConfig, champion_gate, check_gates
+from medrobust.registry.champion import CHAMPION, current_champion, set_alias_verified
+from medrobust.registry.gates import GateResult, GatesConfig, change_gates, check_gates
 from medrobust.utils import sha256_file
 
 log = logging.getLogger(__name__)
@@ -70,17 +70,20 @@ def decision_markdown(decision: dict[str, Any]) -> str:
         decision: ``decision.json`` (``status``, ``gates``, ``previous_champion`` …).
 
     Returns:
-        A status line and a gate table (gate, value, threshold, verdict, why), ε written as n/255.
+        A status line and a gate table (gate, value, threshold, champion value, verdict, why); ε is
+        written as n/255, as in every metric path.
     """
     status = decision["status"]
     verdict = {"champion": "**promoted to @champion**", "challenger": "**@challenger** (not promoted)",
                "rejected": "**rejected**"}.get(status, status)
     lines = [f"{verdict}; previous champion: {decision.get('previous_champion') or 'none'}", "",
-             "| gate | value | threshold | verdict | why |", "|---|---:|---:|---|---|"]
+             "| gate | value | threshold | champion | verdict | why |", "|---|---:|---:|---:|---|---|"]
     for g in decision["gates"]:
         value = "–" if g["value"] is None else f"{g['value']:.3f}"
         threshold = "–" if g["threshold"] is None else f"{g['threshold']:.3f}"
-        lines.append(f"| {g['name']} | {value} | {threshold} | {'pass' if g['passed'] else '**FAIL**'} | "
+        champ = "–" if g.get("champion") is None else f"{g['champion']:.3f}"
+        verdict = "skipped" if g.get("skipped") else ("pass" if g["passed"] else "**FAIL**")
+        lines.append(f"| {g['name']} | {value} | {threshold} | {champ} | {verdict} | "
                      f"{g['message'].replace('|', '/')} |")
     ev = decision.get("evidence") or {}
     if ev:
@@ -202,7 +205,7 @@ def promote(client: Any, name: str, version: str, gates: GatesConfig, force: boo
         client: an ``mlflow.MlflowClient``.
         name: the registered model's name.
         version: the version to promote.
-        gates: ``register.gates``: checked again on the version's own evaluation unless ``force``.
+        gates: ``register``: its gates, checked again on the version's own evaluation unless ``force``.
         force: promote even when a gate fails (``reason`` is then required).
         reason: why; recorded as a tag with the user's name.
 
@@ -219,13 +222,12 @@ def promote(client: Any, name: str, version: str, gates: GatesConfig, force: boo
     results: list[GateResult] = []
     if not force:
         report = check_gates(_verified_metrics(client, mv), gates)
-        results = [*report.results, champion_gate(report.clean_accuracy, report.robust_accuracy,
-                                                  prev_tags if prev != str(mv.version) else None, gates)]
+        results = [*report.results, *change_gates(report, prev_tags if prev != str(mv.version) else None, gates)]
         failed = [g for g in results if not g.passed]
         if failed:
             raise RegistryError(f"version {version} fails {', '.join(g.name for g in failed)}: "
                                 + "; ".join(g.message for g in failed) + " (use --force --reason \"...\" to override)")
-    client.set_registered_model_alias(name, CHAMPION, str(mv.version))
+    set_alias_verified(client, name, CHAMPION, str(mv.version))
     tags = {"validation_status": "passed", "medrobust.promoted_by": getpass.getuser(),
             "medrobust.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "medrobust.promotion": "forced" if force else "manual, gates re-checked"}

@@ -21,6 +21,8 @@ All of them, and the metrics, go to the train stage's MLflow run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medrobust.config import eps_label
 from medrobust.evaluation.calibration import softmax
 from medrobust.evaluation.clinical import ECE_BINS
 from medrobust.evaluation.model_card import build_model_card, provenance
@@ -41,7 +44,7 @@ from medrobust.evaluation.tables import mlflow_metrics, reliability_rows, robust
 from medrobust.models import load_model
 from medrobust.params import Params
 from medrobust.registry import evidence, tracking
-from medrobust.registry.gates import GateReport, check_gates
+from medrobust.registry.gates import GateReport, GatesConfig, check_gates
 from medrobust.utils import atomic_output_dir, read_json, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,7 @@ class EvaluateResult:
     @property
     def clean_accuracy(self) -> float:
         """Clean test accuracy."""
-        return self.gates.clean_accuracy
+        return float(self.metrics["headline"]["clean_accuracy"]["value"])
 
     @property
     def clean_auc(self) -> float:
@@ -74,7 +77,7 @@ class EvaluateResult:
     @property
     def gate_robust_accuracy(self) -> float:
         """Robust accuracy of the gate attack (by default the worst case over the suite) at the gate ε."""
-        return self.gates.robust_accuracy
+        return float(self.metrics["headline"]["robust_accuracy"]["value"])
 
     @property
     def report(self) -> Path:
@@ -82,12 +85,27 @@ class EvaluateResult:
         return self.out_dir / "report.md"
 
 
+def _robust_floor(g: GatesConfig) -> float | None:
+    """The lower bound of the gate on ``{gate}.accuracy`` (the line on the robustness plot), if any."""
+    return next((s.lower_bound for s in g.gates if s.metric in ("{gate}.accuracy", f"{g.gate_path}.accuracy")), None)
+
+
+def suite_fingerprint(params: Params) -> dict[str, Any]:
+    """What a champion comparison must share: the attacks, the shifts, the gate and the test split's hash."""
+    ev = params.evaluate
+    suite = {"attacks": [a.model_dump(mode="json") for a in ev.attacks],
+             "shifts": ev.shifts.model_dump(mode="json"), "masking": ev.masking.model_dump(mode="json"),
+             "gate_attack": params.register.gate_attack, "gate_eps": eps_label(params.register.gate_eps)}
+    blob = json.dumps(suite, sort_keys=True, separators=(",", ":")).encode()
+    return {"sha256": hashlib.sha256(blob).hexdigest(), "attacks": [a.key for a in ev.attacks]}
+
+
 def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path) -> list[str]:
     """Write the plot data and the figures; returns the PNG files written."""
-    metrics, g, y = ev.metrics, params.register.gates, ev.y
+    metrics, g, y = ev.metrics, params.register, ev.y
     pd.DataFrame(robustness_rows(metrics)).to_csv(tmp / "robustness.csv", index=False)
     plot_robustness(metrics, tmp / "robustness.png", title=f"{run_info.get('method')} / {run_info.get('backbone')}",
-                    gate=(g.gate_eps, g.min_robust_accuracy))
+                    gate=None if _robust_floor(g) is None else (g.gate_eps, float(_robust_floor(g) or 0.0)))
     images = ["robustness.png"]
     if metrics.get("shifts"):
         pd.DataFrame(shift_rows(metrics)).to_csv(tmp / "shifts.csv", index=False)
@@ -140,11 +158,12 @@ def run(
     model, _ = load_model(model_dir)
     model = model.to(resolve_device(params.device))
     run_info = read_json(model_dir / "run.json")
-    g = params.register.gates
+    g = params.register
     ev = evaluate_model(params.evaluate, model, dataset_dir, Path(advgen_dir) if advgen_dir else None, g.gate_attack,
                         g.gate_eps, params.seed, tuple(params.data.classes))
     ev.extras["model"] = model
     metrics = ev.metrics
+    metrics["suite"] = suite_fingerprint(params)
     gates = check_gates(metrics, g)
     with atomic_output_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", metrics)
@@ -174,6 +193,8 @@ def run(
             mlflow.set_tags(proof.tags())  # register trusts these, not the files it is handed
             mlflow.log_dict(ev.calibration.to_dict(), "calibration.json")
             mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
-    log.info("evaluate: clean accuracy %.3f, robust accuracy %.3f (%s at %s), gates %s", gates.clean_accuracy,
-             gates.robust_accuracy, g.gate_attack, metrics["headline"]["gate_eps"], "passed" if gates.passed else "FAILED")
-    return EvaluateResult(Path(out_dir), metrics, gates)
+    result = EvaluateResult(Path(out_dir), metrics, gates)
+    log.info("evaluate: clean accuracy %.3f, robust accuracy %.3f (%s at %s), value gates %s", result.clean_accuracy,
+             result.gate_robust_accuracy, g.gate_attack, metrics["headline"]["gate_eps"],
+             "passed" if gates.passed else "FAILED: " + ", ".join(r.name for r in gates.results if not r.passed))
+    return result

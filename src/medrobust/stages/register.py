@@ -7,16 +7,18 @@
    the SHA-256 of the evaluated model and of its metrics. Load it back in a fresh process with
    ``mlflow.pytorch`` and ``mlflow.pyfunc``: it must reproduce the evaluated logits on the test split
    (:mod:`medrobust.registry.serving`, the ``serving_check`` gate).
-2. Check the gates (:mod:`medrobust.registry.gates`): minimum clean accuracy, minimum robust
-   accuracy at the gate ε, the masking checks, and no regression against the current ``@champion``
-   beyond a tolerance.
+2. Check the gates of ``register.gates`` (:mod:`medrobust.registry.gates`): each gate's value
+   threshold (on the point estimate or its CI), the masking checks, and — under the promotion
+   lease — each gate's change threshold against the current ``@champion``.
 3. Pass: move ``@champion`` to the new version and tag it ``validation_status=passed``. Pass the
    value gates but not the champion comparison: move ``@challenger`` to it. Fail a value gate: tag
    it ``validation_status=rejected`` and ``failed_gates=<names>``; the champion stays
-   (:mod:`medrobust.registry.champion`).
+   (:mod:`medrobust.registry.champion`). The alias moves by compare-and-set: re-read, decide, set,
+   read back, retry when another writer won.
    A run, or a model file, that already is a version is not registered again: the decision says
    ``already_registered`` and names that version.
-4. Write the decision as JSON either way.
+4. Write the decision as JSON either way (and ``report.md``: the evaluation's summary ending with
+   the decision), as the version's description in Markdown, and as the run's ``register/decision.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 from medrobust.data.shards import load_split
 from medrobust.params import Params
 from medrobust.registry import champion, evidence, tracking, versions
-from medrobust.registry.gates import GateResult, champion_gate, check_gates
+from medrobust.registry.config import RegisterConfig
+from medrobust.registry.gates import GateReport, GateResult, change_gates, check_gates
 from medrobust.registry.serving import serving_gate
 from medrobust.utils import atomic_write_json, read_json
 
@@ -92,7 +95,7 @@ def _require(path: Path, what: str, command: str) -> None:
 
 
 def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_path: str | Path,
-        dataset_dir: str | Path | None = None) -> Decision:
+        dataset_dir: str | Path | None = None, report_path: str | Path | None = None) -> Decision:
     """Register, gate, promote or reject; write ``decision_path`` (JSON).
 
     Args:
@@ -103,6 +106,8 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
         dataset_dir: the ingested dataset: its test split feeds the serving check (the registered
             version, loaded in a fresh process, must give the evaluated model's logits); None: no
             serving check (the decision lists no ``serving_check`` gate).
+        report_path: where ``report.md`` goes: the evaluation's summary ending with this decision
+            (None: not written).
 
     Returns:
         The decision.
@@ -114,7 +119,7 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     import mlflow
     from mlflow import MlflowClient
 
-    gcfg = params.register.gates
+    gcfg = params.register
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     _require(model_dir / "run.json", "trained model", "medrobust train")
     _require(eval_dir / "metrics.json", "evaluation", "medrobust evaluate")
@@ -138,6 +143,8 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
                  run_info["run_id"])
         decision = Decision(name, str(existing.version), status, [], prev_version, proof.to_dict(), True)
         atomic_write_json(decision_path, decision.to_dict())
+        if report_path is not None:
+            _write_report(Path(report_path), eval_dir / "report.md", decision)
         return decision
 
     version = champion.register_version(client, name, run_info["model_uri"], run_info["run_id"])
@@ -150,28 +157,73 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     if dataset_dir is not None:
         images = load_split(Path(dataset_dir), "test").x.numpy()
         value_gates.append(serving_gate(f"models:/{name}/{version}", model_dir, images))
-    change = champion_gate(report.clean_accuracy, report.robust_accuracy, prev_tags, gcfg)
-    gates = [*value_gates, change]
-    failed = [g for g in gates if not g.passed]
-    if not failed:
-        status = "champion"
-        champion.promote(client, name, version)
-        if prev_version:  # what `medrobust registry rollback` returns to
-            client.set_model_version_tag(name, version, versions.PREVIOUS_CHAMPION_TAG, prev_version)
-        log.info("%s version %s passed every gate: now @%s (was %s)", name, version, champion.CHAMPION, prev_version)
-    elif failed == [change]:
-        status = "challenger"
-        champion.make_challenger(client, name, version, failed)
-        log.warning("%s version %s passed the value gates but not the champion comparison: now @%s (%s)", name,
-                    version, champion.CHALLENGER, change.message)
-    else:
-        status = "rejected"
-        champion.reject(client, name, version, failed)
-        log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in failed))
-    decision = Decision(name, version, status, gates, prev_version, proof.to_dict())
+    decision = _decide_and_move(client, name, version, value_gates, report, gcfg, proof.to_dict())
     client.update_model_version(name, version, description=versions.decision_markdown(decision.to_dict()))
+    client.set_model_version_tag(name, version, "medrobust.decision", f"runs:/{run_info['run_id']}/register/decision.json")
     atomic_write_json(decision_path, decision.to_dict())
+    if report_path is not None:
+        _write_report(Path(report_path), eval_dir / "report.md", decision)
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_dict(decision.to_dict(), "register/decision.json")
+        if report_path is not None:
+            mlflow.log_artifact(str(report_path), "register")
         mlflow.set_tag("medrobust.registered_version", version)
     return decision
+
+
+def _decide_and_move(client: Any, name: str, version: str, value_gates: list[GateResult], report: GateReport,
+                     gcfg: RegisterConfig, proof: dict[str, str]) -> Decision:
+    """Compare with the champion and move the alias: a compare-and-set under the promotion lease.
+
+    Under the lease: re-read ``@champion``, compute the change gates against it, set the alias and
+    read it back. When the alias does not read back (another writer moved it: a lease broken as
+    stale), decide again against the new champion, up to ``register.promotion.retries`` times.
+    """
+    for attempt in range(1, gcfg.promotion.retries + 1):
+        with champion.promotion_lease(client, name, gcfg.promotion) as token:
+            prev_version, prev_tags = champion.current_champion(client, name)
+            change = change_gates(report, prev_tags, gcfg)
+            gates = [*value_gates, *change]
+            failed = [g for g in gates if not g.passed]
+            try:
+                if not failed:
+                    status = "champion"
+                    champion.promote(client, name, version)
+                    if prev_version:  # what `medrobust registry rollback` returns to
+                        client.set_model_version_tag(name, version, versions.PREVIOUS_CHAMPION_TAG, prev_version)
+                    log.info("%s version %s passed every gate: now @%s (was %s)", name, version, champion.CHAMPION,
+                             prev_version)
+                elif all(g.kind == "change" for g in failed):
+                    status = "challenger"
+                    champion.make_challenger(client, name, version, failed)
+                    log.warning("%s version %s passed the value gates but not the champion comparison: now @%s (%s)",
+                                name, version, champion.CHALLENGER, "; ".join(g.message for g in failed))
+                else:
+                    status = "rejected"
+                    champion.reject(client, name, version, failed)
+                    log.warning("%s version %s rejected: %s", name, version, "; ".join(g.message for g in failed))
+                if not champion.still_holding(client, name, token):
+                    raise champion.LostRace("the promotion lease was broken while this run held it")
+            except champion.LostRace as exc:
+                log.warning("lost a promotion race (attempt %d/%d): %s; deciding again", attempt,
+                            gcfg.promotion.retries, exc)
+                continue
+        for g in gates:
+            client.set_model_version_tag(name, version, f"gate.{g.name}.verdict",
+                                         "skipped" if g.skipped else ("pass" if g.passed else "fail"))
+        return Decision(name, version, status, gates, prev_version, proof)
+    raise champion.LeaseError(f"{name} version {version}: lost the promotion race {gcfg.promotion.retries} times")
+
+
+def _write_report(path: Path, evaluation_report: Path, decision: Decision) -> None:
+    """``report.md``: the evaluation's summary, ending with the registry decision."""
+    head = evaluation_report.read_text() if evaluation_report.exists() else ""
+    d = decision.to_dict()
+    body = versions.decision_markdown(d)
+    tail = (f"\n\n## Registry decision: {d['model_name']} version {d['version']}\n\n"
+            + ("This model file was registered before: nothing changed.\n\n" if decision.already_registered else "")
+            + body + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(head.rstrip() + tail)
+    tmp.replace(path)
