@@ -59,7 +59,7 @@ system-deps:
 
 run: setup
 	dvc repro
-	@echo; cat reports/evaluation/report.md; echo; echo "decision: $$(cat reports/decision.json | python -c 'import json,sys; d=json.load(sys.stdin); print(d["model_name"], "v"+d["version"], d["validation_status"], "failed:", d["failed_gates"])')"
+	@echo; cat reports/report.md
 	@echo "MLflow UI: make mlflow-ui"
 
 # the import layers (pyproject.toml [tool.importlinter]): an import that runs up a layer fails here

@@ -1,11 +1,13 @@
 """``medrobust <command>``: parse arguments, read params.yaml, call the library. Nothing else.
 
+    medrobust check                 # validate params.yaml first; per-stage params digests for dvc.yaml
     medrobust synthesize            # default data: a synthetic DICOM tree
     medrobust ingest                # any data.source -> validated, de-identified shards
     medrobust advgen                # surrogate + adversarial test sets
     medrobust train                 # the method named in params.yaml
     medrobust evaluate              # clean / white-box / transfer robustness, gates
     medrobust register              # MLflow registry, @champion if the gates pass
+    medrobust registry list|show|promote|rollback|load   # inspect and steer the registry
     medrobust audit --source DIR OUT...  # search outputs for the sources' patient identifiers
     medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
     medrobust pipeline compile      # Kubeflow pipeline + components -> YAML
@@ -52,6 +54,15 @@ def _params(path: Path) -> Params:
 # --------------------------------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------------------------------
+@app.command()
+def check(params: ParamsOpt = PARAMS,
+          out: Path = typer.Option(paths.STAGE_PARAMS, help="what each stage reads: digests and the key settings")) -> None:
+    """Validate params.yaml before any stage runs; write the per-stage params digests dvc.yaml depends on."""
+    from medrobust.stages import check as stage
+
+    stage.run(_params(params), out)
+
+
 @app.command()
 def synthesize(params: ParamsOpt = PARAMS, out: Path = typer.Option(paths.RAW_SYNTHETIC, help="output folder")) -> None:
     """Write the embedded default dataset: a synthetic mammography-like DICOM tree + labels.csv."""

@@ -100,6 +100,18 @@ def suite_fingerprint(params: Params) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(blob).hexdigest(), "attacks": [a.key for a in ev.attacks]}
 
 
+def headline(metrics: dict[str, Any], gates: GateReport) -> dict[str, Any]:
+    """``headline.json``: the handful of numbers ``dvc exp show`` compares experiments by.
+
+    Clean and gate robust accuracy with the robust CI's bounds, the test-set size, and whether every
+    value gate passed (1/0). ``metrics.json`` holds everything else.
+    """
+    h = metrics["headline"]
+    return {"clean_accuracy": h["clean_accuracy"]["value"], "robust_accuracy": h["robust_accuracy"]["value"],
+            "robust_ci_low": h["robust_accuracy"]["ci_low"], "robust_ci_high": h["robust_accuracy"]["ci_high"],
+            "n_test": h["n_test"], "gates_passed": int(gates.passed)}
+
+
 def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path) -> list[str]:
     """Write the plot data and the figures; returns the PNG files written."""
     metrics, g, y = ev.metrics, params.register, ev.y
@@ -167,6 +179,7 @@ def run(
     gates = check_gates(metrics, g)
     with atomic_output_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "headline.json", headline(metrics, gates))
         proof = evidence.collect(model_sha256, tmp / "metrics.json", dataset_dir / "manifest.csv")
         write_json(tmp / "evidence.json", proof.to_dict())
         write_json(tmp / "calibration.json", ev.calibration.to_dict())
