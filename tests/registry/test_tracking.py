@@ -67,3 +67,18 @@ def test_training_run_records_commit_data_hash_and_dataset_input(pipeline_run):
     assert "patient_id" in inp.dataset.schema and "source_sha256" not in inp.dataset.schema  # ids are pseudonyms
     commit = run.data.tags["mlflow.source.git.commit"]  # the tests run inside the repository
     assert len(commit.removesuffix("-dirty")) == 40
+
+
+def test_training_keeps_the_best_robust_validation_epoch_and_says_which(pipeline_run):
+    import json
+
+    from mlflow import MlflowClient
+
+    history = json.loads((pipeline_run.model / "history.json").read_text())
+    chosen = json.loads((pipeline_run.model / "selection.json").read_text())
+    scores = [e["val_select"] for e in history]
+    assert chosen["epoch"] == max(i + 1 for i, s in enumerate(scores) if s == max(scores))
+    assert chosen["by"].startswith("best robust validation accuracy: PGD-5 linf at ε=8/255")
+    run_id = json.loads((pipeline_run.model / "run.json").read_text())["run_id"]
+    tags = MlflowClient(tracking_uri=pipeline_run.tracking_uri).get_run(run_id).data.tags
+    assert tags["medrobust.selected_epoch"] == str(chosen["epoch"]) and tags["medrobust.selected_by"] == chosen["by"]

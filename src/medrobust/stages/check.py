@@ -51,7 +51,8 @@ def stage_settings(params: Params) -> dict[str, dict[str, Any]]:
         "synthesize": {"synthetic": dump["data"]["synthetic"]},
         "ingest": {"seed": dump["seed"], "data": dump["data"], "validation": dump["validation"]},
         "advgen": {"seed": dump["seed"], "device": dump["device"], "advgen": dump["advgen"]},
-        "train": {"seed": dump["seed"], "device": dump["device"], "train": train, "mlflow": dump["mlflow"]},
+        "train": {"seed": dump["seed"], "device": dump["device"], "train": train, "mlflow": dump["mlflow"],
+                  "gate": {k: gate[k] for k in ("gate_attack", "gate_eps")}},  # train.selection attacks at the gate
         "evaluate": {"seed": dump["seed"], "device": dump["device"], "evaluate": dump["evaluate"], "register": gate},
         "register": {"register": dump["register"], "mlflow": dump["mlflow"]},
     }

@@ -7,7 +7,9 @@ the model, and later the robustness results.
 
 Outputs (in ``out_dir``, written atomically):
 
-* ``model.pt`` + ``model.json`` — the final weights (a state dict) and the model spec;
+* ``model.pt`` + ``model.json`` — the kept weights (a state dict) and the model spec: by default the
+  epoch with the best robust validation accuracy under a cheap PGD at the gate ε
+  (``train.selection``; :mod:`medrobust.training.selection`), said in ``selection.json``;
 * ``checkpoints/epoch_NNN.pt`` — model and optimiser state after every epoch;
 * ``history.json`` + ``training.png`` — per-epoch metrics;
 * ``run.json`` — the MLflow run id and the logged model's URI.
@@ -29,7 +31,9 @@ from medrobust.data.shards import load_split
 from medrobust.models import save_model
 from medrobust.params import Params
 from medrobust.registry import evidence, tracking
+from medrobust.config import eps_label
 from medrobust.training import build_method, plot_history, train_model
+from medrobust.training.selection import clean_score, robust_score
 from medrobust.utils import atomic_output_dir, dvc_md5, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -37,13 +41,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What train wrote: the folder, the MLflow run and logged model, the last validation accuracy.
+    """What train wrote: the folder, the MLflow run and logged model, the kept epoch's validation accuracy.
 
     Attributes:
         out_dir: the stage's output folder.
         run_id: the MLflow run (re-used by evaluate and register).
         model_uri: the logged model's URI.
-        final_val_accuracy: validation accuracy after the last epoch (NaN when not recorded).
+        final_val_accuracy: validation accuracy of the kept epoch (NaN when not recorded).
     """
 
     out_dir: Path
@@ -63,6 +67,20 @@ def _dataset(dataset_dir: str | Path, digest: str) -> Any:
         warnings.simplefilter("ignore", UserWarning)
         return mlflow.data.from_pandas(manifest[cols], source=str(Path(dataset_dir).resolve() / "manifest.csv"),
                                        name="ingested", digest=digest[:36])
+
+
+def _selection(params: Params, val: Any) -> tuple[Any, str]:
+    """The epoch-selection score of ``train.selection`` and its description."""
+    sel = params.train.selection
+    if sel.metric == "last" or len(val) == 0:
+        return None, "the last epoch"
+    if sel.metric == "clean":
+        return clean_score(val), "best clean validation accuracy"
+    g = params.register
+    norm = g.gate_attack.rsplit("_", 1)[-1]  # worst_case_<norm> or <attack>_<norm>
+    n = min(sel.max_images, len(val))
+    return (robust_score(val, norm, g.gate_eps, sel.steps, sel.max_images, params.seed),
+            f"best robust validation accuracy: PGD-{sel.steps} {norm} at ε={eps_label(g.gate_eps)} on {n} images")
 
 
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
@@ -104,15 +122,19 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
             tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags(tags)
         mlflow.log_input(_dataset(dataset_dir, data_md5), context="training")
+        select, selected_by = _selection(params, val)
         history = train_model(
             model, method, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
             seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
             clean_warmup_epochs=cfg.clean_warmup_epochs, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-            desc=cfg.method,
+            desc=cfg.method, select=select,
         )
+        log.info("model.pt holds epoch %d of %d (%s)", history.best_epoch, cfg.epochs, selected_by)
+        mlflow.set_tags({"medrobust.selected_epoch": str(history.best_epoch), "medrobust.selected_by": selected_by})
         model = model.cpu()  # saved and logged as a CPU model
         save_model(model, spec, tmp)
         write_json(tmp / "history.json", history.epochs)
+        write_json(tmp / "selection.json", {"epoch": history.best_epoch, "epochs": cfg.epochs, "by": selected_by})
         plot_history(history.epochs, tmp / "training.png", title=f"{cfg.method} / {cfg.model.backbone}")
         # a noise image of the right shape: no patient pixels in the model's input example
         example = np.random.default_rng(0).random((2, *train.x.shape[1:]), dtype=np.float32)
@@ -121,12 +143,13 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
         )
         mlflow.log_artifact(str(tmp / "training.png"))
         mlflow.log_dict(dataclasses.asdict(spec), "model_spec.json")
-        final_val = history.epochs[-1].get("val_accuracy", float("nan"))
+        final_val = history.epochs[history.best_epoch - 1].get("val_accuracy", float("nan"))
         model_sha256 = sha256_file(tmp / "model.pt")
         mlflow.set_tag(evidence.TRAINED_MODEL_TAG, model_sha256)  # what register checks the model file against
         run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id,
                     "model_uri": info.model_uri, "model_sha256": model_sha256,
-                    "method": cfg.method, "backbone": cfg.model.backbone}
+                    "method": cfg.method, "backbone": cfg.model.backbone, "selected_epoch": history.best_epoch,
+                    "selected_by": selected_by}
         write_json(tmp / "run.json", run_info)
     log.info("trained %s/%s: val accuracy %.3f; MLflow run %s", cfg.method, cfg.model.backbone,
              final_val, run_info["run_id"])

@@ -144,6 +144,20 @@ def method_settings(name: str, raw: dict[str, Any] | None, key: str = "") -> dic
         raise config_error(exc, tp, at=key or f"train.methods.{name}") from None
 
 
+class SelectionConfig(StrictModel):
+    """``train.selection``: which epoch's weights become ``model.pt``.
+
+    ``robust`` (default): the best robust accuracy on the validation split under a cheap PGD of the
+    gate's norm at the gate ε (``register.gate_attack``/``gate_eps``), ``steps`` steps on at most
+    ``max_images`` images; ``clean``: the best clean validation accuracy; ``last``: the last epoch.
+    The latest of equal scores wins.
+    """
+
+    metric: Literal["robust", "clean", "last"] = "robust"
+    steps: int = Field(5, ge=1, le=1000)
+    max_images: int = Field(256, ge=1, le=1_000_000)
+
+
 class TrainConfig(StrictModel):
     """``train``: the method (:data:`~medrobust.defenses.TRAINING_METHODS`), the model, the loop."""
 
@@ -156,6 +170,7 @@ class TrainConfig(StrictModel):
     hflip: bool = True                                    # random horizontal flips (label-preserving for the default data)
     clean_warmup_epochs: int = Field(2, ge=0, le=10_000)  # first epochs with clean CE, then the method
     num_threads: int = Field(0, ge=0, le=1024)            # 0: let torch decide
+    selection: SelectionConfig = SelectionConfig()        # which epoch's weights are kept
 
     def settings(self, method: str | None = None) -> dict[str, Any]:
         """The hyper-parameters params.yaml sets for ``method`` (default: ``train.method``).

@@ -31,10 +31,14 @@ class History:
     """What :func:`train_model` returns.
 
     Attributes:
-        epochs: one metrics mapping per epoch (``train_loss``, ``train_<stat>``, ``val_accuracy``).
+        epochs: one metrics mapping per epoch (``train_loss``, ``train_<stat>``, ``val_accuracy``, and
+            ``val_select`` when a selection score was given).
+        best_epoch: the epoch (from 1) whose weights the model holds at the end: the best
+            ``val_select`` (the latest of equals), or the last epoch without a score.
     """
 
     epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -68,6 +72,7 @@ def train_model(
     hflip: bool = False,
     clean_warmup_epochs: int = 0,
     desc: str = "train",
+    select: Callable[[nn.Module], float] | None = None,
 ) -> History:
     """Train ``model`` in place with ``method``'s loss.
 
@@ -91,9 +96,12 @@ def train_model(
             objectives at full ε can stall a network trained from scratch at the constant predictor);
             the method's own loss takes over afterwards, and its epoch counter starts there.
         desc: the name in the progress bar and the log lines.
+        select: scores the model on validation data after each epoch (e.g. robust accuracy under a
+            cheap PGD); the model ends with the weights of the best-scoring epoch (the latest of
+            equals), not the last. None: the last epoch's weights.
 
     Returns:
-        Per-epoch metrics (mean loss, the method's stats, validation accuracy).
+        Per-epoch metrics (mean loss, the method's stats, validation accuracy) and the epoch kept.
     """
     device = next(model.parameters()).device
     opt = make_optimizer(model, optim)
@@ -103,6 +111,7 @@ def train_model(
     n = len(train)
     warmup = min(clean_warmup_epochs, epochs)
     clean = Standard()
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
     for epoch in range(epochs):
         current = clean if epoch < warmup else method
         if current is method:
@@ -129,6 +138,13 @@ def train_model(
         metrics = {f"train_{k}" if not k.startswith("train_") else k: v / n for k, v in sums.items()}
         if val is not None:
             metrics["val_accuracy"] = accuracy(model, val.x, val.y)
+        if select is not None:
+            metrics["val_select"] = score = float(select(model))
+            if best is None or score >= best[0]:
+                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                history.best_epoch = epoch + 1
+        else:
+            history.best_epoch = epoch + 1
         history.epochs.append(metrics)
         log.info("%s epoch %d/%d: %s", desc, epoch + 1, epochs,
                  ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
@@ -138,5 +154,9 @@ def train_model(
                        checkpoint_dir / f"epoch_{epoch + 1:03d}.pt")
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
+    if best is not None and history.best_epoch != epochs:
+        model.load_state_dict(best[1])
+        log.info("%s: kept epoch %d of %d (best validation selection score %.4f)", desc, history.best_epoch, epochs,
+                 best[0])
     model.eval()
     return history
