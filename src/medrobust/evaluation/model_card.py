@@ -83,7 +83,9 @@ def build_model_card(metrics: dict[str, Any], data: dict[str, Any], training: di
         ["method", f"`{training.get('method')}` — {method_paper(training['method'])}" if training.get("method")
          in TRAINING_METHODS else str(training.get("method"))],
         ["settings", settings], ["backbone", f"`{training.get('backbone')}`"],
-        ["epochs", str(training.get("epochs"))], ["MLflow run", f"`{training.get('run_id')}`"],
+        ["epochs", str(training.get("epochs"))
+         + (f" (kept epoch {training['selected_epoch']}: {training.get('selected_by')})"
+            if training.get("selected_epoch") else "")], ["MLflow run", f"`{training.get('run_id')}`"],
     ])
     card.h2("Performance on the test split")
     card.table(["figure", "value [95% CI]"], [

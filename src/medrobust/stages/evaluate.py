@@ -188,7 +188,8 @@ def run(
         images = _figures(ev, params, run_info, tmp)
         ev.seconds["part/figures_and_saliency"] = round(time.perf_counter() - mark, 3)
         training = {"method": run_info.get("method"), "backbone": run_info.get("backbone"), "run_id": run_info.get("run_id"),
-                    "settings": params.train.settings(run_info.get("method")), "epochs": params.train.epochs}
+                    "settings": params.train.settings(run_info.get("method")), "epochs": params.train.epochs,
+                    "selected_epoch": run_info.get("selected_epoch"), "selected_by": run_info.get("selected_by")}
         card = build_model_card(metrics, provenance(dataset_dir), training)
         (tmp / "model_card.md").write_text(card.markdown())
         (tmp / "report.md").write_text(summary(metrics, gates.results, gates.passed, run_info).markdown())
