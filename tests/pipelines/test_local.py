@@ -27,6 +27,8 @@ def test_kfp_local_run_on_tiny_data(tmp_path, monkeypatch):
     assert 0.0 <= metrics["clean"]["accuracy"]["value"] <= 1.0
     decision = json.loads((run_dir / "register" / "decision").read_text())
     assert decision["promoted"] is True and decision["version"] == "1"
+    report = (run_dir / "register" / "report").read_text()
+    assert report.split("\n## ")[-1].startswith("Registry decision: medrobust-classifier version 1")
     from mlflow import MlflowClient
 
     mv = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(

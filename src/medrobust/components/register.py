@@ -8,7 +8,7 @@ from medrobust.components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register(params_yaml: str, dataset: Input[Dataset], model: Input[Model], evaluation: Input[Artifact],
-             decision: Output[Artifact]) -> bool:
+             decision: Output[Artifact], report: Output[Artifact]) -> bool:
     """Register the model version; returns whether it became ``@champion``.
 
     Runs medrobust.stages.register.run: a new version of register.model_name in the MLflow registry,
@@ -24,6 +24,7 @@ def register(params_yaml: str, dataset: Input[Dataset], model: Input[Model], eva
     Returns:
         decision: the decision as JSON (version, promoted, validation status, failed and all gates,
             previous and current champion); metadata version and promoted.
+        report: the evaluation's ``report.md`` ending with the registry decision.
         Output: whether the version became the champion.
 
     Raises:
@@ -34,7 +35,8 @@ def register(params_yaml: str, dataset: Input[Dataset], model: Input[Model], eva
     from medrobust.utils import setup_logging
 
     setup_logging()
-    result = stage.run(params_from_text(params_yaml), model.path, evaluation.path, decision.path, dataset.path)
+    result = stage.run(params_from_text(params_yaml), model.path, evaluation.path, decision.path, dataset.path,
+                       report_path=report.path)
     decision.metadata["version"] = result.version
     decision.metadata["promoted"] = result.promoted
     return result.promoted
