@@ -415,6 +415,7 @@ def bench_two_moon(
 
 def main() -> None:
     """Entry point: known user errors exit 2 with one clear message, not a traceback."""
+    from medrobust.registry.champion import LeaseError
     from medrobust.registry.evidence import EvidenceError
     from medrobust.registry.gates import StaleEvaluationError
     from medrobust.registry.versions import RegistryError
@@ -422,8 +423,8 @@ def main() -> None:
 
     try:
         app()
-    except (ConfigError, EvidenceError, StaleEvaluationError, RegistryError, IngestError, IngestValidationError,
-            FileNotFoundError) as exc:
+    except (ConfigError, EvidenceError, StaleEvaluationError, RegistryError, LeaseError, IngestError,
+            IngestValidationError, FileNotFoundError) as exc:
         logging.getLogger("medrobust").error("%s", exc)
         sys.exit(2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -201,3 +202,26 @@ def test_serving_check_loads_the_version_in_a_fresh_process(pipeline_run, candid
     assert not other.passed and other.value > 1e-5 and "would serve another model" in other.message
     missing = serving_gate(f"models:/{NAME}/99", pipeline_run.model, images)
     assert not missing.passed and "did not load or predict in a fresh process" in missing.message
+
+
+def test_promotion_lease_excludes_a_second_writer_and_breaks_a_stale_one(tmp_path):
+    from mlflow import MlflowClient
+
+    from medrobust.registry.champion import LeaseError, lease_name, promotion_lease, still_holding
+    from medrobust.registry.config import PromotionConfig
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'lease.db'}")
+    quick = PromotionConfig(retries=3, lease_s=60, backoff_s=0.01)
+    with promotion_lease(client, NAME, quick) as token:
+        assert still_holding(client, NAME, token)
+        with pytest.raises(LeaseError, match=r"promotion lease of medrobust-classifier in 3 attempts"):
+            with promotion_lease(client, NAME, quick):
+                pass
+        assert still_holding(client, NAME, token)  # the loser did not release the winner's lease
+    assert not client.search_registered_models(f"name = '{lease_name(NAME)}'")
+    # a holder that died: its lease is older than lease_s and is broken
+    client.create_registered_model(lease_name(NAME), tags={"holder": "dead:1:x"})
+    time.sleep(0.05)
+    stale = PromotionConfig(retries=3, lease_s=0.001, backoff_s=0.01)
+    with promotion_lease(client, NAME, stale) as token:
+        assert token != "dead:1:x" and still_holding(client, NAME, token)
