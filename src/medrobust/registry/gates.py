@@ -225,14 +225,14 @@ def value_gate(metrics: dict[str, Any], spec: GateSpec, gate_path: str) -> tuple
     lower = spec.lower_bound is not None
     bound = spec.lower_bound if lower else spec.upper_bound
     compared = value if spec.use == "value" else (lo if lower else hi)
-    what = "the point estimate" if spec.use == "value" else ("the CI's lower bound" if lower else "the CI's upper bound")
+    what = "point estimate" if spec.use == "value" else ("CI lower bound" if lower else "CI upper bound")
     if compared is None or (isinstance(compared, float) and math.isnan(compared)):
         reason = "no confidence interval" if spec.use == "ci" and value is not None else "no value (undefined here)"
-        return GateResult(spec.name, False, None, bound, f"{metric}: {reason}, so {what} cannot be checked",
+        return GateResult(spec.name, False, None, bound, f"{metric}: {reason}, so its {what} cannot be checked",
                           metric=metric), value
     ok = compared >= bound if lower else compared <= bound
     sign = (">=" if ok else "<") if lower else ("<=" if ok else ">")
-    return GateResult(spec.name, ok, compared, bound, f"{metric} {what} {compared:.3f} {sign} {bound:.3f}",
+    return GateResult(spec.name, ok, compared, bound, f"{metric} ({what}) {compared:.3f} {sign} {bound:.3f}",
                       metric=metric), value
 
 
