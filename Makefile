@@ -62,9 +62,12 @@ run: setup
 	@echo; cat reports/report.md
 	@echo "MLflow UI: make mlflow-ui"
 
-# the import layers (pyproject.toml [tool.importlinter]): an import that runs up a layer fails here
+# the import layers (pyproject.toml [tool.importlinter]): an import that runs up a layer fails here;
+# the Dockerfiles (hadolint) and the GitHub workflows (actionlint)
 lint: setup-test
 	lint-imports
+	hadolint docker/Dockerfile docker/Dockerfile.gpu
+	actionlint .github/workflows/*.yml
 
 test: setup-test system-deps lint
 	python -m pytest
