@@ -110,9 +110,7 @@ def _subset(data: ArraySplit, idx: np.ndarray) -> ArraySplit:
 
 def _gate_specs(params: Params) -> tuple[list[Any], str]:
     """The suite's attacks of the gate's norm, each at the gate ε (the worst case the gates use)."""
-    g = params.register
-    norm = g.gate_attack.removeprefix("worst_case_") if g.gate_attack.startswith("worst_case_") else next(
-        (s.norm for s in params.evaluate.attacks if s.key == g.gate_attack), "linf")
+    norm = params.register.gate_norm
     specs = [s for s in params.evaluate.attacks if s.norm == norm]
     return specs, norm
 

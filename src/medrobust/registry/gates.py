@@ -100,6 +100,11 @@ class GatesConfig(StrictModel):
         return self
 
     @property
+    def gate_norm(self) -> str:
+        """The gate attack's norm: ``worst_case_<norm>`` and ``<attack>_<norm>`` both end with it."""
+        return self.gate_attack.rsplit("_", 1)[-1]
+
+    @property
     def gate_path(self) -> str:
         """What ``{gate}`` expands to: ``worst_case.<gate_attack>.<ε>`` or ``whitebox.<gate_attack>.<ε>``."""
         section = "worst_case" if self.gate_attack.startswith("worst_case_") else "whitebox"
@@ -340,14 +345,13 @@ def version_tags(report: GateReport, cfg: GatesConfig) -> dict[str, str]:
     """The tags a version carries so that the next candidate can be compared with it.
 
     ``gate.attack``, ``gate.eps``, ``gate.suite``, and per gate ``gate.<name>.value`` (its point
-    estimate); per value gate also ``gate.<name>.compared``, ``gate.<name>.threshold`` and
-    ``gate.<name>.verdict``.
+    estimate); per value gate also ``gate.<name>.compared`` and ``gate.<name>.threshold``. The
+    verdicts (``gate.<name>.verdict``) are written once the decision is made, change gates included.
     """
     tags = {"gate.attack": cfg.gate_attack, "gate.eps": f"{cfg.gate_eps:.9g}", "gate.suite": report.suite}
     for name, value in report.values.items():
         tags[f"gate.{name}.value"] = f"{value:.6f}"
     for g in report.results:
-        tags[f"gate.{g.name}.verdict"] = "pass" if g.passed else "fail"
         if g.value is not None:
             tags[f"gate.{g.name}.compared"] = f"{g.value:.6f}"
         if g.threshold is not None:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from medrobust.params import Params
+from medrobust.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,7 @@ def run(params: Params, out: str | Path) -> dict[str, Any]:
     snapshot: dict[str, Any] = {"source": params.data.source, "method": params.train.method,
                                 "epochs": params.train.epochs}
     snapshot.update({stage: digest(s) for stage, s in stage_settings(params).items()})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(HEADER + yaml.safe_dump(snapshot, sort_keys=False))
-    tmp.replace(out)
+    atomic_write_text(out, HEADER + yaml.safe_dump(snapshot, sort_keys=False))
     log.info("params.yaml is valid: %s", ", ".join(f"{k}={v}" for k, v in snapshot.items()))
     return snapshot
 

@@ -91,7 +91,7 @@ def _robust_floor(g: GatesConfig) -> float | None:
 
 
 def suite_fingerprint(params: Params) -> dict[str, Any]:
-    """What a champion comparison must share: the attacks, the shifts, the gate and the test split's hash."""
+    """What a champion comparison must share: the attacks, the shifts, the masking checks and the gate."""
     ev = params.evaluate
     suite = {"attacks": [a.model_dump(mode="json") for a in ev.attacks],
              "shifts": ev.shifts.model_dump(mode="json"), "masking": ev.masking.model_dump(mode="json"),
@@ -116,8 +116,9 @@ def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path
     """Write the plot data and the figures; returns the PNG files written."""
     metrics, g, y = ev.metrics, params.register, ev.y
     pd.DataFrame(robustness_rows(metrics)).to_csv(tmp / "robustness.csv", index=False)
+    floor = _robust_floor(g)
     plot_robustness(metrics, tmp / "robustness.png", title=f"{run_info.get('method')} / {run_info.get('backbone')}",
-                    gate=None if _robust_floor(g) is None else (g.gate_eps, float(_robust_floor(g) or 0.0)))
+                    gate=None if floor is None else (g.gate_eps, floor))
     images = ["robustness.png"]
     if metrics.get("shifts"):
         pd.DataFrame(shift_rows(metrics)).to_csv(tmp / "shifts.csv", index=False)

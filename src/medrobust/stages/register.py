@@ -34,7 +34,7 @@ from medrobust.registry import champion, evidence, tracking, versions
 from medrobust.registry.config import RegisterConfig
 from medrobust.registry.gates import GateReport, GateResult, change_gates, check_gates
 from medrobust.registry.serving import serving_gate
-from medrobust.utils import atomic_write_json, read_json
+from medrobust.utils import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,4 @@ def _write_report(path: Path, evaluation_report: Path, decision: Decision) -> No
     tail = (f"\n\n## Registry decision: {d['model_name']} version {d['version']}\n\n"
             + ("This model file was registered before: nothing changed.\n\n" if decision.already_registered else "")
             + body + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(head.rstrip() + tail)
-    tmp.replace(path)
+    atomic_write_text(path, head.rstrip() + tail)

@@ -77,10 +77,9 @@ def _selection(params: Params, val: Any) -> tuple[Any, str]:
     if sel.metric == "clean":
         return clean_score(val), "best clean validation accuracy"
     g = params.register
-    norm = g.gate_attack.rsplit("_", 1)[-1]  # worst_case_<norm> or <attack>_<norm>
     n = min(sel.max_images, len(val))
-    return (robust_score(val, norm, g.gate_eps, sel.steps, sel.max_images, params.seed),
-            f"best robust validation accuracy: PGD-{sel.steps} {norm} at ε={eps_label(g.gate_eps)} on {n} images")
+    return (robust_score(val, g.gate_norm, g.gate_eps, sel.steps, sel.max_images, params.seed),
+            f"best robust validation accuracy: PGD-{sel.steps} {g.gate_norm} at ε={eps_label(g.gate_eps)} on {n} images")
 
 
 def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:

@@ -142,6 +142,20 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename: readers never see half a file.
+
+    Args:
+        path: the file to write (its folder is created).
+        text: the content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """:func:`write_json` to a temporary sibling, then rename: readers never see half a file.
 
