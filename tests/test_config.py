@@ -9,13 +9,38 @@ from medrobust.params import Params, load_params, parse_params
 from tests.conftest import REPO, write_params
 
 
-def test_repository_params_are_valid_and_equal_the_documented_defaults():
-    from medrobust.defenses import TRAINING_METHODS
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in tree.items():
+        out |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return out
 
-    params = load_params(REPO / "params.yaml")
-    assert params.model_copy(update={"train": params.train.model_copy(update={"methods": {}})}) == Params()
-    # every registered method has its section in params.yaml, so users see its knobs
-    assert sorted(params.train.methods) == sorted(TRAINING_METHODS)
+
+def test_params_yaml_is_small_and_params_defaults_yaml_is_every_default():
+    import yaml
+
+    from medrobust.defenses import TRAINING_METHODS
+    from medrobust.training.config import METHOD_DEFAULTS
+
+    # the project's params.yaml sets a handful of values (one `dvc exp show` column each) ...
+    project = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert _leaves(project) == {"train.method", "train.epochs"}, sorted(_leaves(project))
+    assert load_params(REPO / "params.yaml") == Params()
+    # ... and the documented defaults are the code's, every one of them written out
+    written = yaml.safe_load((REPO / "params.defaults.yaml").read_text())
+    assert load_params(REPO / "params.defaults.yaml") == Params()
+    assert _leaves(written) == _leaves(Params().model_dump(mode="json")), "params.defaults.yaml misses a setting"
+    # every registered method has its section there, so users see its knobs
+    assert sorted(written["train"]["methods"]) == sorted(TRAINING_METHODS) == sorted(METHOD_DEFAULTS)
+
+
+def test_method_settings_merge_over_the_project_defaults_key_by_key():
+    p = parse_params({"train": {"methods": {"pgd_at": {"eps": "4/255"}}}})
+    assert p.train.settings() == {"norm": "linf", "eps": pytest.approx(4 / 255), "steps": 7,
+                                  "step_size": pytest.approx(2 / 255), "random_start": True, "warmup_epochs": 4}
+    assert Params().train.settings("arfl")["eps"] == pytest.approx(8 / 255)   # the data's threat model, not 0.01
+    # a default written out is the same params (so the same stage digests: nothing re-runs)
+    assert parse_params({"train": {"methods": {"pgd_at": {"warmup_epochs": 4}}}}) == Params()
 
 
 def test_method_params_are_checked_against_the_method_signature():

@@ -19,8 +19,9 @@ def test_committed_schema_is_current():
     assert SCHEMA.read_text() == schema_text(), "params.schema.json is stale: run `medrobust params schema`"
 
 
-def test_params_yaml_points_editors_at_the_schema_and_validates_against_it():
-    text = (REPO / "params.yaml").read_text()
+@pytest.mark.parametrize("name", ["params.yaml", "params.defaults.yaml"])
+def test_params_files_point_editors_at_the_schema_and_validate_against_it(name):
+    text = (REPO / name).read_text()
     assert text.splitlines()[0] == SCHEMA_COMMENT
     jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(yaml.safe_load(text))
 

@@ -9,6 +9,7 @@
     medrobust register              # MLflow registry, @champion if the gates pass
     medrobust registry list|show|promote|rollback|load   # inspect and steer the registry
     medrobust audit --source DIR OUT...  # search outputs for the sources' patient identifiers
+    medrobust params show [KEY]     # the settings a run uses: params.yaml over the defaults
     medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
     medrobust pipeline compile      # Kubeflow pipeline + components -> YAML
     medrobust pipeline run-local    # the Kubeflow DAG with kfp.local's SubprocessRunner
@@ -36,7 +37,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Adversarially robust medical-image classifiers.")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow Pipelines: compile and run the DAG.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured within one run.")
-params_app = typer.Typer(no_args_is_help=True, help="params.yaml: its JSON Schema.")
+params_app = typer.Typer(no_args_is_help=True, help="params.yaml: the settings a run uses, its JSON Schema.")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
 app.add_typer(params_app, name="params")
@@ -233,6 +234,24 @@ def audit(
     log.info("audit: %d findings in %d files", len(result["findings"]), result["files_scanned"])
     if result["findings"]:
         raise typer.Exit(1)
+
+
+@params_app.command("show")
+def params_show(key: str = typer.Argument("", help="a dotted key, e.g. train.methods.pgd_at; empty: everything"),
+                params: ParamsOpt = PARAMS,
+                defaults: bool = typer.Option(False, "--defaults", help="the defaults, ignoring --params")) -> None:
+    """Print the settings a run uses (params.yaml merged over the defaults) as YAML, or one key of them."""
+    import yaml
+
+    from medrobust.params import Params
+
+    value: Any = (Params() if defaults else _params(params)).model_dump(mode="json")
+    for part in [p for p in key.split(".") if p]:
+        if not isinstance(value, dict) or part not in value:
+            allowed = ", ".join(sorted(value)) if isinstance(value, dict) else "none (a value)"
+            raise ConfigError(f"no setting {key!r}: {part!r} is not a key here; allowed keys: {allowed}")
+        value = value[part]
+    typer.echo(yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip("\n").removesuffix("\n..."))
 
 
 @params_app.command("schema")

@@ -5,16 +5,17 @@ found by the stage itself is found too late. ``check`` runs first: it validates 
 (:func:`medrobust.params.load_params`: unknown keys, types, ranges, the gate's attack and ε) and fails
 before any other stage has started.
 
-It also writes ``.medrobust/stage-params.yaml``, the params each stage depends on in ``dvc.yaml``:
+It also writes ``.medrobust/stage-params.yaml``, the params each stage depends on in ``dvc.yaml``: a
+short digest per stage (``synthesize``, ``ingest``, ``advgen``, ``train``, ``evaluate``, ``register``) of
+the *resolved* settings that stage reads, defaults included. Train's covers only the active method's
+settings (``train.methods.<train.method>``), not all sixteen, so editing another method's settings
+re-runs nothing; and writing a default into params.yaml changes no digest, so it re-runs nothing either.
 
-* a short digest per stage (``synthesize``, ``ingest``, ``advgen``, ``train``, ``evaluate``,
-  ``register``) of the *resolved* settings that stage reads, defaults included: train's covers only
-  the active method's settings (``train.methods.<train.method>``), not all sixteen, so editing
-  another method's settings re-runs nothing;
-* the three settings people compare experiments by: ``source``, ``method`` and ``epochs``.
+Ingest's file dependency is ``data/raw/``: a local input of the active source outside it (a DICOM folder
+elsewhere) is not tracked, and check warns about it.
 
-So ``dvc exp show --param-deps`` has a handful of param columns instead of every leaf of params.yaml,
-and a stage re-runs exactly when what it reads changes.
+So ``dvc exp show`` has six digest columns beside the values params.yaml sets (it lists every one of
+those), and a stage re-runs exactly when what it reads changes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import yaml
 
 from medrobust.params import Params
-from medrobust.utils import atomic_write_text
+from medrobust.utils import atomic_write_text, paths
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,36 @@ def stage_settings(params: Params) -> dict[str, dict[str, Any]]:
     }
 
 
+#: each file-based source's local inputs (keys of ``data``), which ingest's DVC dependency ``data/raw`` covers
+LOCAL_INPUTS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("dicom_dir", "labels_csv"), "dicom_folder": ("dicom_dir", "labels_csv"),
+    "medmnist": ("medmnist.path",), "ham10000": ("ham10000.images_dir", "ham10000.metadata_csv"),
+    "cmmd": ("cmmd.dicom_dir", "cmmd.clinical_table"), "image_folder": ("image_folder.root", "image_folder.groups_csv"),
+}
+
+
+def untracked_inputs(params: Params, root: str | Path = ".") -> list[tuple[str, str]]:
+    """The active source's local inputs that lie outside ``data/raw/``, which DVC does not track.
+
+    Args:
+        params: validated params.
+        root: the repository root (relative inputs are relative to it).
+
+    Returns:
+        ``[(key, path)]``, e.g. ``[("data.dicom_dir", "/mnt/export")]``; empty when every input is tracked.
+    """
+    raw = (Path(root) / paths.RAW).resolve()
+    data = params.data.model_dump()
+    out = []
+    for key in LOCAL_INPUTS.get(params.data.source, ()):
+        value: Any = data
+        for part in key.split("."):
+            value = value[part]
+        if value and not (Path(root) / value).resolve().is_relative_to(raw):
+            out.append((f"data.{key}", str(value)))
+    return out
+
+
 def digest(settings: dict[str, Any]) -> str:
     """A short, stable digest of ``settings`` (12 hex digits of the SHA-256 of canonical JSON)."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
@@ -66,7 +97,7 @@ def digest(settings: dict[str, Any]) -> str:
 
 
 def run(params: Params, out: str | Path) -> dict[str, Any]:
-    """Write ``out`` (``.medrobust/stage-params.yaml``): per-stage digests and the readable settings.
+    """Write ``out`` (``.medrobust/stage-params.yaml``): one digest per stage.
 
     Args:
         params: params.yaml, already validated (loading it is the check).
@@ -75,12 +106,14 @@ def run(params: Params, out: str | Path) -> dict[str, Any]:
     Returns:
         What was written.
     """
-    snapshot: dict[str, Any] = {"source": params.data.source, "method": params.train.method,
-                                "epochs": params.train.epochs}
-    snapshot.update({stage: digest(s) for stage, s in stage_settings(params).items()})
+    for key, value in untracked_inputs(params):
+        log.warning("%s (%s) is outside %s/: DVC does not track it, so a change there does not re-run ingest; "
+                    "move it under %s/ (or run `dvc repro -f ingest`)", key, value, paths.RAW, paths.RAW)
+    snapshot = {stage: digest(s) for stage, s in stage_settings(params).items()}
     atomic_write_text(out, HEADER + yaml.safe_dump(snapshot, sort_keys=False))
-    log.info("params.yaml is valid: %s", ", ".join(f"{k}={v}" for k, v in snapshot.items()))
+    log.info("params.yaml is valid (source %s, method %s, %d epochs): %s", params.data.source, params.train.method,
+             params.train.epochs, ", ".join(f"{k}={v}" for k, v in snapshot.items()))
     return snapshot
 
 
-__all__ = ["digest", "run", "stage_settings"]
+__all__ = ["LOCAL_INPUTS", "digest", "run", "stage_settings", "untracked_inputs"]

@@ -20,7 +20,7 @@ The fields (listed here: a section's class docstring is its description in the J
   ``optim``; ``weights``, a medrobust ``model.pt`` (with its ``model.json`` beside it) loaded instead of training.
 * :class:`TrainConfig` — ``method`` (default ``pgd_at``; its defaults must construct when ``methods`` has no
   section for it); ``model``; ``epochs`` (1 .. 10,000, default 15); ``batch_size`` (default 32); ``optim``;
-  ``methods``, ``{method: {parameter: value}}``; ``hflip``, random horizontal flips (default on);
+  ``methods``, ``{method: {parameter: value}}`` merged key by key over :data:`METHOD_DEFAULTS`; ``hflip``, random horizontal flips (default on);
   ``clean_warmup_epochs``, first epochs of clean cross-entropy (default 2); ``num_threads`` (0: torch's default).
 """
 
@@ -119,8 +119,51 @@ def _methods_type() -> Any:
     return methods
 
 
-#: ``{method: {parameter: value}}``, only the keys params.yaml sets (the rest are the method's defaults).
+#: ``{method: {parameter: value}}``: :data:`METHOD_DEFAULTS` with the keys params.yaml sets merged in
+#: (the rest are the method constructor's own defaults).
 MethodSettings = _methods_type()
+
+_L_INF = {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255}  # the embedded data's threat model
+_AUGMIX = {"jsd_weight": 12.0, "severity": 3}
+_BY_MODALITY = {"norm": "l2", "eps": 0.5, "eps_by_modality": {"MG": 0.15, "CR": 2.0, "DX": 2.0},
+                "eps_reference_size": 0, "steps": 7, "step_size": None}
+
+#: The project's settings of each training method, where they differ from (or pin) the constructor's: the
+#: embedded data's 8/255 L∞ threat model, and each paper's published settings. params.yaml's
+#: ``train.methods.<name>`` keys are merged over these, key by key; params.defaults.yaml lists them.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pgd_at": {**_L_INF, "steps": 7, "random_start": True, "warmup_epochs": 4},
+    "trades": {"eps": 8 / 255, "steps": 10, "step_size": 2 / 255, "beta": 6.0},
+    "mart": {"eps": 8 / 255, "steps": 10, "step_size": 2 / 255, "beta": 6.0},
+    "dual_at": {"r": 0.5, **_L_INF, "steps": 7, "random_start": True},
+    "fast_at": {"eps": 8 / 255, "alpha": None},
+    "dpaat": {"norm": "l2", "eps": 0.3, "steps": 7, "step_size": 0.15, "random_start": True, "scale_step": True,
+              "probe_steps": 1, "avg": "ema", "avg_momentum": 0.9, "schedule": "two_level", "gamma": 0.5,
+              "syn": "sym_kl", "syn_weight": 1.0, "cls_on": "adv"},
+    "arfl": {"r": 0.5, "lam": 10.0, "attack": "pgd", **_L_INF, "steps": 7, "random_start": True,
+             "channel_reduction": "mean", "adv_robust_sign": 1.0},
+    "dsbn": {"adv_weight": 1.0, **_L_INF, "steps": 7, "random_start": True},
+    "domain_assimilation": {"alpha": 0.98, "weighting": "alpha_glcm", "levels": 16, "distance": 3,
+                            "temperature": 0.5, "metric": "l1"},
+    "augmix": {**_AUGMIX, "width": 3, "depth": -1, "mix_alpha": 1.0, "ops": "", "joint_batch": True},
+    "robust_augmix": {"jsd_weight": 12.0, **_BY_MODALITY, "severity": 3},
+    "rtda": {"jsd_weight": 12.0, **_BY_MODALITY, "severity": 3},
+    "ran": {"cov_weight": 0.1, "consistency_weight": 0.1, "adv_weight": 0.1, "margin": 0.5,
+            "normalize_consistency": True, "init_centroids": True},
+    "linear_probe": {}, "mlp_tuning": {}, "standard": {},
+}
+
+
+def _with_method_defaults(given: Any) -> Any:
+    """``train.methods`` as written, merged over :data:`METHOD_DEFAULTS` (left as is when not a mapping)."""
+    if not isinstance(given, dict):
+        return given  # the validator names what is wrong
+    merged: dict[str, Any] = {name: dict(settings) for name, settings in METHOD_DEFAULTS.items()
+                              if name in TRAINING_METHODS}
+    for name, settings in given.items():
+        base = merged.get(name)
+        merged[name] = {**base, **settings} if isinstance(base, dict) and isinstance(settings, dict) else settings
+    return merged
 
 
 def method_settings(name: str, raw: dict[str, Any] | None, key: str = "") -> dict[str, Any]:
@@ -166,22 +209,29 @@ class TrainConfig(StrictModel):
     epochs: int = Field(15, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=100_000)
     optim: OptimConfig = OptimConfig()
-    methods: MethodSettings = {}  # type: ignore[valid-type]
+    methods: MethodSettings = Field(default_factory=lambda: _with_method_defaults({}), validate_default=True)  # type: ignore[valid-type]
     hflip: bool = True                                    # random horizontal flips (label-preserving for the default data)
     clean_warmup_epochs: int = Field(2, ge=0, le=10_000)  # first epochs with clean CE, then the method
     num_threads: int = Field(0, ge=0, le=1024)            # 0: let torch decide
     selection: SelectionConfig = SelectionConfig()        # which epoch's weights are kept
 
     def settings(self, method: str | None = None) -> dict[str, Any]:
-        """The hyper-parameters params.yaml sets for ``method`` (default: ``train.method``).
+        """The hyper-parameters set for ``method`` (default: ``train.method``): its defaults and params.yaml's.
 
         Args:
             method: a training method name; None: ``train.method``.
 
         Returns:
-            A copy of ``train.methods.<method>`` (empty when it is not set).
+            A copy of ``train.methods.<method>`` (empty for a method with no settings, e.g. a plugin's).
         """
         return dict(self.methods.get(method or self.method) or {})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_method_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "methods" in data:
+            return {**data, "methods": _with_method_defaults(data["methods"])}
+        return data
 
     @model_validator(mode="after")
     def _method_builds(self) -> TrainConfig:
@@ -193,5 +243,5 @@ class TrainConfig(StrictModel):
         return self
 
 
-__all__ = ["MethodSettings", "ModelConfig", "OptimConfig", "SurrogateConfig", "TrainConfig", "method_parameters",
+__all__ = ["METHOD_DEFAULTS", "MethodSettings", "ModelConfig", "OptimConfig", "SurrogateConfig", "TrainConfig", "method_parameters",
            "method_settings"]

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-RAW_SYNTHETIC = Path("data/raw/synthetic")
+RAW = Path("data/raw")  # ingest's DVC dependency: where local inputs live
+RAW_SYNTHETIC = RAW / "synthetic"
 INGESTED = Path("data/ingested")
 ADVGEN = Path("data/advgen")
 MODEL = Path("models/classifier")
