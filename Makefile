@@ -12,6 +12,11 @@ export PATH := $(BIN):$(PATH)
 # pytest's temp folders and the torch thread count stay predictable on the 2-core machines
 export OMP_NUM_THREADS ?= 2
 
+# Checkov (make lint) lives in its own environment: its pins conflict with MLflow's (requirements-checkov.lock)
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV := $(abspath $(CHECKOV_VENV))/bin/checkov
+export CHECKOV
+
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -42,6 +47,11 @@ $(TEST_STAMP): $(RUN_STAMP)
 	$(PIP) --no-deps torchattacks==3.5.1
 	@touch $(TEST_STAMP)
 
+$(CHECKOV): requirements-checkov.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(CHECKOV_VENV)
+	$(UV) pip install --quiet --python $(CHECKOV_VENV)/bin/python -r requirements-checkov.lock
+	@touch $(CHECKOV)
+
 setup: $(RUN_STAMP)
 
 setup-test: $(TEST_STAMP)
@@ -63,11 +73,13 @@ run: setup
 	@echo "MLflow UI: make mlflow-ui"
 
 # the import layers (pyproject.toml [tool.importlinter]): an import that runs up a layer fails here;
-# the Dockerfiles (hadolint) and the GitHub workflows (actionlint)
-lint: setup-test
+# the Dockerfiles (hadolint), the GitHub workflows (actionlint) and infra/ (kustomize + kubernetes-validate,
+# Checkov on the manifests and the Terraform)
+lint: setup-test $(CHECKOV)
 	lint-imports
 	hadolint docker/Dockerfile docker/Dockerfile.gpu
 	actionlint .github/workflows/*.yml
+	bash infra/validate.sh
 
 test: setup-test system-deps lint
 	python -m pytest
