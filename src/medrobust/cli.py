@@ -243,8 +243,6 @@ def params_show(key: str = typer.Argument("", help="a dotted key, e.g. train.met
     """Print the settings a run uses (params.yaml merged over the defaults) as YAML, or one key of them."""
     import yaml
 
-    from medrobust.params import Params
-
     value: Any = (Params() if defaults else _params(params)).model_dump(mode="json")
     for part in [p for p in key.split(".") if p]:
         if not isinstance(value, dict) or part not in value:
