@@ -178,6 +178,13 @@ def test_committed_dvc_lock_is_current_on_a_fresh_clone(tmp_path):
     clone = tmp_path / "clone"
     _run(tmp_path, "git", "clone", "-q", str(REPO), str(clone))
     status = json.loads(_dvc(clone, "status", "--json").stdout)
+    # a dependency that holds another stage's output (ingest's data/raw holds synthesize's data/raw/synthetic)
+    # reads "modified" while that output is not there yet: as absent as a "deleted" one
+    outs = [next(iter(o)) if isinstance(o, dict) else o
+            for st in yaml.safe_load((clone / "dvc.yaml").read_text())["stages"].values() for o in st.get("outs", [])]
+    absent = {d for d in {p for c in status.values() for ch in c if isinstance(ch, dict)
+                          for e in ch.values() if isinstance(e, dict) for p in e}
+              if any(o.startswith(d.rstrip("/") + "/") and not (clone / o).exists() for o in outs)}
     stale = {}
     for stage, changes in status.items():
         for change in changes:
@@ -185,7 +192,8 @@ def test_committed_dvc_lock_is_current_on_a_fresh_clone(tmp_path):
                 stale.setdefault(stage, []).append(change)  # "changed command", "always changed" ...
                 continue
             for kind, entries in change.items():
-                bad = ({p: s for p, s in entries.items() if s not in ("deleted", "not in cache")}
+                bad = ({p: s for p, s in entries.items()
+                        if s not in ("deleted", "not in cache") and not (s == "modified" and p in absent)}
                        if isinstance(entries, dict) else entries)
                 if bad:
                     stale.setdefault(stage, []).append({kind: bad})
