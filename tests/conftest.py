@@ -70,6 +70,14 @@ def tiny_raw(**overrides: Any) -> dict[str, Any]:
     return raw
 
 
+def leaves(tree: dict, prefix: str = "") -> set[str]:
+    """The dotted keys of a nested mapping's leaves (an empty mapping is a leaf): one `dvc exp show` column each."""
+    out: set[str] = set()
+    for key, value in tree.items():
+        out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return out
+
+
 def tiny_params(**overrides: Any) -> Params:
     return parse_params(tiny_raw(**overrides))
 

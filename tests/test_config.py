@@ -6,14 +6,7 @@ import pytest
 
 from medrobust.config import ConfigError, parse_eps
 from medrobust.params import Params, load_params, parse_params
-from tests.conftest import REPO, write_params
-
-
-def _leaves(tree: dict, prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for key, value in tree.items():
-        out |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
-    return out
+from tests.conftest import REPO, leaves, write_params
 
 
 def test_params_yaml_is_small_and_params_defaults_yaml_is_every_default():
@@ -24,12 +17,12 @@ def test_params_yaml_is_small_and_params_defaults_yaml_is_every_default():
 
     # the project's params.yaml sets a handful of values (one `dvc exp show` column each) ...
     project = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert _leaves(project) == {"train.method", "train.epochs"}, sorted(_leaves(project))
+    assert leaves(project) == {"train.method", "train.epochs"}, sorted(leaves(project))
     assert load_params(REPO / "params.yaml") == Params()
     # ... and the documented defaults are the code's, every one of them written out
     written = yaml.safe_load((REPO / "params.defaults.yaml").read_text())
     assert load_params(REPO / "params.defaults.yaml") == Params()
-    assert _leaves(written) == _leaves(Params().model_dump(mode="json")), "params.defaults.yaml misses a setting"
+    assert leaves(written) == leaves(Params().model_dump(mode="json")), "params.defaults.yaml misses a setting"
     # every registered method has its section there, so users see its knobs
     assert sorted(written["train"]["methods"]) == sorted(TRAINING_METHODS) == sorted(METHOD_DEFAULTS)
 

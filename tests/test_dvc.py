@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_raw, write_params
+from tests.conftest import REPO, leaves, tiny_raw, write_params
 
 BIN = Path(sys.executable).parent
 HEADLINE = {"clean_accuracy", "robust_accuracy", "robust_ci_low", "robust_ci_high", "n_test", "gates_passed"}
@@ -56,15 +56,8 @@ def _columns(repo: Path, *flags: str) -> list[str]:
     return [c.strip() for c in header.strip().strip("|").split("|")]
 
 
-def _leaves(tree: dict, prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for key, value in tree.items():
-        out |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
-    return out
-
-
 def _project_leaves() -> set[str]:
-    return _leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
+    return leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
 
 
 @pytest.fixture
@@ -155,7 +148,7 @@ def test_repro_caching_narrow_params_check_stage_and_a_queued_experiment(repo):
     # the deps. This tiny project's params.yaml sets more values than the repository's, so the budget is
     # checked for the repository's: everything but this file's values, plus the repository's values.
     table = _columns(repo)
-    tiny_values = _leaves(yaml.safe_load((repo / "params.yaml").read_text()))
+    tiny_values = leaves(yaml.safe_load((repo / "params.yaml").read_text()))
     rest = [c for c in table if c not in tiny_values]
     assert set(rest) >= HEADLINE | STAGES and len(rest) + len(_project_leaves()) <= 25, (rest, _project_leaves())
     assert {"train.method", "train.epochs", "robust_accuracy"} <= set(_columns(repo, "--only-changed"))
