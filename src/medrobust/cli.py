@@ -13,6 +13,7 @@
     medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
     medrobust pipeline compile      # Kubeflow pipeline + components -> YAML
     medrobust pipeline run-local    # the Kubeflow DAG with kfp.local's SubprocessRunner
+    medrobust pipeline submit|schedule|runs --host URL   # a Kubeflow Pipelines server (kfp.Client)
     medrobust compare --methods pgd_at,trades,arfl --folds 5   # patient-grouped k-fold CV, with tests
     medrobust bench <name>          # benchmarks: attacks, ingest, methods, train, two-moon
     medrobust stack up|down|status  # PostgreSQL + S3 + MLflow server on 127.0.0.1, no Docker
@@ -37,7 +38,7 @@ from medrobust.utils import paths, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adversarially robust medical-image classifiers.")
-pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow Pipelines: compile and run the DAG.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Kubeflow Pipelines: compile, run locally, submit, schedule.")
 params_app = typer.Typer(no_args_is_help=True, help="params.yaml: the settings a run uses, its JSON Schema.")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
@@ -294,6 +295,56 @@ def pipeline_run_local(
     log.info("kfp.local run finished: artifacts in %s", run_dir)
 
 
+HostOpt = Annotated[str, typer.Option("--host", envvar="KFP_HOST", help="the KFP API, e.g. https://kfp.example.org "
+                                                                     "(token: $KFP_TOKEN)")]
+PackageOpt = Annotated[Path, typer.Option("--package", help="the compiled pipeline (medrobust pipeline compile)")]
+ExperimentOpt = Annotated[str, typer.Option("--experiment", help="the KFP experiment")]
+NamespaceOpt = Annotated[str, typer.Option("--namespace", help="the Kubeflow profile's namespace (multi-user)")]
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(host: HostOpt, params: ParamsOpt = PARAMS, package: PackageOpt = paths.PIPELINE_YAML,
+                    experiment: ExperimentOpt = "medrobust", namespace: NamespaceOpt = "",
+                    run_name: str = typer.Option("", help="the run's name (default: package and time)"),
+                    wait: bool = typer.Option(False, "--wait", help="wait until the run finishes; exit 1 unless it succeeded"),
+                    timeout: int = typer.Option(6 * 3600, help="seconds --wait waits"),
+                    poll: float = typer.Option(15.0, help="seconds between state checks with --wait")) -> None:
+    """Submit one run of the compiled pipeline, with --params' text as its params_yaml input."""
+    from medrobust.pipelines import remote
+
+    _params(params)  # refuse invalid params here, not on the cluster
+    info = remote.submit(host, package, params.read_text(), experiment, run_name or None, namespace or None,
+                         wait=wait, timeout_s=timeout, poll_s=poll)
+    typer.echo(f"{info.run_id} {info.state}")
+    if wait and not info.succeeded:
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(host: HostOpt, cron: str = typer.Option(..., help="6 fields, seconds first: '0 0 2 * * *'"),
+                      params: ParamsOpt = PARAMS, package: PackageOpt = paths.PIPELINE_YAML,
+                      experiment: ExperimentOpt = "medrobust", namespace: NamespaceOpt = "",
+                      name: str = typer.Option("medrobust-nightly", help="the recurring run's name"),
+                      max_concurrency: int = typer.Option(1, min=1, help="runs of it at once")) -> None:
+    """Create a recurring run of the compiled pipeline on a cron schedule."""
+    from medrobust.pipelines import remote
+
+    _params(params)
+    typer.echo(remote.schedule(host, package, params.read_text(), experiment, name, cron, max_concurrency,
+                               namespace or None))
+
+
+@pipeline_app.command("runs")
+def pipeline_runs(host: HostOpt, experiment: ExperimentOpt = "", namespace: NamespaceOpt = "",
+                  limit: int = typer.Option(20, min=1, help="how many, newest first")) -> None:
+    """List the latest runs and their states."""
+    from medrobust.pipelines import remote
+
+    setup_logging()
+    for r in remote.list_runs(host, experiment or None, namespace or None, limit):
+        typer.echo(f"{r.run_id}  {r.state:<10} {r.created_at:<26} {r.name}")
+
+
 # --------------------------------------------------------------------------------------------------
 # benchmarks
 # --------------------------------------------------------------------------------------------------
@@ -327,6 +378,7 @@ def compare(
 
 def main() -> None:
     """Entry point: known user errors exit 2 with one clear message, not a traceback."""
+    from medrobust.pipelines.remote import RemoteError
     from medrobust.registry.champion import LeaseError
     from medrobust.registry.evidence import EvidenceError
     from medrobust.registry.gates import StaleEvaluationError
@@ -336,7 +388,7 @@ def main() -> None:
     try:
         app()
     except (ConfigError, EvidenceError, StaleEvaluationError, RegistryError, LeaseError, IngestError,
-            IngestValidationError, FileNotFoundError) as exc:
+            IngestValidationError, RemoteError, FileNotFoundError) as exc:
         logging.getLogger("medrobust").error("%s", exc)
         sys.exit(2)
 
