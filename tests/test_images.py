@@ -72,3 +72,49 @@ def test_workflows_pass_actionlint_and_ci_runs_the_readme_command(tmp_path):
     bad.write_text("on: push\njobs:\n  t:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ github.nope }}\n")
     r = subprocess.run([_tool("actionlint"), str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "nope" in r.stdout
+
+
+def test_retrain_workflow_triggers_compiles_pushes_submits_waits_and_posts_the_decision():
+    """retrain.yml (actionlint passes above): its triggers, its steps in order, and every medrobust command it
+    runs exists with the options it passes (checked by the CLI's own parser, so a renamed option fails here)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from medrobust.cli import app
+
+    text = (REPO / ".github" / "workflows" / "retrain.yml").read_text()
+    flow = yaml.safe_load(text)
+    on = flow[True]  # YAML 1.1 reads the key `on` as True
+    assert set(on["push"]["paths"]) == {"params.yaml", "dvc.lock", "**/*.dvc"} and on["push"]["branches"] == ["main"]
+    assert on["schedule"][0]["cron"].split()[2:] == ["*", "*", "*"] and "workflow_dispatch" in on
+    assert flow["concurrency"]["cancel-in-progress"] is False
+    runs = "\n".join(step.get("run", "") for step in flow["jobs"]["retrain"]["steps"])
+    order = ["medrobust check", "medrobust pipeline compile", "dvc push -r team", "medrobust pipeline submit",
+             "--wait", "medrobust registry show latest", "GITHUB_STEP_SUMMARY"]
+    positions = [runs.index(s) for s in order]
+    assert positions == sorted(positions), dict(zip(order, positions, strict=True))
+    # every secret it reads is documented in its header, and each one reaches the job's environment
+    secrets = set(re.findall(r"secrets\.([A-Z0-9_]+)", text))
+    header = text.split("name: retrain")[0]
+    assert secrets and all(s in header for s in secrets), secrets
+    assert {k for k, v in flow["jobs"]["retrain"]["env"].items() if "secrets." in str(v)} == secrets
+    # the commands exist, with these options: parse each one with --help appended
+    joined = re.sub(r"\\\n\s*", " ", runs)
+    commands = []
+    for segment in re.findall(r"\.venv/bin/medrobust ([^|\n;>]*)", joined):
+        tokens = segment.split()
+        words = []
+        for token in tokens:
+            if token.startswith("-"):
+                break
+            words.append(token)
+        commands.append((" ".join(words), " ".join(t for t in tokens if t.startswith("--"))))
+    assert len(commands) >= 5
+    submit = next(options for words, options in commands if words.strip() == "pipeline submit")
+    assert {"--host", "--namespace", "--experiment", "--run-name", "--wait", "--timeout"} <= set(re.findall(r"--[a-z-]+", submit))
+    for words, options in commands:
+        names = re.findall(r"--[a-z-]+", options)
+        help_text = CliRunner().invoke(app, [*words.split(), "--help"], terminal_width=200)
+        assert help_text.exit_code == 0, (words, help_text.output)
+        for name in names:
+            assert name in help_text.output, (words, name)

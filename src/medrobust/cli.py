@@ -170,11 +170,13 @@ def registry_list(params: ParamsOpt = PARAMS) -> None:
 
 
 @registry_app.command("show")
-def registry_show(version: str = typer.Argument(..., help="version number"), params: ParamsOpt = PARAMS) -> None:
-    """A version's decision (its gate table) and model card."""
+def registry_show(version: str = typer.Argument(..., help="version number, or 'latest'"), params: ParamsOpt = PARAMS) -> None:
+    """A version's decision (its gate table) and model card, as Markdown (CI posts it as the job summary)."""
     from medrobust.registry import versions
 
     p, client = _registry(params)
+    if version == "latest":
+        version = str(versions.list_versions(client, p.register.model_name)[0]["version"])
     typer.echo(versions.show(client, p.register.model_name, version))
 
 

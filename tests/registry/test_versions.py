@@ -101,6 +101,12 @@ def test_cli_list_and_load_in_a_fresh_process(registry, tmp_path):
                             cwd=tmp_path)
     assert loaded.returncode == 0, loaded.stderr
     assert f"models:/{NAME}@champion: input [2, " in loaded.stdout and "output [2, 2], finite" in loaded.stdout
+    latest = subprocess.run([*base, "show", "latest", "--params", str(params)], capture_output=True, text=True,
+                            cwd=tmp_path)
+    newest = max(int(v.version) for v in registry.search_model_versions(f"name = '{NAME}'"))
+    assert latest.returncode == 0, latest.stderr
+    assert latest.stdout == subprocess.run([*base, "show", str(newest), "--params", str(params)], capture_output=True,
+                                           text=True, cwd=tmp_path).stdout
     missing = subprocess.run([*base, "show", "99", "--params", str(params)], capture_output=True, text=True,
                              cwd=tmp_path)
     assert missing.returncode == 2 and "has no version 99" in missing.stderr and "Traceback" not in missing.stderr
