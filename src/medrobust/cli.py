@@ -9,6 +9,7 @@
     medrobust register              # MLflow registry, @champion if the gates pass
     medrobust registry list|show|promote|rollback|load   # inspect and steer the registry
     medrobust audit --source DIR OUT...  # search outputs for the sources' patient identifiers
+    medrobust publish s3://BUCKET/PREFIX  # the model and its evidence to S3, checksums verified
     medrobust params show [KEY]     # the settings a run uses: params.yaml over the defaults
     medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
     medrobust pipeline compile      # Kubeflow pipeline + components -> YAML
@@ -239,6 +240,26 @@ def audit(
     log.info("audit: %d findings in %d files", len(result["findings"]), result["files_scanned"])
     if result["findings"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def publish(to: str = typer.Argument(..., help="s3://<bucket>/<prefix>"),
+            paths_: list[Path] = typer.Argument(None, metavar="PATHS", help="files and folders (default: the model, "
+                                                "the evaluation, the report and the decision)"),
+            endpoint_url: str = typer.Option("", envvar="AWS_ENDPOINT_URL_S3", help="empty: AWS"),
+            region: str = typer.Option("us-east-1", envvar="AWS_DEFAULT_REGION")) -> None:
+    """Upload a model and its evidence to S3, each file's checksum verified, then a manifest.json naming them."""
+    from medrobust.data import storage
+
+    setup_logging()
+    cfg = storage.StorageConfig(endpoint_url=endpoint_url, region=region)
+    chosen = paths_ or [paths.MODEL, paths.EVALUATION, paths.REPORT, paths.DECISION]
+    try:
+        manifest = storage.publish(storage.client(cfg), cfg, chosen, to)
+    except storage.StorageError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(2) from None
+    log.info("published %d files to %s (manifest.json last)", len(manifest["files"]), manifest["url"])
 
 
 @params_app.command("show")

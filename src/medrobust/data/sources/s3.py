@@ -41,20 +41,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from medrobust.config import StrictModel
+from medrobust.data import storage
 from medrobust.data.sources.base import SOURCES, Item, LabelTable, Rejected, SourceError
 from medrobust.data.sources.folder import SKIP_NAMES, LabelledSource, kind_of
+from medrobust.data.storage import AUTH_CODES, CREDENTIAL_ENV, StorageConfig, StorageError, error_code
 
 if TYPE_CHECKING:
     from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
-
-#: error codes that mean "these credentials are not accepted here"
-AUTH_CODES = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden", "InvalidToken",
-    "ExpiredToken", "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed",
-}
-CREDENTIAL_ENV = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
 
 
 class S3Config(StrictModel):
@@ -88,14 +83,6 @@ def _is_skipped(ref: str) -> bool:
     """Directory markers, dot-files and DICOMDIR indexes are not images."""
     name = PurePosixPath(ref).name
     return ref.endswith("/") or name in SKIP_NAMES or name.startswith(".")
-
-
-def _error_code(exc: Exception) -> tuple[str, int]:
-    """(S3 error code, HTTP status) of a botocore ClientError; ("", 0) for anything else."""
-    response = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
 
 
 @SOURCES.register("s3", dicom="some")
@@ -151,28 +138,18 @@ class S3Source(LabelledSource):
 
     # ------------------------------------------------------------------------------------------------
     def _client(self, cfg: Any) -> Any:
-        """A boto3 S3 client; credentials from boto3's default chain (environment, profile, role)."""
-        import boto3
-        from botocore.config import Config
-
-        config = Config(
-            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120,
-            # path-style for custom endpoints: a host name like minio.local has no per-bucket DNS
-            s3={"addressing_style": "path" if self.endpoint else "auto"},
-        )
+        """A boto3 S3 client (:func:`medrobust.data.storage.client`: botocore's standard retries, timeouts)."""
         try:
-            return boto3.session.Session().client(
-                "s3", endpoint_url=self.endpoint or None, region_name=cfg.region or None, config=config)
-        except ValueError as exc:  # a malformed endpoint URL
-            raise SourceError(f"data.s3.endpoint_url {self.endpoint!r} is not a valid URL ({exc}); "
-                              "set it in params.yaml, e.g. http://127.0.0.1:8333, or leave it empty for AWS") from None
+            return storage.client(StorageConfig(endpoint_url=self.endpoint, region=cfg.region, max_attempts=3))
+        except StorageError as exc:
+            raise SourceError(f"data.s3.endpoint_url: {exc}; set it in params.yaml") from None
 
     def _explain(self, exc: Exception, action: str) -> SourceError:
         """A :class:`SourceError` for a failure that concerns the whole bucket."""
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
-        code, status = _error_code(exc)
+        code, status = error_code(exc)
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return SourceError(f"no S3 credentials found for {self.where}: set {CREDENTIAL_ENV} in the "
                                "environment (credentials are never read from params.yaml)")
@@ -238,7 +215,7 @@ class S3Source(LabelledSource):
             finally:
                 body.close()
         except (ClientError, BotoCoreError) as exc:
-            code, status = _error_code(exc)
+            code, status = error_code(exc)
             if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
                 raise SourceError(f"labels CSV s3://{self.bucket}/{self.labels_key} not found: set "
                                   "data.s3.labels_key in params.yaml to the key of the labels CSV (or leave it "
@@ -270,7 +247,7 @@ class S3Source(LabelledSource):
                 finally:
                     body.close()
             except (ClientError, BotoCoreError, OSError) as exc:
-                code, status = _error_code(exc)
+                code, status = error_code(exc)
                 why = code or (f"HTTP {status}" if status else type(exc).__name__)
                 hint = " (deleted after the listing?)" if code in {"NoSuchKey", "404"} else ""
                 raise Rejected("unreadable", f"could not fetch the object: {why}{hint}") from None
