@@ -22,7 +22,12 @@ import pytest
 import yaml
 
 from medrobust.components.image import BASE_IMAGE
-from medrobust.pipelines.dag import DATA_ENV, DATA_SECRET, GPU_NODE_SELECTOR, GPU_TOLERATION, MLFLOW_ENV, MLFLOW_SECRET
+from medrobust.params import Params
+from medrobust.pipelines.dag import DATA_ENV, DATA_SECRET, MLFLOW_ENV, MLFLOW_SECRET
+
+#: the GPU node pool the pipeline selects and tolerates by default (kubeflow in params.yaml)
+GPU_NODE_SELECTOR = next(iter(Params().kubeflow.gpu_node_selector.items()))
+GPU_TOLERATION = Params().kubeflow.gpu_tolerations[0].model_dump(exclude={"value"})
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent

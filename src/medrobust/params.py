@@ -14,6 +14,7 @@ section         defined in
 ``evaluate``    :mod:`medrobust.evaluation.config`
 ``register``    :mod:`medrobust.registry.config` (the gates: :mod:`medrobust.registry.gates`)
 ``mlflow``      :mod:`medrobust.registry.tracking`
+``kubeflow``    here (:class:`KubeflowConfig`: per-step resources, the GPU node pool; compile time only)
 ==============  ==============================================================
 
 Validation is strict (:mod:`medrobust.config`): an unknown key, a wrong type or a value outside its
@@ -69,6 +70,56 @@ class AdvgenConfig(StrictModel):
     batch_size: int = Field(128, ge=1, le=100_000)
 
 
+class StageResources(StrictModel):
+    """One Kubeflow step's requests and limits; ``gpus`` > 0 puts it on the GPU node pool."""
+
+    cpu: str = Field("2", pattern=r"^\d+(\.\d+)?m?$")          # Kubernetes quantity: "2", "500m"
+    memory: str = Field("8G", pattern=r"^\d+(\.\d+)?(K|M|G|T|Ki|Mi|Gi|Ti)?$")
+    gpus: int = Field(0, ge=0, le=16)
+    accelerator: str = "nvidia.com/gpu"                          # the extended resource asked for
+    gpu_type: str = ""        # e.g. nvidia-l4: a node selector on kubeflow.gpu_type_label; empty: any GPU of the pool
+
+
+class Toleration(StrictModel):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+_STAGES = ("synthesize", "ingest", "advgen", "train", "evaluate", "register")
+
+
+def _default_resources() -> dict[str, StageResources]:
+    gpu = StageResources(cpu="8", memory="32G", gpus=1)
+    return {"synthesize": StageResources(cpu="1", memory="2G"), "ingest": StageResources(cpu="4", memory="8G"),
+            "advgen": gpu, "train": gpu, "evaluate": gpu, "register": StageResources(cpu="1", memory="4G")}
+
+
+class KubeflowConfig(StrictModel):
+    """``kubeflow``: what each step asks of the cluster, and where GPU steps run. Read when the pipeline is
+    compiled (``medrobust pipeline compile``); no DVC stage reads it."""
+
+    resources: dict[str, StageResources] = Field(default_factory=_default_resources, validate_default=True)
+    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"medrobust.io/node-pool": "gpu"})
+    gpu_tolerations: Seq[Toleration] = (Toleration(key="nvidia.com/gpu"),)
+    gpu_type_label: str = "cloud.google.com/gke-accelerator"   # the node label naming a node's GPU model
+    retries: int = Field(2, ge=0, le=10)        # per deterministic step, backoff 30 s doubling
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_resources(cls, data: Any) -> Any:
+        """``resources`` in params.yaml merges over the defaults stage by stage, key by key."""
+        if isinstance(data, dict) and isinstance(data.get("resources"), dict):
+            merged = {k: v.model_dump() for k, v in _default_resources().items()}
+            for stage, spec in data["resources"].items():
+                if stage not in merged:
+                    raise ValueError(f"resources.{stage}: not a pipeline step; allowed: {', '.join(_STAGES)}")
+                merged[stage] = {**merged[stage], **(spec.model_dump() if isinstance(spec, StageResources) else spec)}
+            data = {**data, "resources": merged}
+        return data
+
+
 # ``register`` is params.yaml's key; pydantic warns that it shadows ABCMeta.register, a class-level
 # method that instances (where the section lives) never see
 warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
@@ -86,6 +137,7 @@ class Params(StrictModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
 
     @model_validator(mode="after")
     def _gate_is_evaluated(self) -> Params:

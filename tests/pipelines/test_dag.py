@@ -71,3 +71,35 @@ def test_compile_is_independent_of_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = compile_pipeline(tmp_path / "p.yaml", REPO / "params.yaml")
     assert out.read_text() == SNAPSHOT.read_text()
+
+
+def test_resources_node_pool_and_retries_come_from_params(tmp_path):
+    """kubeflow.* in params.yaml: per-step CPU/memory/GPUs, the GPU model's node selector, the pool's taint."""
+    raw = tiny_raw(kubeflow={"resources": {"train": {"gpus": 2, "gpu_type": "nvidia-l4", "memory": "64Gi"},
+                                           "evaluate": {"gpus": 0, "cpu": "16"}},
+                             "gpu_node_selector": {"pool": "a100"},
+                             "gpu_tolerations": [{"key": "gpu", "operator": "Equal", "value": "true",
+                                                  "effect": "NoExecute"}],
+                             "retries": 4})
+    out = compile_pipeline(tmp_path / "p.yaml", write_params(tmp_path / "params.yaml", raw))
+    spec, platform = yaml.safe_load_all(out.read_text())
+    res = {name.removeprefix("exec-"): e["container"].get("resources", {})
+           for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert res["train"]["accelerator"]["resourceCount"] == "2" and res["train"]["resourceMemoryLimit"] == "64Gi"
+    assert res["train"]["resourceCpuRequest"] == "8"  # the stage's other keys keep their defaults
+    assert "accelerator" not in res["evaluate"] and res["evaluate"]["resourceCpuLimit"] == "16"
+    assert res["ingest"]["resourceMemoryRequest"] == "8G"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == {"pool": "a100", "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert k8s["exec-train"]["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute"}]
+    assert "tolerations" not in k8s.get("exec-evaluate", {}) and k8s["exec-advgen"]["nodeSelector"]["labels"] == {"pool": "a100"}
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 4
+
+
+def test_a_misspelt_step_in_kubeflow_resources_is_refused_naming_the_steps(tmp_path):
+    from medrobust.config import ConfigError
+
+    raw = tiny_raw(kubeflow={"resources": {"trian": {"gpus": 1}}})
+    with pytest.raises(ConfigError, match="kubeflow.*trian.*allowed: synthesize, ingest, advgen, train, evaluate, register"):
+        compile_pipeline(tmp_path / "p.yaml", write_params(tmp_path / "params.yaml", raw))

@@ -4,8 +4,10 @@
   ``register`` task may promote the version to ``@champion`` (it still checks the champion
   comparison); otherwise ``register-rejected`` records the version with its rejection tags, so the
   registry always shows what was tried.
-* advgen, train and evaluate ask for one NVIDIA GPU on the GPU node pool (accelerator type and
-  limit, a node selector and a toleration through kfp-kubernetes).
+* Each step's CPU, memory and GPUs come from ``kubeflow.resources.<stage>`` (request = limit); a
+  step with GPUs (advgen, train and evaluate by default: one each) gets the accelerator, the GPU
+  node pool's node selector (plus the GPU model's label when ``gpu_type`` is set) and tolerations
+  through kfp-kubernetes, all from ``kubeflow`` in params.yaml.
 * Deterministic stages are cached and retried; register is never cached (it has side effects).
 * MLflow's address and credentials come from the optional Kubernetes secret ``medrobust-mlflow``;
   ingest's source credentials (PACS, S3) and the pseudonymisation key from ``medrobust-data``.
@@ -23,11 +25,9 @@ from kfp import dsl, kubernetes
 
 from medrobust import components as c
 from medrobust.data.sources import SOURCES
-from medrobust.params import params_from_text
+from medrobust.params import KubeflowConfig, params_from_text
 
 PIPELINE_NAME = "medrobust"
-GPU_NODE_SELECTOR = ("medrobust.io/node-pool", "gpu")
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 MLFLOW_SECRET = "medrobust-mlflow"
 MLFLOW_ENV = {
     "tracking_uri": "MLFLOW_TRACKING_URI",
@@ -48,11 +48,18 @@ DATA_ENV = {
 }
 
 
-def _gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    task.set_cpu_limit("8").set_memory_limit("32G")
-    kubernetes.add_node_selector(task, label_key=GPU_NODE_SELECTOR[0], label_value=GPU_NODE_SELECTOR[1])
-    kubernetes.add_toleration(task, **GPU_TOLERATION)
+def _resources(task: dsl.PipelineTask, stage: str, kf: KubeflowConfig) -> dsl.PipelineTask:
+    """``kubeflow.resources.<stage>``: CPU and memory (request = limit), and GPUs on the GPU node pool."""
+    r = kf.resources[stage]
+    task.set_cpu_request(r.cpu).set_cpu_limit(r.cpu).set_memory_request(r.memory).set_memory_limit(r.memory)
+    if r.gpus:
+        task.set_accelerator_type(r.accelerator).set_accelerator_limit(r.gpus)
+        for key, value in kf.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        if r.gpu_type:
+            kubernetes.add_node_selector(task, label_key=kf.gpu_type_label, label_value=r.gpu_type)
+        for t in kf.gpu_tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value or None, effect=t.effect)
     return task
 
 
@@ -66,7 +73,7 @@ def _data_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def _cached(task: dsl.PipelineTask, retries: int = 2) -> dsl.PipelineTask:
+def _cached(task: dsl.PipelineTask, retries: int) -> dsl.PipelineTask:
     task.set_caching_options(True)
     task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
     return task
@@ -86,31 +93,38 @@ def build_pipeline(default_params_yaml: str):
     Raises:
         ConfigError: the params are invalid.
     """
-    synthesized = bool(SOURCES.cfg(params_from_text(default_params_yaml).data.source).get("synthesized"))
+    params = params_from_text(default_params_yaml)
+    synthesized = bool(SOURCES.cfg(params.data.source).get("synthesized"))
+    kf = params.kubeflow
+
+    def step(task: dsl.PipelineTask, stage: str, cached: bool = True) -> dsl.PipelineTask:
+        task = _resources(task, stage, kf)
+        return _cached(task, kf.retries) if cached else task
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, attack, gate and register a robust medical-image classifier.")
     def medrobust_pipeline(params_yaml: str = default_params_yaml):
         if synthesized:
-            raw = _cached(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"))
+            raw = step(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"), "synthesize")
             ing = c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])
         else:
             ing = c.ingest(params_yaml=params_yaml)
-        ing = _data_secrets(_cached(ing))
-        adv = _gpu(_cached(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"])))
-        trn = _mlflow(_gpu(_cached(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]))))
-        ev = _mlflow(_gpu(_cached(c.evaluate(
+        ing = _data_secrets(step(ing, "ingest"))
+        adv = step(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "advgen")
+        trn = _mlflow(step(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "train"))
+        ev = _mlflow(step(c.evaluate(
             params_yaml=params_yaml, dataset=ing.outputs["dataset"],
             adversarial=adv.outputs["adversarial"], model=trn.outputs["model"],
-        ))))
+        ), "evaluate"))
         ev.set_caching_options(False)  # logs to the (uncached) MLflow run of this execution
         with dsl.If(ev.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 - a KFP condition
             reg = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
                              evaluation=ev.outputs["evaluation"])
-            _mlflow(reg.set_caching_options(False).set_retry(num_retries=2, backoff_duration="30s"))
+            _mlflow(_resources(reg, "register", kf).set_caching_options(False)
+                    .set_retry(num_retries=kf.retries, backoff_duration="30s"))
         with dsl.Else(name="gates-failed"):
             rej = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
                              evaluation=ev.outputs["evaluation"])
-            _mlflow(rej.set_display_name("register-rejected").set_caching_options(False))
+            _mlflow(_resources(rej, "register", kf).set_display_name("register-rejected").set_caching_options(False))
 
     return medrobust_pipeline
 
