@@ -26,6 +26,11 @@ def test_fresh_compile_matches_committed_snapshot(fresh):
     )
 
 
+def _body(spec):
+    """The tasks inside the exit handler (the whole DAG but the exit task)."""
+    return spec.components["comp-exit-handler-1"].dag.tasks
+
+
 def test_compiled_spec_is_strictly_valid(fresh):
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -33,7 +38,16 @@ def test_compiled_spec_is_strictly_valid(fresh):
     pipeline_doc, platform_doc = list(yaml.safe_load_all(fresh.read_text()))
     spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
     json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec())
-    tasks = spec.root.dag.tasks
+    # a dsl.ExitHandler wraps the DAG: its body is one sub-DAG, then pipeline-status runs whatever happened
+    root = spec.root.dag.tasks
+    assert set(root) == {"exit-handler-1", "pipeline-status"}
+    status = root["pipeline-status"]
+    assert status.trigger_policy.strategy == pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
+    assert list(status.dependent_tasks) == ["exit-handler-1"]
+    status_inputs = pipeline_doc["components"]["comp-pipeline-status"]["inputDefinitions"]["parameters"]
+    assert status_inputs["status"]["parameterType"] == "TASK_FINAL_STATUS"
+    assert not status.caching_options.enable_cache
+    tasks = _body(spec)
     assert {"synthesize", "ingest", "advgen", "train", "evaluate"} <= set(tasks)
     # register sits under a condition on evaluate's output, in both branches
     text = json.dumps(pipeline_doc)
@@ -61,7 +75,7 @@ def test_a_pipeline_for_a_pacs_or_a_bucket_has_no_synthesize_task(source, tmp_pa
     params = write_params(tmp_path / "params.yaml", tiny_raw(data={"source": source}))
     out = compile_pipeline(tmp_path / "pipeline.yaml", params)
     pipeline_doc, _ = list(yaml.safe_load_all(out.read_text()))
-    tasks = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec()).root.dag.tasks
+    tasks = _body(json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec()))
     assert "synthesize" not in tasks and {"ingest", "advgen", "train", "evaluate"} <= set(tasks)
     assert "raw_data" not in tasks["ingest"].inputs.artifacts  # ingest reads the source itself
 
@@ -93,7 +107,7 @@ def test_resources_node_pool_and_retries_come_from_params(tmp_path):
     assert k8s["exec-train"]["nodeSelector"]["labels"] == {"pool": "a100", "cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert k8s["exec-train"]["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute"}]
     assert "tolerations" not in k8s.get("exec-evaluate", {}) and k8s["exec-advgen"]["nodeSelector"]["labels"] == {"pool": "a100"}
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 4
 
 

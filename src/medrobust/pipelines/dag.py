@@ -9,6 +9,9 @@
   node pool's node selector (plus the GPU model's label when ``gpu_type`` is set) and tolerations
   through kfp-kubernetes, all from ``kubeflow`` in params.yaml.
 * Deterministic stages are cached and retried; register is never cached (it has side effects).
+* A ``dsl.ExitHandler`` wraps the whole DAG: its ``pipeline-status`` task runs last, whatever
+  happened, and records the final state (SUCCEEDED, FAILED, CANCELLED) as a JSON artifact and as an
+  MLflow run tagged ``medrobust.pipeline_state`` (:mod:`medrobust.registry.run_status`).
 * MLflow's address and credentials come from the optional Kubernetes secret ``medrobust-mlflow``;
   ingest's source credentials (PACS, S3) and the pseudonymisation key from ``medrobust-data``.
 
@@ -24,6 +27,7 @@ was compiled with, so it reads exactly the keys DVC reads. The DAG's shape follo
 from kfp import dsl, kubernetes
 
 from medrobust import components as c
+from medrobust.components.status import pipeline_status
 from medrobust.data.sources import SOURCES
 from medrobust.params import KubeflowConfig, params_from_text
 
@@ -103,28 +107,32 @@ def build_pipeline(default_params_yaml: str):
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, attack, gate and register a robust medical-image classifier.")
     def medrobust_pipeline(params_yaml: str = default_params_yaml):
-        if synthesized:
-            raw = step(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"), "synthesize")
-            ing = c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])
-        else:
-            ing = c.ingest(params_yaml=params_yaml)
-        ing = _data_secrets(step(ing, "ingest"))
-        adv = step(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "advgen")
-        trn = _mlflow(step(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "train"))
-        ev = _mlflow(step(c.evaluate(
-            params_yaml=params_yaml, dataset=ing.outputs["dataset"],
-            adversarial=adv.outputs["adversarial"], model=trn.outputs["model"],
-        ), "evaluate"))
-        ev.set_caching_options(False)  # logs to the (uncached) MLflow run of this execution
-        with dsl.If(ev.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 - a KFP condition
-            reg = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
-                             evaluation=ev.outputs["evaluation"])
-            _mlflow(_resources(reg, "register", kf).set_caching_options(False)
-                    .set_retry(num_retries=kf.retries, backoff_duration="30s"))
-        with dsl.Else(name="gates-failed"):
-            rej = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
-                             evaluation=ev.outputs["evaluation"])
-            _mlflow(_resources(rej, "register", kf).set_display_name("register-rejected").set_caching_options(False))
+        # the exit handler: runs after everything else, also when a step failed, and records how the run ended
+        done = pipeline_status(params_yaml=params_yaml).set_display_name("pipeline-status")
+        _mlflow(_resources(done, "register", kf).set_caching_options(False))
+        with dsl.ExitHandler(done, name="medrobust-run"):
+            if synthesized:
+                raw = step(c.synthesize(params_yaml=params_yaml).set_display_name("synthesize"), "synthesize")
+                ing = c.ingest(params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])
+            else:
+                ing = c.ingest(params_yaml=params_yaml)
+            ing = _data_secrets(step(ing, "ingest"))
+            adv = step(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "advgen")
+            trn = _mlflow(step(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "train"))
+            ev = _mlflow(step(c.evaluate(
+                params_yaml=params_yaml, dataset=ing.outputs["dataset"],
+                adversarial=adv.outputs["adversarial"], model=trn.outputs["model"],
+            ), "evaluate"))
+            ev.set_caching_options(False)  # logs to the (uncached) MLflow run of this execution
+            with dsl.If(ev.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 - a KFP condition
+                reg = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
+                                 evaluation=ev.outputs["evaluation"])
+                _mlflow(_resources(reg, "register", kf).set_caching_options(False)
+                        .set_retry(num_retries=kf.retries, backoff_duration="30s"))
+            with dsl.Else(name="gates-failed"):
+                rej = c.register(params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
+                                 evaluation=ev.outputs["evaluation"])
+                _mlflow(_resources(rej, "register", kf).set_display_name("register-rejected").set_caching_options(False))
 
     return medrobust_pipeline
 
