@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from medrobust.cli import app
 from medrobust.data import storage
 from medrobust.data.storage import MIB, StorageConfig, StorageError
 from medrobust.stack.procs import free_ports
@@ -122,7 +123,7 @@ def test_publish_uploads_each_file_verified_then_a_manifest(store, seaweed_s3, t
     (model / "sub" / "card.md").write_text("# card\n")
     decision = tmp_path / "decision.json"
     decision.write_text('{"status": "champion"}')
-    result = CliRunner().invoke(__import__("medrobust.cli", fromlist=["app"]).app,
+    result = CliRunner().invoke(app,
                                 ["publish", f"s3://{bucket}/runs/7", str(model), str(decision),
                                  "--endpoint-url", seaweed_s3.endpoint_url], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -134,7 +135,7 @@ def test_publish_uploads_each_file_verified_then_a_manifest(store, seaweed_s3, t
         assert body == local.read_bytes() and entry["sha256"] == hashlib.sha256(body).hexdigest()
         assert entry["bytes"] == len(body)
     # a missing path publishes nothing
-    result = CliRunner().invoke(__import__("medrobust.cli", fromlist=["app"]).app,
+    result = CliRunner().invoke(app,
                                 ["publish", f"s3://{bucket}/runs/8", str(tmp_path / "missing"),
                                  "--endpoint-url", seaweed_s3.endpoint_url])
     assert result.exit_code == 2

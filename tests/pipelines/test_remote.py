@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -185,13 +188,10 @@ def test_submit_wait_exits_1_when_the_run_fails_and_a_refused_token_is_a_clear_e
 
 
 def test_a_refused_token_exits_2_naming_the_host_and_the_token_variable(kfp_api, params_file):
-    import subprocess
-    import sys
-
     kfp_api.token = "right"
     proc = subprocess.run([sys.executable, "-m", "medrobust.cli", "pipeline", "submit", "--host", kfp_api.url,
                            "--params", str(params_file), "--package", str(PACKAGE), "--namespace", "medrobust"],
-                          capture_output=True, text=True, env={**__import__("os").environ, "KFP_TOKEN": "wrong"},
+                          capture_output=True, text=True, env={**os.environ, "KFP_TOKEN": "wrong"},
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert kfp_api.url in proc.stderr and "KFP_TOKEN" in proc.stderr and "HTTP 401" in proc.stderr

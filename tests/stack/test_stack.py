@@ -9,7 +9,6 @@ Nothing is mocked: the servers are the project's own, started by the project's o
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -68,7 +67,6 @@ def _pipeline(repo: Path, state: StackState, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_stack_up_pipeline_evidence_credentials_dvc_round_trip_and_down(tmp_path, monkeypatch):
-    import boto3  # noqa: F401 - the client the check uses
     import psutil
     import psycopg2
     import requests
@@ -158,4 +156,3 @@ def test_stack_up_pipeline_evidence_credentials_dvc_round_trip_and_down(tmp_path
     finally:
         _cli("stack", "down", "--root", str(root), "--purge", cwd=repo)
     assert not root.exists() and not Path(state.pg_data).exists()
-    json.dumps(pids)  # the PIDs were plain ints, recorded in stack.json
