@@ -83,7 +83,7 @@ def up(root: Path = ROOT, dvc_repo: Path | None = Path(".")) -> StackState:
         identity = services.write_identity(s3_root / "identities.json", state.s3_access_key, state.s3_secret_key)
         (s3_root / "tmp").mkdir(parents=True, exist_ok=True)
         state.pids["s3"] = procs.start(services.weed_command(s3_root, state.s3_ports, identity), logs / "s3.log",
-                                       cwd=s3_root, env={**_plain_env(), "TMPDIR": str(s3_root / "tmp")})
+                                       cwd=s3_root, env={**procs.env_without("AWS_"), "TMPDIR": str(s3_root / "tmp")})
         state.save()
         procs.wait_until(lambda: services.s3_ready(state), state.pids["s3"], "SeaweedFS S3", logs / "s3.log")
         services.s3_buckets(state)
@@ -130,10 +130,8 @@ def down(root: Path = ROOT, purge: bool = False) -> list[str]:
 
 def write_env(state: StackState) -> Path:
     """``<root>/env``: ``export`` lines for a shell (``source .medrobust/stack/env``); it holds secrets (0600)."""
-    path = Path(state.root) / "env"
-    path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in state.client_env().items()))
-    path.chmod(0o600)
-    return path
+    return procs.write_private(Path(state.root) / "env",
+                               "".join(f"export {k}={shlex.quote(v)}\n" for k, v in state.client_env().items()))
 
 
 def configure_dvc_remote(state: StackState, repo: Path) -> None:
@@ -148,12 +146,6 @@ def configure_dvc_remote(state: StackState, repo: Path) -> None:
         proc = subprocess.run([dvc, *args], cwd=repo, capture_output=True, text=True)
         if proc.returncode != 0:
             raise StackError(f"dvc {args[0]} {args[1]} failed in {repo}: {proc.stderr.strip()}")
-
-
-def _plain_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
 
 __all__ = ["DVC_REMOTE", "ROOT", "ServiceStatus", "StackError", "StackState", "configure_dvc_remote", "down",

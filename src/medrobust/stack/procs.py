@@ -165,6 +165,23 @@ def tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
+def write_private(path: Path, text: str) -> Path:
+    """Write a file that holds secrets: created 0600 (never readable by others, not even briefly), then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    tmp.replace(path)
+    return path
+
+
+def env_without(*prefixes: str) -> dict[str, str]:
+    """This process's environment without the variables that start with ``prefixes`` (a server gets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
 def reachable_by_others(path: Path) -> bool:
     """Whether a user other than the owner can walk to ``path`` (every ancestor has o+x)."""
     path = path.resolve()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -30,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medrobust.stack.procs import GRPC_OFFSET, StackError, admin_port, free_ports
+from medrobust.stack.procs import (GRPC_OFFSET, StackError, admin_port, env_without, free_ports, reachable_by_others,
+                                   run_as, write_private)
 
 ARTIFACT_BUCKET = "mlflow-artifacts"
 DVC_BUCKET = "dvc"
@@ -60,8 +62,6 @@ class StackState:
     # ---------------------------------------------------------------------------------------------
     @classmethod
     def new(cls, root: Path) -> StackState:
-        from medrobust.stack.procs import reachable_by_others
-
         root = root.resolve()
         pg_data = root / "postgres"
         if os.geteuid() == 0 and not reachable_by_others(root):
@@ -79,12 +79,7 @@ class StackState:
         return cls(**json.loads(path.read_text())) if path.is_file() else None
 
     def save(self) -> None:
-        path = Path(self.root) / "stack.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_private(Path(self.root) / "stack.json", json.dumps(asdict(self), indent=2))
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -141,8 +136,6 @@ def pg_user() -> str | None:
     if os.geteuid() != 0:
         return None
     try:
-        import pwd
-
         pwd.getpwnam("postgres")
     except KeyError as exc:
         raise StackError("running as root, PostgreSQL needs the 'postgres' user: install Debian's postgresql "
@@ -152,19 +145,13 @@ def pg_user() -> str | None:
 
 def pg_initdb(state: StackState) -> None:
     """A new cluster in ``pg_data`` (once): SCRAM auth everywhere, superuser ``postgres``."""
-    from medrobust.stack.procs import run_as
-
     data = Path(state.pg_data)
     if (data / "PG_VERSION").is_file():
         return
     data.mkdir(parents=True, exist_ok=True)
     user = pg_user()
-    pwfile = data.parent / ".pgpass-init"
-    pwfile.write_text(state.pg_superuser_password + "\n")
-    pwfile.chmod(0o600)
+    pwfile = write_private(data.parent / ".pgpass-init", state.pg_superuser_password + "\n")
     if user:
-        import pwd
-
         entry = pwd.getpwnam(user)
         for p in (data.parent, data, pwfile):
             os.chown(p, entry.pw_uid, entry.pw_gid)
@@ -217,12 +204,9 @@ def pg_bootstrap(state: StackState) -> None:
 # -------------------------------------------------------------------------------------------------
 def write_identity(path: Path, access_key: str, secret_key: str) -> Path:
     """weed's ``-s3.config`` file: one identity with every action, so a wrong secret gets 403."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"identities": [{
+    return write_private(path, json.dumps({"identities": [{
         "name": access_key, "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List"]}]}))
-    path.chmod(0o600)
-    return path
 
 
 def weed_command(root: Path, ports: dict[str, int], identity: Path) -> list[str]:
@@ -266,15 +250,11 @@ def s3_buckets(state: StackState) -> None:
 # MLflow server
 # -------------------------------------------------------------------------------------------------
 def write_auth_ini(state: StackState) -> Path:
-    path = Path(state.root) / "mlflow" / "basic_auth.ini"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([
+    return write_private(Path(state.root) / "mlflow" / "basic_auth.ini", "\n".join([
         "[mlflow]", "default_permission = READ", f"database_uri = {state.sqlalchemy_uri('mlflow_auth')}",
         f"admin_username = {state.mlflow_user}", f"admin_password = {state.mlflow_password}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         "auth_cache_ttl_seconds = 60", ""]))
-    path.chmod(0o600)
-    return path
 
 
 def mlflow_command(state: StackState) -> list[str]:
@@ -284,8 +264,7 @@ def mlflow_command(state: StackState) -> list[str]:
 
 
 def mlflow_env(state: StackState, ini: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    return {**env, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": state.flask_secret,
+    return {**env_without("MLFLOW_", "AWS_"), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": state.flask_secret,
             "MLFLOW_S3_ENDPOINT_URL": state.s3_endpoint, "AWS_ACCESS_KEY_ID": state.s3_access_key,
             "AWS_SECRET_ACCESS_KEY": state.s3_secret_key, "AWS_DEFAULT_REGION": REGION,
             "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
