@@ -87,13 +87,13 @@ class Toleration(StrictModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
 
 
-_STAGES = ("synthesize", "ingest", "advgen", "train", "evaluate", "register")
+_STAGES = ("synthesize", "ingest", "advgen", "train", "attack", "evaluate", "register")  # attack: each fan-out task
 
 
 def _default_resources() -> dict[str, StageResources]:
     gpu = StageResources(cpu="8", memory="32G", gpus=1)
     return {"synthesize": StageResources(cpu="1", memory="2G"), "ingest": StageResources(cpu="4", memory="8G"),
-            "advgen": gpu, "train": gpu, "evaluate": gpu, "register": StageResources(cpu="1", memory="4G")}
+            "advgen": gpu, "train": gpu, "attack": gpu, "evaluate": gpu, "register": StageResources(cpu="1", memory="4G")}
 
 
 class KubeflowConfig(StrictModel):
@@ -105,6 +105,7 @@ class KubeflowConfig(StrictModel):
     gpu_tolerations: Seq[Toleration] = (Toleration(key="nvidia.com/gpu"),)
     gpu_type_label: str = "cloud.google.com/gke-accelerator"   # the node label naming a node's GPU model
     retries: int = Field(2, ge=0, le=10)        # per deterministic step, backoff 30 s doubling
+    attack_parallelism: int = Field(0, ge=0, le=1000)  # attack tasks at once (the ParallelFor); 0: all of them
 
     @model_validator(mode="before")
     @classmethod

@@ -32,7 +32,7 @@ def test_committed_component_files_are_current(stage, fresh):
 
 def test_every_stage_has_a_component_and_nothing_else_is_there():
     assert sorted(p.name for p in COMMITTED.iterdir() if p.is_dir()) == sorted(COMPONENTS)
-    assert list(COMPONENTS) == ["synthesize", "ingest", "advgen", "train", "evaluate", "register"]
+    assert list(COMPONENTS) == ["synthesize", "ingest", "advgen", "train", "attack", "evaluate", "register"]
 
 
 def test_readme_lists_the_inputs_outputs_and_image():
@@ -60,15 +60,20 @@ def test_a_pipeline_built_from_the_yaml_files_alone_compiles(tmp_path):
         ing = load["ingest"](params_yaml=params_yaml, raw_data=raw.outputs["raw_data"])
         adv = load["advgen"](params_yaml=params_yaml, dataset=ing.outputs["dataset"])
         trn = load["train"](params_yaml=params_yaml, dataset=ing.outputs["dataset"])
+        with dsl.ParallelFor(items=["fgsm_linf", "pgd_linf"]) as key:
+            att = load["attack"](params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
+                                 attack_key=key)
         ev = load["evaluate"](params_yaml=params_yaml, dataset=ing.outputs["dataset"],
-                              adversarial=adv.outputs["adversarial"], model=trn.outputs["model"])
+                              adversarial=adv.outputs["adversarial"], model=trn.outputs["model"],
+                              attacks=dsl.Collected(att.outputs["attacked"]))
         load["register"](params_yaml=params_yaml, dataset=ing.outputs["dataset"], model=trn.outputs["model"],
                          evaluation=ev.outputs["evaluation"])
 
     out = tmp_path / "reuse.yaml"
     compiler.Compiler().compile(reuse, package_path=str(out))
     spec = json_format.ParseDict(yaml.safe_load(out.read_text()), pipeline_spec_pb2.PipelineSpec())
-    assert set(spec.root.dag.tasks) == set(COMPONENTS)
+    assert set(spec.root.dag.tasks) == set(COMPONENTS) - {"attack"} | {"for-loop-2"}
+    assert set(spec.components["comp-for-loop-2"].dag.tasks) == {"attack"}
     executor = spec.deployment_spec["executors"]["exec-train"]["container"]
     assert executor["image"].startswith("ghcr.io/medrobust/medrobust") and "train" in " ".join(executor["command"])
 
@@ -81,8 +86,9 @@ def test_a_component_only_parses_params_calls_its_stage_and_copies_fields(stage)
     assert {m for m in imported if m.startswith("medrobust")} <= {"medrobust.params", "medrobust.stages",
                                                                  "medrobust.utils"}, imported
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    runs = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "run"
+    entry = "run_attack" if stage == "attack" else "run"  # the fan-out's unit lives in the evaluate stage
+    runs = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == entry
             and isinstance(c.func.value, ast.Name) and c.func.value.id == "stage"]
-    assert len(runs) == 1, f"{stage}: the component must call stage.run exactly once"
+    assert len(runs) == 1, f"{stage}: the component must call stage.{entry} exactly once"
     # no branching: whatever depends on params happens inside the stage
     assert not any(isinstance(node, (ast.If, ast.For, ast.While)) for node in ast.walk(tree)), stage

@@ -67,6 +67,39 @@ def test_compiled_spec_is_strictly_valid(fresh):
     assert tasks["train"].caching_options.enable_cache
 
 
+def test_the_attack_suite_fans_out_in_a_parallel_for_and_evaluate_collects_it(fresh):
+    """One attack task per entry of evaluate.attacks, side by side on GPUs, merged by evaluate."""
+    from medrobust.params import load_params
+
+    pipeline_doc, platform_doc = list(yaml.safe_load_all(fresh.read_text()))
+    body = pipeline_doc["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    (loop_name,) = [n for n, t in body.items() if t["taskInfo"]["name"] == "attack-suite"]
+    loop = body[loop_name]
+    keys = [a.key for a in load_params(REPO / "params.yaml").evaluate.attacks]
+    assert json.loads(loop["parameterIterator"]["items"]["raw"]) == keys == ["fgsm_linf", "pgd_linf", "autoattack_linf"]
+    assert "iteratorPolicy" not in loop  # kubeflow.attack_parallelism: 0, all at once
+    assert set(loop["dependentTasks"]) == {"ingest", "train"}  # not after advgen: the attacks need only the model
+    inner = pipeline_doc["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["attack"]
+    assert inner["inputs"]["parameters"]["attack_key"]["componentInputParameter"] == loop["parameterIterator"]["itemInput"]
+    assert inner["cachingOptions"]["enableCache"] and inner["retryPolicy"]["maxRetryCount"] == 2
+    # evaluate takes the list of every iteration's run (dsl.Collected)
+    collected = body["evaluate"]["inputs"]["artifacts"]["attacks"]["taskOutputArtifact"]
+    assert collected["producerTask"] == loop_name
+    assert pipeline_doc["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]["attacks"]["isArtifactList"]
+    res = pipeline_doc["deploymentSpec"]["executors"]["exec-attack"]["container"]["resources"]
+    assert res["accelerator"]["resourceCount"] == "1"
+    k8s = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-attack"]
+    assert k8s["nodeSelector"]["labels"] == {"medrobust.io/node-pool": "gpu"}
+
+
+def test_attack_parallelism_limits_the_fan_out(tmp_path):
+    params = write_params(tmp_path / "params.yaml", tiny_raw(kubeflow={"attack_parallelism": 2}))
+    pipeline_doc, _ = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", params).read_text()))
+    body = pipeline_doc["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    (loop,) = [t for t in body.values() if t["taskInfo"]["name"] == "attack-suite"]
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 2}
+
+
 @pytest.mark.parametrize("source", ["pacs", "s3", "medmnist"])
 def test_a_pipeline_for_a_pacs_or_a_bucket_has_no_synthesize_task(source, tmp_path):
     from google.protobuf import json_format
@@ -115,5 +148,5 @@ def test_a_misspelt_step_in_kubeflow_resources_is_refused_naming_the_steps(tmp_p
     from medrobust.config import ConfigError
 
     raw = tiny_raw(kubeflow={"resources": {"trian": {"gpus": 1}}})
-    with pytest.raises(ConfigError, match="kubeflow.*trian.*allowed: synthesize, ingest, advgen, train, evaluate, register"):
+    with pytest.raises(ConfigError, match="kubeflow.*trian.*allowed: synthesize, ingest, advgen, train, attack, evaluate, register"):
         compile_pipeline(tmp_path / "p.yaml", write_params(tmp_path / "params.yaml", raw))

@@ -25,6 +25,12 @@ def test_kfp_local_run_on_tiny_data(tmp_path, monkeypatch):
     assert (run_dir / "train" / "model" / "model.pt").exists()
     metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
     assert 0.0 <= metrics["clean"]["accuracy"]["value"] <= 1.0
+    # the ParallelFor ran one attack task per suite entry, and evaluate merged their runs instead of attacking
+    runs = [json.loads(p.read_text()) for p in sorted(run_dir.glob("for-loop-*-iteration-*/attack/attacked/attack.json"))]
+    assert sorted(r["key"] for r in runs) == sorted(a.key for a in load_params(params_path).evaluate.attacks)
+    timing = json.loads((run_dir / "evaluate" / "evaluation" / "timing.json").read_text())["seconds"]
+    assert all(timing[f"{r['key']}@{label}"] == s for r in runs for label, s in r["seconds"].items())
+    assert set(metrics["whitebox"]) == {r["key"] for r in runs}
     decision = json.loads((run_dir / "register" / "decision").read_text())
     assert decision["promoted"] is True and decision["version"] == "1"
     report = (run_dir / "register" / "report").read_text()

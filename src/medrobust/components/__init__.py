@@ -9,14 +9,14 @@ kfp.local's SubprocessRunner, in the current Python environment.
 """
 
 from medrobust.components.advgen import advgen
-from medrobust.components.evaluate import evaluate
+from medrobust.components.evaluate import attack, evaluate
 from medrobust.components.ingest import ingest
 from medrobust.components.register import register
 from medrobust.components.synthesize import synthesize
 from medrobust.components.train import train
 
 #: stage name -> component, in pipeline order
-COMPONENTS = {"synthesize": synthesize, "ingest": ingest, "advgen": advgen, "train": train, "evaluate": evaluate,
-              "register": register}
+COMPONENTS = {"synthesize": synthesize, "ingest": ingest, "advgen": advgen, "train": train, "attack": attack,
+              "evaluate": evaluate, "register": register}
 
-__all__ = ["COMPONENTS", "advgen", "evaluate", "ingest", "register", "synthesize", "train"]
+__all__ = ["COMPONENTS", "advgen", "attack", "evaluate", "ingest", "register", "synthesize", "train"]

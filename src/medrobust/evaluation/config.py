@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medrobust.attacks.spec import AttackSpec
-from medrobust.config import InRegistry, Seq, StrictModel
+from medrobust.config import InRegistry, Seq, StrictModel, field_error
 from medrobust.evaluation.calibration import OperatingPointConfig
 from medrobust.evaluation.masking import MaskingConfig
 from medrobust.evaluation.shifts import SEVERITIES, SHIFTS
@@ -71,6 +71,15 @@ class EvaluateConfig(StrictModel):
     shifts: ShiftsConfig = ShiftsConfig()
     slices: SlicesConfig = SlicesConfig()
     saliency: SaliencyConfig = SaliencyConfig()
+
+    @model_validator(mode="after")
+    def _one_entry_per_attack(self) -> EvaluateConfig:
+        """metrics.json (and the pipeline's fan-out) name an attack by ``<name>_<norm>``: one entry each."""
+        keys = [a.key for a in self.attacks]
+        if dupes := sorted({k for k in keys if keys.count(k) > 1}):
+            raise field_error("attacks", f"{', '.join(dupes)} appear(s) more than once; list each attack and norm "
+                                         "once, with all its epsilons in one eps list")
+        return self
 
 
 __all__ = ["DEFAULT_SLICE_COLUMNS", "EvaluateConfig", "MaskingConfig", "SaliencyConfig", "ShiftsConfig",

@@ -1,11 +1,18 @@
-"""The Kubeflow pipeline: synthesize -> ingest -> advgen -> train -> evaluate -> register.
+"""The Kubeflow pipeline: synthesize -> ingest -> advgen -> train -> attack (fanned out) -> evaluate -> register.
 
+* The attack suite fans out: a ``dsl.ParallelFor`` over ``evaluate.attacks`` runs one ``attack`` task
+  per entry (every ε of it; ``kubeflow.resources.attack``, at most ``kubeflow.attack_parallelism`` at
+  once), so the evaluation waits for the slowest attack, not their sum. ``evaluate`` merges their
+  runs (``dsl.Collected``) into exactly the ``metrics.json`` a single-process evaluation writes, and
+  runs what is not fanned out (the masking checks, shifts, transfer sets). The loop's items are the
+  attacks of the params compiled in; a run that overrides ``params_yaml`` with other attacks is still
+  evaluated in full (evaluate attacks what has no matching run: :mod:`medrobust.evaluation.fanout`).
 * ``dsl.If`` gates registration on the evaluation outcome: when the absolute gates pass, the
   ``register`` task may promote the version to ``@champion`` (it still checks the champion
   comparison); otherwise ``register-rejected`` records the version with its rejection tags, so the
   registry always shows what was tried.
 * Each step's CPU, memory and GPUs come from ``kubeflow.resources.<stage>`` (request = limit); a
-  step with GPUs (advgen, train and evaluate by default: one each) gets the accelerator, the GPU
+  step with GPUs (advgen, train, each attack and evaluate by default: one each) gets the accelerator, the GPU
   node pool's node selector (plus the GPU model's label when ``gpu_type`` is set) and tolerations
   through kfp-kubernetes, all from ``kubeflow`` in params.yaml.
 * Deterministic stages are cached and retried; register is never cached (it has side effects).
@@ -119,9 +126,13 @@ def build_pipeline(default_params_yaml: str):
             ing = _data_secrets(step(ing, "ingest"))
             adv = step(c.advgen(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "advgen")
             trn = _mlflow(step(c.train(params_yaml=params_yaml, dataset=ing.outputs["dataset"]), "train"))
+            with dsl.ParallelFor(items=[a.key for a in params.evaluate.attacks], name="attack-suite",
+                                 parallelism=kf.attack_parallelism or None) as attack_key:
+                att = step(c.attack(params_yaml=params_yaml, dataset=ing.outputs["dataset"],
+                                    model=trn.outputs["model"], attack_key=attack_key), "attack")
             ev = _mlflow(step(c.evaluate(
-                params_yaml=params_yaml, dataset=ing.outputs["dataset"],
-                adversarial=adv.outputs["adversarial"], model=trn.outputs["model"],
+                params_yaml=params_yaml, dataset=ing.outputs["dataset"], adversarial=adv.outputs["adversarial"],
+                model=trn.outputs["model"], attacks=dsl.Collected(att.outputs["attacked"]),
             ), "evaluate"))
             ev.set_caching_options(False)  # logs to the (uncached) MLflow run of this execution
             with dsl.If(ev.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 - a KFP condition

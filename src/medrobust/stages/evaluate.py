@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from medrobust.config import eps_label
+from medrobust.data.shards import load_split
+from medrobust.evaluation import fanout
 from medrobust.evaluation.calibration import softmax
 from medrobust.evaluation.clinical import ECE_BINS
 from medrobust.evaluation.model_card import build_model_card, provenance
@@ -145,8 +148,45 @@ def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path
     return images
 
 
+def run_attack(params: Params, dataset_dir: str | Path, model_dir: str | Path, attack_key: str,
+               out_dir: str | Path) -> Path:
+    """One entry of ``evaluate.attacks`` on the test split, at every ε: an attack run for :func:`run` to merge.
+
+    The Kubeflow pipeline runs one of these per attack side by side (``dsl.ParallelFor``); the result is
+    bound to the model and dataset by their SHA-256 (:mod:`medrobust.evaluation.fanout`).
+
+    Args:
+        params: validated params (``evaluate``, ``seed``, ``device``).
+        dataset_dir: the ingest stage's output.
+        model_dir: the train stage's output.
+        attack_key: ``<name>_<norm>`` of an entry of ``evaluate.attacks``.
+        out_dir: the attack run's folder (replaced atomically on success).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        KeyError: ``attack_key`` is not in ``evaluate.attacks``.
+    """
+    specs = {a.key: a for a in params.evaluate.attacks}
+    if attack_key not in specs:
+        raise KeyError(f"attack {attack_key!r} is not in evaluate.attacks ({', '.join(specs)})")
+    seed_everything(params.seed)
+    dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
+    model_sha256 = sha256_file(model_dir / "model.pt")
+    model = load_model(model_dir)[0].to(resolve_device(params.device))
+    test, cfg = load_split(dataset_dir, "test"), params.evaluate
+    conditions = fanout.run_attack(model, specs[attack_key], test.x, test.y, cfg.batch_size, cfg.early_stop,
+                                   params.seed)
+    with atomic_output_dir(out_dir) as tmp:
+        fanout.save(tmp, specs[attack_key], conditions, seed=params.seed, early_stop=cfg.early_stop,
+                    model_sha256=model_sha256, dataset_sha256=sha256_file(dataset_dir / "manifest.csv"))
+    return Path(out_dir)
+
+
 def run(
-    params: Params, dataset_dir: str | Path, model_dir: str | Path, advgen_dir: str | Path | None, out_dir: str | Path
+    params: Params, dataset_dir: str | Path, model_dir: str | Path, advgen_dir: str | Path | None, out_dir: str | Path,
+    attack_runs: Sequence[str | Path] = (),
 ) -> EvaluateResult:
     """Evaluate the model in ``model_dir``, check the gates, write the reports, log everything to its MLflow run.
 
@@ -156,11 +196,14 @@ def run(
         model_dir: the train stage's output.
         advgen_dir: the advgen stage's output (transfer sets), or None.
         out_dir: the stage's output folder (replaced atomically on success).
+        attack_runs: folders written by :func:`run_attack` (the pipeline's fan-out); the suite's attacks they
+            hold are not run again. Without them every attack runs here.
 
     Returns:
         The metrics and the gate report.
 
     Raises:
+        AttackRunMismatch: an attack run was computed on another model or dataset.
         StaleEvaluationError: the evaluation lacks the gate attack at the gate ε (params.yaml's check prevents it).
     """
     import mlflow
@@ -172,8 +215,11 @@ def run(
     model = model.to(resolve_device(params.device))
     run_info = read_json(model_dir / "run.json")
     g = params.register
+    precomputed = fanout.load(attack_runs, params.evaluate.attacks, seed=params.seed,
+                              early_stop=params.evaluate.early_stop, model_sha256=model_sha256,
+                              dataset_sha256=sha256_file(dataset_dir / "manifest.csv")) if attack_runs else None
     ev = evaluate_model(params.evaluate, model, dataset_dir, Path(advgen_dir) if advgen_dir else None, g.gate_attack,
-                        g.gate_eps, params.seed, tuple(params.data.classes))
+                        g.gate_eps, params.seed, tuple(params.data.classes), precomputed)
     ev.extras["model"] = model
     metrics = ev.metrics
     metrics["suite"] = suite_fingerprint(params)
