@@ -2,11 +2,13 @@
 
 Before any alias moves, ``register`` loads ``models:/<name>/<version>`` in a **fresh Python process**
 (as a serving container would: nothing imported, nothing cached) with both ``mlflow.pytorch`` and
-``mlflow.pyfunc``, predicts the test split, and compares the logits with those of the evaluated
-``model.pt`` (loaded with :func:`medrobust.models.load_model`). A version whose logits differ by more
-than ``tolerance`` (default 1e-5) fails the ``serving_check`` gate: the registry would otherwise
-serve a model other than the one the evidence is about (a wrong artifact, a pickling or
-preprocessing difference, a dependency that changed the maths).
+``mlflow.pyfunc``, predicts the test split, and compares with the evaluated ``model.pt`` (loaded
+with :func:`medrobust.models.load_model`): the ``pytorch`` flavour's logits with its logits, and the
+served ``python_function`` flavour's class probabilities (:mod:`medrobust.registry.pyfunc`) with
+``softmax(logits / T)`` at the evaluation's temperature. A version that differs by more than
+``tolerance`` (default 1e-5) fails the ``serving_check`` gate: the registry would otherwise serve a
+model other than the one the evidence is about (a wrong artifact, an export or preprocessing
+difference, a dependency that changed the maths, a temperature that was not stored).
 
 Run as a module it is the fresh process: ``python -m medrobust.registry.serving URI IMAGES.npy OUT_DIR``
 writes ``pytorch.npy`` and ``pyfunc.npy``.
@@ -57,7 +59,7 @@ def served_logits(uri: str, images: np.ndarray, timeout_s: float = 600) -> dict[
         timeout_s: the most the process may take.
 
     Returns:
-        ``{"pytorch": logits, "pyfunc": logits}``.
+        ``{"pytorch": logits, "pyfunc": class probabilities}``.
 
     Raises:
         RuntimeError: the model did not load or predict; the message has the process's last output.
@@ -71,30 +73,34 @@ def served_logits(uri: str, images: np.ndarray, timeout_s: float = 600) -> dict[
         return {k: np.load(Path(tmp) / f"{k}.npy") for k in ("pytorch", "pyfunc")}
 
 
-def serving_gate(uri: str, model_dir: str | Path, images: np.ndarray, tolerance: float = TOLERANCE) -> GateResult:
-    """The ``serving_check`` gate: the registered version reproduces the evaluated model's logits.
+def serving_gate(uri: str, model_dir: str | Path, images: np.ndarray, tolerance: float = TOLERANCE,
+                 temperature: float = 1.0) -> GateResult:
+    """The ``serving_check`` gate: the registered version reproduces the evaluated model's outputs.
 
     Args:
         uri: ``models:/<name>/<version>``.
         model_dir: the evaluated model's folder.
         images: the test split's images.
-        tolerance: the largest absolute logit difference allowed.
+        tolerance: the largest absolute difference allowed (logits; probabilities for the pyfunc).
+        temperature: the evaluation's calibrated temperature (the served probabilities use it).
 
     Returns:
         The gate: ``value`` the largest difference over both loaders, ``threshold`` the tolerance.
     """
     name = "serving_check"
-    reference = reference_logits(model_dir, images)
+    logits = reference_logits(model_dir, images)
     try:
         served = served_logits(uri, images)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         return GateResult(name, False, None, tolerance, str(exc), kind="check")
+    expected = {"pytorch": logits, "pyfunc": _softmax(logits, temperature) if logits.size else logits}
     diffs = {}
-    for loader, logits in served.items():
-        if logits.shape != reference.shape:
+    for loader, out in served.items():
+        reference = expected[loader]
+        if out.shape != reference.shape:
             return GateResult(name, False, None, tolerance,
-                              f"{loader} returns shape {logits.shape}, the evaluated model {reference.shape}", kind="check")
-        diffs[loader] = float(np.abs(logits - reference).max()) if reference.size else 0.0
+                              f"{loader} returns shape {out.shape}, the evaluated model {reference.shape}", kind="check")
+        diffs[loader] = float(np.abs(out - reference).max()) if reference.size else 0.0
     worst = max(diffs.values())
     ok = worst <= tolerance
     return GateResult(name, ok, worst, tolerance,
@@ -102,6 +108,12 @@ def serving_gate(uri: str, model_dir: str | Path, images: np.ndarray, tolerance:
                       + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
                       + (f" <= {tolerance:g}" if ok else f" > {tolerance:g}: the registry would serve another model"),
                       kind="check")
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    e = np.exp(z - z.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
 def _main(argv: list[str]) -> None:
@@ -120,7 +132,9 @@ def _main(argv: list[str]) -> None:
         pass
     with torch.no_grad():
         np.save(out / "pytorch.npy", np.asarray(model(torch.from_numpy(images)).detach().numpy(), dtype=np.float32))
-    np.save(out / "pyfunc.npy", np.asarray(mlflow.pyfunc.load_model(uri).predict(images), dtype=np.float32))
+    served = mlflow.pyfunc.load_model(uri).predict(images)  # a table: one probability column per class, then labels
+    numeric = served.select_dtypes("number") if hasattr(served, "select_dtypes") else served
+    np.save(out / "pyfunc.npy", np.asarray(numeric, dtype=np.float32))
 
 
 if __name__ == "__main__":

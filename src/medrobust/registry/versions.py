@@ -293,7 +293,8 @@ def smoke_load(uri: str) -> dict[str, Any]:
         raise RegistryError(f"{uri} does not load: {exc}") from None
     if example is None:
         raise RegistryError(f"{uri} has no logged input example to predict on")
-    out = np.asarray(model.predict(np.asarray(example, dtype=np.float32)))
+    out = model.predict(np.asarray(example, dtype=np.float32))
+    out = np.asarray(out.select_dtypes("number") if hasattr(out, "select_dtypes") else out, dtype=np.float64)
     result = {"uri": uri, "input_shape": list(np.shape(example)), "output_shape": list(out.shape),
               "finite": bool(np.isfinite(out).all())}
     if not result["finite"]:

@@ -3,9 +3,12 @@
 0. Verify the evidence (:mod:`medrobust.registry.evidence`): the ``model.pt`` and ``metrics.json``
    handed over must hash to what train and evaluate recorded in the MLflow run; if not, stop with
    a clear error before any version is created or any alias moves.
-1. Register the train stage's logged model as a new version of ``register.model_name``, tagged with
-   the SHA-256 of the evaluated model and of its metrics. Load it back in a fresh process with
-   ``mlflow.pytorch`` and ``mlflow.pyfunc``: it must reproduce the evaluated logits on the test split
+1. Log the served model into the train run (:mod:`medrobust.registry.pyfunc`: the evaluated
+   ``model.pt``, ingest's decoding settings and evaluate's temperature; a ``pytorch`` and a
+   ``python_function`` flavour that takes base64 DICOM as well as arrays) and register it as a new
+   version of ``register.model_name``, tagged with the SHA-256 of the evaluated model and of its
+   metrics. Load it back in a fresh process with ``mlflow.pytorch`` and ``mlflow.pyfunc``: it must
+   reproduce the evaluated logits and calibrated probabilities on the test split
    (:mod:`medrobust.registry.serving`, the ``serving_check`` gate).
 2. Check the gates of ``register.gates`` (:mod:`medrobust.registry.gates`): each gate's value
    threshold (on the point estimate or its CI), the masking checks, and — under the promotion
@@ -30,7 +33,7 @@ from typing import Any
 
 from medrobust.data.shards import load_split
 from medrobust.params import Params
-from medrobust.registry import champion, evidence, tracking, versions
+from medrobust.registry import champion, evidence, pyfunc, tracking, versions
 from medrobust.registry.config import RegisterConfig
 from medrobust.registry.gates import GateReport, GateResult, change_gates, check_gates
 from medrobust.registry.serving import serving_gate
@@ -147,7 +150,11 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
             _write_report(Path(report_path), eval_dir / "report.md", decision)
         return decision
 
-    version = champion.register_version(client, name, run_info["model_uri"], run_info["run_id"])
+    calibration = read_json(eval_dir / "calibration.json") if (eval_dir / "calibration.json").exists() else None
+    served = pyfunc.preprocessing(params.data, calibration, proof.model_sha256)
+    with mlflow.start_run(run_id=run_info["run_id"]):
+        serving_uri = pyfunc.log_serving_model(model_dir, served, tracking.MODEL_PIP_REQUIREMENTS)
+    version = champion.register_version(client, name, serving_uri, run_info["run_id"])
     champion.tag_gate_numbers(client, name, version, report, gcfg, run_info)
     for key, value in {**{f"medrobust.{k}": v for k, v in proof.to_dict().items()},
                        versions.HEADLINE_TAG: versions.headline_tag(metrics),
@@ -156,7 +163,8 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     value_gates = list(report.results)
     if dataset_dir is not None:
         images = load_split(Path(dataset_dir), "test").x.numpy()
-        value_gates.append(serving_gate(f"models:/{name}/{version}", model_dir, images))
+        value_gates.append(serving_gate(f"models:/{name}/{version}", model_dir, images,
+                                        temperature=served["temperature"]))
     decision = _decide_and_move(client, name, version, value_gates, report, gcfg, proof.to_dict())
     client.update_model_version(name, version, description=versions.decision_markdown(decision.to_dict()))
     client.set_model_version_tag(name, version, "medrobust.decision", f"runs:/{run_info['run_id']}/register/decision.json")
