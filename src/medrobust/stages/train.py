@@ -13,12 +13,22 @@ Outputs (in ``out_dir``, written atomically):
 * ``checkpoints/epoch_NNN.pt`` — model and optimiser state after every epoch;
 * ``history.json`` + ``training.png`` — per-epoch metrics;
 * ``run.json`` — the MLflow run id and the logged model's URI.
+
+With ``train.distributed: true`` and more than one process (``train.ddp.nproc_per_node``; 0: one per
+visible GPU), :func:`run` starts ``torchrun --standalone`` on this module; every rank trains on its
+shard of each global batch (its own adversarial examples) and only rank 0 validates, logs to MLflow
+and writes the outputs (:mod:`medrobust.training.distributed`). ``train.batch_size`` stays the global
+batch, so the run takes the same steps as one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import subprocess
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +43,7 @@ from medrobust.params import Params
 from medrobust.registry import evidence, tracking
 from medrobust.config import eps_label
 from medrobust.training import build_method, plot_history, train_model
+from medrobust.training import distributed as ddp
 from medrobust.training.selection import clean_score, robust_score
 from medrobust.utils import atomic_output_dir, dvc_md5, resolve_device, seed_everything, sha256_file, write_json
 
@@ -82,7 +93,30 @@ def _selection(params: Params, val: Any) -> tuple[Any, str]:
             f"best robust validation accuracy: PGD-{sel.steps} {g.gate_norm} at ε={eps_label(g.gate_eps)} on {n} images")
 
 
-def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult:
+def _nproc(params: Params) -> int:
+    n = params.train.ddp.nproc_per_node
+    return n or max(torch.cuda.device_count() if params.device != "cpu" else 0, 1)
+
+
+def _launch(params: Params, dataset_dir: Path, out_dir: Path, nproc: int) -> TrainResult:
+    """``torchrun --standalone --nproc-per-node N -m medrobust.stages.train``; rank 0's result."""
+    with tempfile.TemporaryDirectory(prefix="medrobust-ddp-") as tmp:
+        spec = Path(tmp) / "params.json"
+        spec.write_text(json.dumps(params.model_dump(mode="json")))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "medrobust.stages.train", str(spec), str(Path(dataset_dir).resolve()), str(Path(out_dir).resolve())]
+        log.info("train.distributed: %d processes (torchrun)", nproc)
+        proc = subprocess.run(cmd, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"distributed training failed (torchrun exit {proc.returncode}); the ranks' logs are "
+                               "above; the previous outputs are intact")
+    info = json.loads((Path(out_dir) / "run.json").read_text())
+    history = json.loads((Path(out_dir) / "history.json").read_text())
+    final = history[info["selected_epoch"] - 1].get("val_accuracy", float("nan"))
+    return TrainResult(Path(out_dir), info["run_id"], info["model_uri"], final)
+
+
+def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainResult | None:
     """Train, checkpoint every epoch, log to MLflow.
 
     Args:
@@ -91,11 +125,26 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
         out_dir: the stage's output folder (replaced atomically on success).
 
     Returns:
-        The MLflow run id, the logged model's URI and the final validation accuracy.
+        The MLflow run id, the logged model's URI and the final validation accuracy; None on a rank
+        other than 0 of a distributed run (rank 0 writes and reports).
 
     Raises:
         ValueError: the method refuses the model or the data.
+        RuntimeError: a distributed run failed.
     """
+    if params.train.distributed and not ddp.under_torchrun() and _nproc(params) > 1:
+        return _launch(params, Path(dataset_dir), Path(out_dir), _nproc(params))
+    world = ddp.world_from_env() if params.train.distributed else ddp.SINGLE
+    if not world.distributed:
+        return _train(params, dataset_dir, out_dir, world)
+    ddp.init(world, params.train.ddp.backend)
+    try:
+        return _train(params, dataset_dir, out_dir, world)
+    finally:
+        ddp.shutdown()
+
+
+def _train(params: Params, dataset_dir: str | Path, out_dir: str | Path, world: ddp.World) -> TrainResult | None:
     import mlflow
 
     cfg = params.train
@@ -108,8 +157,18 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
     seed_everything(params.seed)
     train, val = load_split(dataset_dir, "train"), load_split(dataset_dir, "val")
     device = resolve_device(params.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     model, method, spec = build_method(cfg, cfg.method, train, len(params.data.classes), params.data.image_size,
                                        seed=params.seed, device=device)
+    if world.distributed and cfg.ddp.sync_bn:
+        model = ddp.sync_batch_norm(model, device)
+    if not world.is_main:  # a worker rank: its share of every step, nothing written or logged
+        train_model(model, method, train, None, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
+                    seed=params.seed, hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs,
+                    desc=f"{cfg.method} rank {world.rank}", world=world)
+        return None
     tracking.configure(params.mlflow)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
         mlflow.log_params(tracking.flatten(tracking.run_params(params.to_dict())))
@@ -126,11 +185,11 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
             model, method, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
             seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
             clean_warmup_epochs=cfg.clean_warmup_epochs, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-            desc=cfg.method, select=select,
+            desc=cfg.method, select=select, world=world,
         )
         log.info("model.pt holds epoch %d of %d (%s)", history.best_epoch, cfg.epochs, selected_by)
         mlflow.set_tags({"medrobust.selected_epoch": str(history.best_epoch), "medrobust.selected_by": selected_by})
-        model = model.cpu()  # saved and logged as a CPU model
+        model = ddp.plain_batch_norm(model.cpu())  # saved and logged as a CPU model (plain batch norm)
         save_model(model, spec, tmp)
         write_json(tmp / "history.json", history.epochs)
         write_json(tmp / "selection.json", {"epoch": history.best_epoch, "epochs": cfg.epochs, "by": selected_by})
@@ -153,3 +212,11 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> TrainRe
     log.info("trained %s/%s: val accuracy %.3f; MLflow run %s", cfg.method, cfg.model.backbone,
              final_val, run_info["run_id"])
     return TrainResult(Path(out_dir), run_info["run_id"], info.model_uri, final_val)
+
+
+if __name__ == "__main__":  # one rank of a distributed run: torchrun -m medrobust.stages.train PARAMS DATASET OUT
+    from medrobust.params import params_from_text
+    from medrobust.utils import setup_logging
+
+    setup_logging()
+    run(params_from_text(Path(sys.argv[1]).read_text()), sys.argv[2], sys.argv[3])

@@ -201,6 +201,14 @@ class SelectionConfig(StrictModel):
     max_images: int = Field(256, ge=1, le=1_000_000)
 
 
+class DdpConfig(StrictModel):
+    """``train.ddp``: the data-parallel run ``train.distributed`` starts (:mod:`medrobust.training.distributed`)."""
+
+    nproc_per_node: int = Field(0, ge=0, le=64)  # processes (ranks) to start; 0: one per visible GPU (at least 1)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA, else gloo
+    sync_bn: bool = False  # batch norm over the global batch (torch.nn.SyncBatchNorm; CUDA only)
+
+
 class TrainConfig(StrictModel):
     """``train``: the method (:data:`~medrobust.defenses.TRAINING_METHODS`), the model, the loop."""
 
@@ -214,6 +222,8 @@ class TrainConfig(StrictModel):
     clean_warmup_epochs: int = Field(2, ge=0, le=10_000)  # first epochs with clean CE, then the method
     num_threads: int = Field(0, ge=0, le=1024)            # 0: let torch decide
     selection: SelectionConfig = SelectionConfig()        # which epoch's weights are kept
+    distributed: bool = False                             # data-parallel under torchrun over train.ddp.nproc_per_node ranks
+    ddp: DdpConfig = DdpConfig()
 
     def settings(self, method: str | None = None) -> dict[str, Any]:
         """The hyper-parameters set for ``method`` (default: ``train.method``): its defaults and params.yaml's.

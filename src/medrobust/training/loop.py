@@ -20,6 +20,8 @@ from medrobust.defenses import TrainingMethod
 from medrobust.defenses.standard import Standard
 from medrobust.models.inference import accuracy
 from medrobust.training.config import OptimConfig
+from medrobust.training.distributed import (SINGLE, World, broadcast_buffers, broadcast_state, shard, sum_gradients,
+                                            sum_over_ranks)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ def train_model(
     clean_warmup_epochs: int = 0,
     desc: str = "train",
     select: Callable[[nn.Module], float] | None = None,
+    world: World = SINGLE,
 ) -> History:
     """Train ``model`` in place with ``method``'s loss.
 
@@ -99,6 +102,9 @@ def train_model(
         select: scores the model on validation data after each epoch (e.g. robust accuracy under a
             cheap PGD); the model ends with the weights of the best-scoring epoch (the latest of
             equals), not the last. None: the last epoch's weights.
+        world: this process's rank among data-parallel processes (:mod:`medrobust.training.distributed`):
+            each rank trains on its shard of every global batch of ``batch_size`` and gradients are
+            averaged; only rank 0 validates, selects, checkpoints and calls ``on_epoch``.
 
     Returns:
         Per-epoch metrics (mean loss, the method's stats, validation accuracy) and the epoch kept.
@@ -112,6 +118,7 @@ def train_model(
     warmup = min(clean_warmup_epochs, epochs)
     clean = Standard()
     best: tuple[float, dict[str, torch.Tensor]] | None = None
+    broadcast_state(model, world)
     for epoch in range(epochs):
         current = clean if epoch < warmup else method
         if current is method:
@@ -122,20 +129,31 @@ def train_model(
         batches = range(0, n, batch_size)
         for start in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, mininterval=5):
             idx = order[start : start + batch_size]
-            if len(idx) < 2:  # batch norm needs > 1 sample
+            if len(idx) < 2 * world.size:  # batch norm needs > 1 sample (on every rank)
                 continue
-            x, y = train.x[idx].to(device), train.y[idx].to(device)
-            if hflip:
-                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            # the global batch's flips, then this rank's shard of both (the same draws as one process)
+            flip = (torch.rand(len(idx), generator=gen) < 0.5) if hflip else None
+            mine = shard(torch.arange(len(idx)), world)
+            x, y = train.x[idx[mine]].to(device), train.y[idx[mine]].to(device)
+            if flip is not None:
+                x = torch.where(flip[mine].to(device).view(-1, 1, 1, 1), x.flip(-1), x)
             loss, stats = current.loss(model, x, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.distributed:  # this rank's share of the global batch's mean loss; gradients summed over ranks
+                (loss * (len(mine) / len(idx))).backward()
+                sum_gradients(model, world)
+            else:
+                loss.backward()
             opt.step()
+            broadcast_buffers(model, world)
             for k, v in {"loss": loss.item(), **stats}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
+                sums[k] = sums.get(k, 0.0) + v * len(mine)
         sched.step()
+        sums = sum_over_ranks(sums, world, device)
         metrics = {f"train_{k}" if not k.startswith("train_") else k: v / n for k, v in sums.items()}
+        if not world.is_main:  # rank 0 validates, selects, checkpoints and reports
+            history.epochs.append(metrics)
+            continue
         if val is not None:
             metrics["val_accuracy"] = accuracy(model, val.x, val.y)
         if select is not None:
@@ -154,7 +172,7 @@ def train_model(
                        checkpoint_dir / f"epoch_{epoch + 1:03d}.pt")
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
-    if best is not None and history.best_epoch != epochs:
+    if world.is_main and best is not None and history.best_epoch != epochs:
         model.load_state_dict(best[1])
         log.info("%s: kept epoch %d of %d (best validation selection score %.4f)", desc, history.best_epoch, epochs,
                  best[0])
