@@ -80,7 +80,7 @@ class ServedClassifier:
         from medrobust.data.items import decode_pixels
 
         try:
-            raw = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
+            raw = base64.b64decode("".join(value.split()), validate=True) if isinstance(value, str) else bytes(value)
         except (binascii.Error, TypeError, ValueError):
             raise ServingInputError(f"{kind}: not base64 (send each file as a base64 string)") from None
         pixels, _header, _facts = decode_pixels(kind, raw, None, True, self.size,

@@ -104,8 +104,9 @@ def serving_gate(uri: str, model_dir: str | Path, images: np.ndarray, tolerance:
     worst = max(diffs.values())
     ok = worst <= tolerance
     return GateResult(name, ok, worst, tolerance,
-                      f"{uri} in a fresh process on {len(images)} test images: max |Δ logit| "
-                      + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+                      f"{uri} in a fresh process on {len(images)} test images: max |Δ| "
+                      + ", ".join(f"{k} {'logits' if k == 'pytorch' else 'probabilities'} {v:.2e}"
+                                  for k, v in diffs.items())
                       + (f" <= {tolerance:g}" if ok else f" > {tolerance:g}: the registry would serve another model"),
                       kind="check")
 
