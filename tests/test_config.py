@@ -85,11 +85,47 @@ def test_bad_choice_lists_allowed_values():
         ({"evaluate": {"shifts": {"names": ["fog"]}}}, "evaluate.shifts.names"),
         ({"evaluate": {"shifts": {"severities": [6]}}}, "evaluate.shifts.severities"),
         ({"evaluate": {"masking": {"n_points": 2}}}, "evaluate.masking.n_points"),
+        # values that pass a type check and break a run later, or switch a gate off (issue 14)
+        ({"validation": {"max_quarantine_fraction": float("nan")}}, "validation.max_quarantine_fraction"),
+        ({"validation": {"min_class_fraction": float("inf")}}, "validation.min_class_fraction"),
+        ({"data": {"split": {"train": float("nan"), "val": 0.2, "test": 0.2}}}, "data.split.train"),
+        ({"validation": {"max_quarantine_fraction": 1.5}}, "validation.max_quarantine_fraction"),
+        ({"seed": 2**70}, "seed"),
+        ({"seed": 2**32}, "seed"),  # numpy's seeding stops at 2**32 - 1
+        ({"data": {"synthetic": {"seed": -1}}}, "data.synthetic.seed"),
+        ({"evaluate": {"intervals": {"bootstrap_seed": 2**40}}}, "evaluate.intervals.bootstrap_seed"),
+        ({"evaluate": {"attacks": [{"name": "pgd", "eps": [8]}]}}, "evaluate.attacks[0].eps"),  # 8, not 8/255
+        ({"advgen": {"attacks": [{"name": "fgsm", "eps": [1.5]}]}}, "advgen.attacks[0].eps"),
+        ({"register": {"gates": [{"name": "g", "metric": "clean.accuracy", "lower_bound": 90}]}},
+         "register.gates[0].lower_bound"),  # 90 (percent) for 0.9
+        ({"register": {"gates": [{"name": "g", "metric": "clean.accuracy", "upper_bound": float("nan")}]}},
+         "register.gates[0].upper_bound"),
+        ({"register": {"gates": [{"name": "g", "metric": "clean.accuracy", "lower_bound": 0.5, "max_regression": 2}]}},
+         "register.gates[0].max_regression"),
     ],
 )
 def test_bad_values_name_their_key(raw, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_params(raw)
+
+
+def test_the_largest_seed_and_the_largest_linf_budget_are_accepted():
+    p = parse_params({"seed": 2**32 - 1, "evaluate": {"attacks": [{"name": "pgd", "eps": [1.0, "8/255"]}]}})
+    assert p.seed == 2**32 - 1 and p.evaluate.attacks[0].eps[0] == 1.0
+
+
+def test_a_key_written_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word; params.yaml must not."""
+    from medrobust.params import params_from_text
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 3\n  method: trades\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and "duplicate key 'epochs' (first on line 2)" in str(err.value)
+    assert "line 4" in str(err.value)
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        params_from_text('{"seed": 1, "seed": 2}')  # the Kubeflow tasks' JSON form too
 
 
 def test_eps_fractions():

@@ -30,19 +30,52 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, \
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, \
     ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError, core_schema
 from typing_extensions import NotRequired, Required, is_typeddict
 
-__all__ = ["ConfigError", "Eps", "EpsTuple", "InRegistry", "Norm", "Seq", "StrictModel", "config_error", "eps_label",
-           "field_error", "parse_eps"]
+__all__ = ["MAX_EPS", "ConfigError", "Eps", "EpsTuple", "InRegistry", "Norm", "Seed", "Seq", "StrictModel",
+           "config_error", "eps_label", "field_error", "load_yaml", "parse_eps"]
 
 Norm = Literal["linf", "l2"]
 
 
 class ConfigError(ValueError):
     """params.yaml is invalid; the message names the key and the allowed values."""
+
+
+#: A random seed: what numpy, torch and Python all accept (numpy's legacy seeding stops at 2**32 - 1).
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="a random seed in [0, 2**32)")]
+
+#: The largest L∞ budget (the whole [0, 1] pixel range) and a bound for L2 budgets: the L2 diameter of a
+#: 100 x 100 grey image in [0, 1] is 100, and no threat model spends more.
+MAX_EPS = {"linf": 1.0, "l2": 100.0}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}): PyYAML would silently keep "
+                                f"the last value; write the key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (params.yaml, labels side files).
+
+    Raises:
+        yaml.YAMLError: the text is not YAML, or a mapping has a key twice (the message names it and its lines).
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_eps(value: Any, key: str = "eps") -> float:

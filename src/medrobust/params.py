@@ -24,7 +24,7 @@ heads and shifts are their registries'. :func:`params_schema` gives the JSON Sch
 (``params.schema.json``).
 
 The top-level fields of :class:`Params` (listed here: a class docstring is its JSON Schema description):
-``seed`` (0 .. 2**63 − 1, default 42), ``device`` (``auto``: CUDA when available, else CPU; ``cpu``;
+``seed`` (0 .. 2**32 − 1, default 42), ``device`` (``auto``: CUDA when available, else CPU; ``cpu``;
 ``cuda``) and the sections above; ``register.gate_attack`` and ``gate_eps`` must be among those
 ``evaluate.attacks`` evaluates. :class:`AdvgenConfig` holds ``surrogate`` (the surrogate model, trained or
 loaded), ``attacks`` (each (attack, norm, ε) makes one transfer set; default FGSM and PGD-10 with a random
@@ -47,7 +47,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from medrobust.attacks.spec import AttackSpec
-from medrobust.config import ConfigError, Seq, StrictModel, config_error, eps_label, field_error
+from medrobust.config import ConfigError, Seed, Seq, StrictModel, config_error, eps_label, field_error, load_yaml
 from medrobust.data.config import DataConfig
 from medrobust.data.validation import ValidationConfig
 from medrobust.evaluation.config import EvaluateConfig
@@ -129,7 +129,7 @@ warnings.filterwarnings("ignore", message='Field name "register" in "Params" sha
 class Params(StrictModel):
     """The whole of params.yaml."""
 
-    seed: int = Field(42, ge=0, le=2**63 - 1)
+    seed: Seed = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -228,7 +228,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root, or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     try:
@@ -253,7 +253,7 @@ def params_as_text(path: str | Path) -> str:
         ConfigError: as :func:`load_params`.
     """
     load_params(path)
-    return json.dumps(yaml.safe_load(Path(path).read_text()), separators=(",", ":"))
+    return json.dumps(load_yaml(Path(path).read_text()), separators=(",", ":"))
 
 
 def params_from_text(text: str) -> Params:
@@ -268,7 +268,11 @@ def params_from_text(text: str) -> Params:
     Raises:
         ConfigError: as :func:`parse_params`.
     """
-    return parse_params(yaml.safe_load(text))
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params text is not valid YAML: {exc}") from None
+    return parse_params(raw)
 
 
 def params_schema() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from medrobust.attacks import ATTACKS, Attack, attack_params, get_attack
-from medrobust.config import Eps, EpsTuple, InRegistry, Norm, StrictModel, field_error
+from medrobust.config import MAX_EPS, Eps, EpsTuple, InRegistry, Norm, StrictModel, eps_label, field_error
 
 #: The options an :class:`AttackSpec` may set, besides the budget.
 OPTIONS = ("steps", "step_size", "random_start", "n_restarts", "n_queries")
@@ -53,6 +53,9 @@ class AttackSpec(StrictModel):
         norms = ATTACKS[self.name].norms
         if self.norm not in norms:
             raise field_error("norm", f"{self.name} does not support {self.norm!r}; allowed values: {', '.join(norms)}")
+        if too_big := [e for e in self.eps if e > MAX_EPS[self.norm]]:
+            raise field_error("eps", f"{eps_label(too_big[0])} is more than a {self.norm} budget can be in [0, 1] pixel "
+                                     f"space (at most {MAX_EPS[self.norm]:g}); write 8/255, not 8")
         allowed = set(attack_params(self.name))
         for opt in OPTIONS:
             if getattr(self, opt) is not None and opt not in allowed:

@@ -34,6 +34,7 @@ class DataConfig(StrictModel):
     source: Annotated[str, InRegistry(SOURCES)] = "synthetic"
     dicom_dir: str = "data/raw/synthetic/dicom"
     labels_csv: str = "data/raw/synthetic/labels.csv"
+    labels_encoding: str = "auto"  # the labels table's text encoding; auto: its byte-order mark (UTF-8/16/32), else UTF-8
     classes: Seq[str] = ("normal", "lesion")
     image_size: int = Field(64, ge=8, le=1024)
     shard_size: int = Field(256, ge=1, le=1_000_000)
@@ -49,6 +50,18 @@ class DataConfig(StrictModel):
     cmmd: CmmdConfig = CmmdConfig()
     image_folder: ImageFolderConfig = ImageFolderConfig()
     two_moons: TwoMoonsConfig = TwoMoonsConfig()
+
+    @field_validator("labels_encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        import codecs
+
+        if name != "auto":
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                raise ValueError(f"unknown text encoding {name!r}; use auto, utf-8, latin-1, cp1252, utf-16 ...") from None
+        return name
 
     @field_validator("classes")
     @classmethod

@@ -31,7 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pydantic import Field, model_validator
 
-from medrobust.config import StrictModel, field_error
+from medrobust.config import Seed, StrictModel, field_error
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class SyntheticConfig(StrictModel):
     image_size: int = Field(128, ge=32, le=4096)
     lesion_fraction: float = Field(0.5, ge=0.0, le=1.0)
     monochrome1_fraction: float = Field(0.25, ge=0.0, le=1.0)
-    seed: int = 1234
+    seed: Seed = 1234
 
     @model_validator(mode="after")
     def _min_below_max(self) -> SyntheticConfig:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from medrobust.config import StrictModel
+from medrobust.config import Seed, StrictModel
 
 #: ``{"value": v, "ci": [lo, hi], "n": n, "ci_low": lo, "ci_high": hi}``; ``None`` where undefined (no positives,
 #: one class...)
@@ -43,7 +43,7 @@ class IntervalConfig(StrictModel):
 
     level: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_resamples: int = Field(200, ge=20, le=100_000)  # raise (e.g. 2000) for a final report
-    bootstrap_seed: int = Field(0, ge=0)
+    bootstrap_seed: Seed = 0
 
 
 def _clean(x: float | None) -> float | None:

@@ -39,13 +39,13 @@ class GateSpec(StrictModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", description="the gate's name in decisions and tags")
     metric: str = Field(description="dotted path into metrics.json; {gate} is the gate attack at the gate ε")
-    lower_bound: float | None = None
-    upper_bound: float | None = None
+    lower_bound: float | None = Field(None, ge=0.0, le=1.0)  # every gated figure is a rate, an AUC or a score in [0, 1]
+    upper_bound: float | None = Field(None, ge=0.0, le=1.0)
     use: Literal["value", "ci"] = Field("value", description="value: the point estimate; ci: the CI's "
                                                               "conservative end (lower for lower_bound, upper "
                                                               "for upper_bound)")
     higher_is_better: bool | None = Field(None, description="default: true with lower_bound, false with upper_bound")
-    max_regression: float | None = Field(None, ge=0.0, description="how much worse than @champion it may be")
+    max_regression: float | None = Field(None, ge=0.0, le=1.0, description="how much worse than @champion it may be")
     regression: Literal["absolute", "relative"] = "absolute"
 
     @model_validator(mode="after")

@@ -223,6 +223,28 @@ class Source:
         """Release connections / temporary folders; the base implementation does nothing."""
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def decode_table(raw: bytes, where: str, encoding: str = "auto") -> str:
+    """A labels table's bytes as text: ``data.labels_encoding``, or (``auto``) its byte-order mark, else UTF-8.
+
+    Raises:
+        SourceError: the bytes are not text in that encoding; the message names the line and the byte, and
+            says to set ``data.labels_encoding`` (a spreadsheet's "CSV" export is often ``cp1252``).
+    """
+    if encoding == "auto":
+        encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SourceError(f"{where}: line {line} is not {encoding} text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); set data.labels_encoding to the file's encoding (e.g. latin-1 or cp1252), "
+                          "or save it as UTF-8") from None
+
+
 class LabelTable:
     """A labels CSV keyed by ``SOPInstanceUID`` (DICOM) or ``file`` (a path/key relative to the root).
 
@@ -273,35 +295,48 @@ class LabelTable:
             The table.
 
         Raises:
-            SourceError: no ``label`` column, or neither ``SOPInstanceUID`` nor ``file``.
+            SourceError: no ``label`` column, or neither ``SOPInstanceUID`` nor ``file``; a column named twice
+                (which would make one of them win silently); the header repeated below the first line (two
+                files pasted together). Each message names the table and the line.
         """
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(text.lstrip("\ufeff").splitlines())
         cols = reader.fieldnames or []
+        stripped = [c.strip() for c in cols]
+        if dupes := sorted({c for c in stripped if stripped.count(c) > 1}):
+            raise SourceError(f"{where}: line 1 names the column(s) {', '.join(map(repr, dupes))} more than once; "
+                              "keep one (the labels would otherwise come from whichever is last)")
         if "label" not in cols or not any(c in cols for c in cls.KEY_COLUMNS):
             raise SourceError(
                 f"{where}: needs a 'label' column and a key column ('SOPInstanceUID' for DICOM, "
                 f"'file' for plain images), found {cols}; write one row per image"
             )
-        return cls(list(reader), where)
+        rows = []
+        for row in reader:
+            if [(row.get(c) or "").strip() for c in cols] == stripped:
+                raise SourceError(f"{where}: line {reader.line_num} repeats the header; remove it (were two files "
+                                  "joined?)")
+            rows.append(row)
+        return cls(rows, where)
 
     @classmethod
-    def from_path(cls, path: str | Path, setting: str = "data.labels_csv") -> LabelTable:
-        """Read a labels CSV file (UTF-8, a byte-order mark is dropped).
+    def from_path(cls, path: str | Path, setting: str = "data.labels_csv", encoding: str = "auto") -> LabelTable:
+        """Read a labels CSV file (:func:`decode_table`: ``encoding``, or its byte-order mark, else UTF-8).
 
         Args:
             path: the CSV file.
             setting: the params.yaml setting that names ``path``, for the message when it is missing.
+            encoding: ``data.labels_encoding``.
 
         Returns:
             The table.
 
         Raises:
-            SourceError: the file does not exist, or lacks the columns :meth:`from_text` needs.
+            SourceError: the file does not exist, is not text in that encoding, or fails :meth:`from_text`.
         """
         path = Path(path)
         if not path.is_file():
             raise SourceError(f"labels CSV not found: {path} (set {setting} in params.yaml)")
-        return cls.from_text(path.read_text(encoding="utf-8-sig"), str(path))
+        return cls.from_text(decode_table(path.read_bytes(), str(path), encoding), str(path))
 
     def lookup(self, key: str) -> str:
         """The label for ``key``; raises :class:`Rejected` (missing / conflicting).

@@ -121,7 +121,7 @@ class DicomFolderSource(LabelledSource):
         self.root = Path(dicom_dir or data.dicom_dir)
         if not self.root.is_dir():
             raise SourceError(f"DICOM folder not found: {self.root} (set data.dicom_dir in params.yaml)")
-        self.table = LabelTable.from_path(labels_csv or data.labels_csv)
+        self.table = LabelTable.from_path(labels_csv or data.labels_csv, encoding=data.labels_encoding)
         self.files, self.skipped = list_files(self.root)
         if not self.files:
             raise SourceError(f"no files under {self.root} (set data.dicom_dir in params.yaml)")

@@ -42,7 +42,7 @@ from pydantic import Field
 
 from medrobust.config import StrictModel
 from medrobust.data import storage
-from medrobust.data.sources.base import SOURCES, Item, LabelTable, Rejected, SourceError
+from medrobust.data.sources.base import SOURCES, Item, LabelTable, Rejected, SourceError, decode_table
 from medrobust.data.sources.folder import SKIP_NAMES, LabelledSource, kind_of
 from medrobust.data.storage import AUTH_CODES, CREDENTIAL_ENV, StorageConfig, StorageError, error_code
 
@@ -120,6 +120,7 @@ class S3Source(LabelledSource):
         self.endpoint = cfg.endpoint_url or ""
         self.max_bytes = int(cfg.max_object_bytes)
         self.labels_key = cfg.labels_key.lstrip("/")
+        self.labels_encoding = data.labels_encoding
         self.where = (f"bucket {self.bucket!r} at "
                       f"{self.endpoint or f'the AWS default endpoint (region {cfg.region})'}")
         self.client = self._client(cfg)
@@ -129,7 +130,8 @@ class S3Source(LabelledSource):
                 self.table = LabelTable.from_text(self._labels_text(), f"s3://{self.bucket}/{self.labels_key}")
             else:
                 self.table = LabelTable.from_path(labels_csv or data.labels_csv,
-                                                  setting="data.labels_csv (or data.s3.labels_key)")
+                                                  setting="data.labels_csv (or data.s3.labels_key)",
+                                                  encoding=data.labels_encoding)
         except BaseException:
             self.client.close()
             raise
@@ -201,7 +203,7 @@ class S3Source(LabelledSource):
         return objects, sorted(skipped)
 
     def _labels_text(self) -> str:
-        """The labels CSV object, decoded as UTF-8 (a BOM is dropped)."""
+        """The labels CSV object as text (``data.labels_encoding``; auto: its byte-order mark, else UTF-8)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -221,11 +223,7 @@ class S3Source(LabelledSource):
                                   "data.s3.labels_key in params.yaml to the key of the labels CSV (or leave it "
                                   "empty to use the local data.labels_csv)") from None
             raise self._explain(exc, f"read the labels CSV {self.labels_key}") from None
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"the labels CSV s3://{self.bucket}/{self.labels_key} is not UTF-8 text ({exc}); "
-                              "check data.s3.labels_key") from None
+        return decode_table(raw, f"s3://{self.bucket}/{self.labels_key}", self.labels_encoding)
 
     def _reader(self, obj: S3Object) -> Callable[[], bytes]:
         """``read()`` for one object: size check first (no download), then one GetObject."""

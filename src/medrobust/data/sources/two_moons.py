@@ -34,7 +34,7 @@ import numpy as np
 
 from pydantic import Field
 
-from medrobust.config import StrictModel
+from medrobust.config import Seed, StrictModel
 from medrobust.data.sources.base import SOURCES, Item, Source
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class TwoMoonsConfig(StrictModel):
     n_train: int = Field(10_000, ge=10, le=10_000_000)
     n_test: int = Field(1_000, ge=10, le=10_000_000)
     noise: float = Field(0.2, ge=0.0, le=10.0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 def scale_points(points: np.ndarray) -> tuple[np.ndarray, int]:

@@ -109,7 +109,7 @@ class PacsSource(LabelledSource):
         quiet_identifier_loggers()
         cfg = data.pacs
         self.cfg = cfg
-        self.table = LabelTable.from_path(labels_csv or data.labels_csv)
+        self.table = LabelTable.from_path(labels_csv or data.labels_csv, encoding=data.labels_encoding)
         study_keys, series_keys, instance_keys = split_filters(dict(cfg.filters))
         self.client: DicomWebClient | DimseClient
         if cfg.protocol == "dicomweb":
