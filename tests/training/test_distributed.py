@@ -78,7 +78,7 @@ def test_two_gloo_ranks_train_what_one_process_trains_on_the_same_global_batch(m
     assert len(runs) == 2 and {one.run_id, two.run_id} == {r.info.run_id for r in runs}
     assert runs[0].data.params["train.distributed"] in ("True", "False")
     assert np.isfinite(two.final_val_accuracy) and two.final_val_accuracy == one.final_val_accuracy
-    assert not list(tmp_path.glob("two.tmp-*")) and (tmp_path / "two" / "model.pt").exists()
+    assert not list(tmp_path.glob(".two.*")) and (tmp_path / "two" / "model.pt").exists()  # no .tmp- or .old- left
 
 
 def test_shards_cover_a_global_batch_once_in_order():

@@ -23,6 +23,30 @@ from medrobust.data.sources import Item, Rejected, Source
 if TYPE_CHECKING:
     from medrobust.data.config import DataConfig
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker gets SIGKILL when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``).
+
+    Without it a ``kill -9`` of ingest leaves its decode workers running, orphaned. If the parent died
+    before the call took effect, the worker exits at once. Elsewhere than Linux this is a no-op: the
+    pool's own shutdown (on any exit but SIGKILL) still stops the workers.
+    """
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 POOL_MIN_ITEMS = 256  # fewer items are decoded in-process (a pool's start-up would cost more)
 POOL_CHUNK = 16  # items per worker task
 
@@ -87,7 +111,10 @@ def process_items(items: Iterable[Item], src: Source, cfg: DataConfig, state: In
     window: collections.deque[tuple[list[tuple[Item, str]], Any]] = collections.deque()
     chunk: list[tuple[Item, str]] = []
     jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, int, Any]] = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    import os
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
 
         def drain(limit: int) -> None:
             while len(window) > limit:

@@ -31,6 +31,7 @@ from typing import Any
 
 from medrobust.registry.config import PromotionConfig
 from medrobust.registry.gates import GateReport, GatesConfig, GateResult, version_tags
+from medrobust.registry.tracking import INTERRUPTED_TAG, OWNER_TAG, owner, owner_is_gone
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,39 @@ def register_version(client: Any, name: str, model_uri: str, run_id: str) -> str
     """
     import mlflow
 
-    mv = mlflow.register_model(model_uri, name, tags={"medrobust.run_id": run_id})
+    mv = mlflow.register_model(model_uri, name, tags={"medrobust.run_id": run_id, OWNER_TAG: owner()})
     return str(mv.version)
+
+
+INCOMPLETE = "incomplete"
+
+
+def mark_incomplete(client: Any, name: str) -> list[str]:
+    """Tag ``validation_status=incomplete`` on versions a killed register left without a verdict.
+
+    A version gets its ``validation_status`` only once its gates are decided; one without it, made by a
+    process of this machine that has exited, was interrupted after "Created version" (``kill -9``, a lost
+    node). Its run is registered again by the next register, which resumes that version.
+
+    Returns:
+        The versions tagged.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    marked = []
+    for v in found:
+        if "validation_status" not in v.tags and owner_is_gone(v.tags.get(OWNER_TAG)):
+            client.set_model_version_tag(name, v.version, "validation_status", INCOMPLETE)
+            client.set_model_version_tag(name, v.version, INTERRUPTED_TAG,
+                                         f"process {v.tags.get(OWNER_TAG)} died before the gates were recorded")
+            log.warning("%s version %s was left without a verdict by a process that died: tagged "
+                        "validation_status=incomplete", name, v.version)
+            marked.append(str(v.version))
+    return marked
 
 
 def tag_gate_numbers(client: Any, name: str, version: str, report: GateReport, gates: GatesConfig,

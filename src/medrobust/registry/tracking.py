@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from medrobust.config import StrictModel
+from medrobust.utils import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,54 @@ def tracking_uri(cfg: MlflowConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or resolve_tracking_uri(cfg.tracking_uri)
 
 
+OWNER_TAG = "medrobust.owner"          # "<host>:<pid>" of the process that opened the run or made the version
+INTERRUPTED_TAG = "medrobust.interrupted"
+
+
+def owner() -> str:
+    """This process as :data:`OWNER_TAG` writes it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_gone(tag: str | None) -> bool:
+    """Whether the process a :data:`OWNER_TAG` names ran on this machine and has exited.
+
+    A process on another machine (another pod) cannot be checked: it counts as alive.
+    """
+    host, _, pid = (tag or "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
+def claim_run() -> None:
+    """Tag the active run with this process (:func:`fail_interrupted_runs` checks it on the next start)."""
+    import mlflow
+
+    mlflow.set_tag(OWNER_TAG, owner())
+
+
+def fail_interrupted_runs(exp_id: str) -> list[str]:
+    """Mark FAILED the runs left RUNNING by a process of this machine that died (``kill -9``, OOM).
+
+    Returns:
+        The run ids marked.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    marked = []
+    for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tag = run.data.tags.get(OWNER_TAG)
+        if owner_is_gone(tag):
+            client.set_tag(run.info.run_id, INTERRUPTED_TAG, f"process {tag} died with the run open")
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.warning("MLflow run %s was left RUNNING by process %s, which died: marked FAILED",
+                        run.info.run_id, tag)
+            marked.append(run.info.run_id)
+    return marked
+
+
 def configure(cfg: MlflowConfig) -> str:
-    """Point MLflow at the store and make sure the experiment exists.
+    """Point MLflow at the store, make sure the experiment exists, and fail the runs a killed process left open.
 
     Args:
         cfg: the ``mlflow`` section.
@@ -108,6 +156,7 @@ def configure(cfg: MlflowConfig) -> str:
         exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    fail_interrupted_runs(exp_id)
     return exp_id
 
 

@@ -245,6 +245,7 @@ def run(
         write_json(tmp / "timing.json", {"seconds": ev.seconds, "early_stop": params.evaluate.early_stop})
         tracking.configure(params.mlflow)
         with mlflow.start_run(run_id=run_info["run_id"]):
+            tracking.claim_run()
             flat = mlflow_metrics(metrics)
             flat["calibration/temperature"] = ev.calibration.temperature
             if ev.calibration.threshold is not None:

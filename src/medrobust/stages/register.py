@@ -19,7 +19,9 @@
    (:mod:`medrobust.registry.champion`). The alias moves by compare-and-set: re-read, decide, set,
    read back, retry when another writer won.
    A run, or a model file, that already is a version is not registered again: the decision says
-   ``already_registered`` and names that version.
+   ``already_registered`` and names that version. A version a killed register left without a
+   verdict (made by a process of this machine that has exited) is tagged
+   ``validation_status=incomplete``, and the next register of its run resumes it: gates, decision, aliases.
 4. Write the decision as JSON either way (and ``report.md``: the evaluation's summary ending with
    the decision), as the version's description in Markdown, and as the run's ``register/decision.json``.
 """
@@ -136,9 +138,11 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     client = MlflowClient()
     name = params.register.model_name
     prev_version, prev_tags = champion.current_champion(client, name)
+    champion.mark_incomplete(client, name)  # versions a killed register left without a verdict
 
     existing = champion.find_version(client, name, proof.model_sha256, run_info["run_id"])
-    if existing is not None:
+    resume = existing is not None and existing.tags.get("validation_status") == champion.INCOMPLETE
+    if existing is not None and not resume:
         status = {v: k for k, v in STATUS_TAG.items()}.get(existing.tags.get("validation_status", ""), "rejected")
         if status == "champion" and prev_version != str(existing.version):
             status = "rejected"  # it was champion once; the alias has moved on since
@@ -152,9 +156,14 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
 
     calibration = read_json(eval_dir / "calibration.json") if (eval_dir / "calibration.json").exists() else None
     served = pyfunc.preprocessing(params.data, calibration, proof.model_sha256)
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        serving_uri = pyfunc.log_serving_model(model_dir, served, tracking.MODEL_PIP_REQUIREMENTS)
-    version = champion.register_version(client, name, serving_uri, run_info["run_id"])
+    if resume:  # registered before a kill, gates never recorded: decide on that version now
+        version = str(existing.version)
+        log.warning("%s version %s: its registration was interrupted before the gates; resuming it", name, version)
+    else:
+        with mlflow.start_run(run_id=run_info["run_id"]):
+            tracking.claim_run()
+            serving_uri = pyfunc.log_serving_model(model_dir, served, tracking.MODEL_PIP_REQUIREMENTS)
+        version = champion.register_version(client, name, serving_uri, run_info["run_id"])
     champion.tag_gate_numbers(client, name, version, report, gcfg, run_info)
     for key, value in {**{f"medrobust.{k}": v for k, v in proof.to_dict().items()},
                        versions.HEADLINE_TAG: versions.headline_tag(metrics),
@@ -172,6 +181,7 @@ def run(params: Params, model_dir: str | Path, eval_dir: str | Path, decision_pa
     if report_path is not None:
         _write_report(Path(report_path), eval_dir / "report.md", decision)
     with mlflow.start_run(run_id=run_info["run_id"]):
+        tracking.claim_run()
         mlflow.log_dict(decision.to_dict(), "register/decision.json")
         if report_path is not None:
             mlflow.log_artifact(str(report_path), "register")

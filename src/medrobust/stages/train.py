@@ -171,6 +171,7 @@ def _train(params: Params, dataset_dir: str | Path, out_dir: str | Path, world: 
         return None
     tracking.configure(params.mlflow)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
+        tracking.claim_run()
         mlflow.log_params(tracking.flatten(tracking.run_params(params.to_dict())))
         data_md5 = dvc_md5(Path(dataset_dir))
         tags = {"medrobust.method": cfg.method, "medrobust.backbone": cfg.model.backbone, "medrobust.stage": "train",

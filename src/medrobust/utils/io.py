@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -106,12 +107,74 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:  # no /proc (not Linux): it exists
+        return True
+
+
+def _owner(path: Path, marker: str) -> int | None:
+    """The PID in ``.<name>.<marker>-<pid>[-…]``, or None when the name carries none."""
+    tail = path.name.rsplit(f".{marker}-", 1)[-1]
+    head = tail.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def recover_output_dir(final: str | Path) -> list[str]:
+    """Repair what a killed :func:`atomic_output_dir` left next to ``final``; returns what was done.
+
+    * ``.<name>.tmp-<pid>-…`` of a process that is gone (or of an unknown one): a half-written output,
+      removed.
+    * ``.<name>.old-<pid>`` of a process that is gone: the previous outputs, moved aside for the swap.
+      When ``final`` is missing the run died between the two renames, so the previous outputs are put
+      back (the new ones are not known to be complete); otherwise the swap finished and the old folder
+      is removed.
+
+    A folder of a process that still runs is left alone.
+    """
+    final = Path(final)
+    done: list[str] = []
+    if not final.parent.is_dir():
+        return done
+    for old in sorted(final.parent.glob(f".{final.name}.old-*")):
+        pid = _owner(old, "old")
+        if pid is not None and pid_alive(pid) and pid != os.getpid():
+            continue
+        if not final.exists():
+            old.rename(final)
+            done.append(f"restored the previous {final.name}/ (a run died while replacing it)")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name} (left by a finished swap)")
+    for tmp in sorted(final.parent.glob(f".{final.name}.tmp-*")):
+        pid = _owner(tmp, "tmp")
+        if pid is not None and pid_alive(pid):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        done.append(f"removed {tmp.name} (half-written by a run that died)")
+    return done
+
+
 @contextlib.contextmanager
 def atomic_output_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary directory next to ``final``; on success it replaces ``final`` atomically.
 
     A stage that fails leaves the previous outputs untouched: the half-written temp folder is removed
-    and ``final`` is never renamed over.
+    and ``final`` is never renamed over. A stage that was killed (``kill -9``, a lost node) is
+    cleaned up by the next start (:func:`recover_output_dir`): its temporary folder is removed, and a
+    kill between the two renames of the swap puts the previous outputs back.
 
     Args:
         final: the stage's output folder.
@@ -125,7 +188,9 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    for line in recover_output_dir(final):
+        logging.getLogger(__name__).warning("%s: %s", final, line)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:
