@@ -103,6 +103,22 @@ def test_an_empty_identifier_set_is_an_error_not_a_pass(tmp_path):
         scan([tmp_path], {})
 
 
+def test_names_are_found_whatever_their_case_and_separators(tmp_path):
+    """PACS exports name folders after patients (MRN12345_Chen^Mei/, GARCIA_LUCIA_19700101/): issue 14."""
+    ids: dict[str, set[str]] = {}
+    for name in ("Chen^Mei", "Garcia^Lucia"):
+        whole, _ = name_variants(name)
+        ids.setdefault("PatientName", set()).update(whole)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "quarantine.csv").write_text("file,reason\nMRN12345_CHEN^MEI/img.dcm,not_dicom\n"
+                                        "GARCIA_LUCIA_19700101/a.dcm,truncated\nmei-chen/b.dcm,x\nchenmeier.dcm,y\n")
+    found = scan([out], ids)
+    lines = (out / "quarantine.csv").read_bytes()
+    hits = sorted(lines[: f.offset].count(b"\n") for f in found)
+    assert hits == [1, 2, 3], hits  # upper case, underscores, given-family with a hyphen; not inside 'chenmeier'
+
+
 def test_trivial_values_and_name_variants():
     assert is_trivial("ID1") and is_trivial("ANONYMOUS") and is_trivial("anonymized") and is_trivial("0000")
     assert is_trivial("4900") and is_trivial("^^^^") and is_trivial("OB^^^^") and is_trivial("Unknown")

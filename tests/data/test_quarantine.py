@@ -137,3 +137,34 @@ def test_malformed_labels_csv_is_a_clear_error(tmp_path):
     (tmp_path / "labels.csv").write_text("uid,diagnosis\n1.2.3,normal\n")
     with pytest.raises(ingest.IngestError, match="SOPInstanceUID"):
         ingest.run(params, tmp_path / "out", tmp_path / "dicom", tmp_path / "labels.csv")
+
+
+def test_quarantine_cells_are_escaped_against_formula_injection(tmp_path):
+    """A file named like a formula reaches quarantine.csv as text a spreadsheet will not evaluate (OWASP)."""
+    from medrobust.utils import read_csv
+
+    params = tiny_params(validation={"max_quarantine_fraction": 0.5})
+    generate_tree(tmp_path / "src", params.data.synthetic)
+    dicom = tmp_path / "src" / "dicom"
+    names = ['=HYPERLINK("evil.example","x").dcm', "+1+2.dcm", "@SUM(A1).dcm", "-2+3.dcm"]
+    for name in names:
+        (dicom / name).write_bytes(b"not a DICOM file" * 20)
+    ingest.run(params, tmp_path / "out", dicom, tmp_path / "src" / "labels.csv")
+    raw = list(csv.reader((tmp_path / "out" / "quarantine.csv").open()))
+    cells = [cell for row in raw[1:] for cell in row]
+    assert all(f"'{name}" in cells for name in names)
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]  # nothing a spreadsheet runs
+    q = read_csv(tmp_path / "out" / "quarantine.csv")
+    assert set(names) <= set(q["file"])  # medrobust reads its own file back exactly
+
+
+@pytest.mark.parametrize("value", ["=1+1", "+ve", "-ve", "@here", "\tx", "'=already", "'quoted", "''", "plain", "", "a=b"])
+def test_write_csv_round_trips_every_text_cell(tmp_path, value):
+    from medrobust.utils import read_csv, write_csv
+
+    frame = pd.DataFrame({"text": [value, "x"], "number": [-1.5, 2.0]})
+    write_csv(frame, tmp_path / "t.csv")
+    back = read_csv(tmp_path / "t.csv", keep_default_na=False)
+    assert back["text"].tolist() == [value, "x"] and back["number"].tolist() == [-1.5, 2.0]
+    first = next(csv.reader(open(tmp_path / "t.csv")))  # header
+    assert first == ["text", "number"]

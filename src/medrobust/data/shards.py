@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medrobust.utils.io import read_csv
+
 SPLITS = ("train", "val", "test")
 
 
@@ -80,7 +82,7 @@ def load_split(dataset_dir: str | Path, split: str, manifest_name: str = "manife
         FileNotFoundError: the manifest or a shard it names does not exist.
     """
     dataset_dir = Path(dataset_dir)
-    manifest = pd.read_csv(dataset_dir / manifest_name)
+    manifest = read_csv(dataset_dir / manifest_name)
     rows = manifest[manifest["split"] == split].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{dataset_dir}: split {split!r} is empty")

@@ -41,6 +41,7 @@ from medrobust.evaluation.config import DEFAULT_SLICE_COLUMNS, EvaluateConfig
 from medrobust.evaluation.masking import run_masking_checks
 from medrobust.evaluation.shifts import default_shifts
 from medrobust.evaluation.stats import Bootstrap, proportion
+from medrobust.utils.io import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def _transfer(advgen_dir: Path | None, model: Any, cal: Calibration, boot: Boots
     out: dict[str, Any] = {}
     if advgen_dir is None or not (advgen_dir / "manifest.csv").exists():
         return out
-    adv = pd.read_csv(advgen_dir / "manifest.csv")
+    adv = read_csv(advgen_dir / "manifest.csv")
     for _, rows in adv.groupby("set", sort=True):
         x, y = load_rows(advgen_dir, rows)
         key = f"{rows['attack'].iloc[0]}_{rows['norm'].iloc[0]}"

@@ -30,7 +30,7 @@ from medrobust.data.shards import load_split, write_shards
 from medrobust.models import accuracy, save_model
 from medrobust.params import Params
 from medrobust.training import build_surrogate
-from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_json
+from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, sha256_file, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def run(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> AdvgenR
                     "surrogate_sha256": digest, "shard": shard, "shard_index": idx,
                 })
             log.info("advgen %s: surrogate accuracy %.3f (clean %.3f)", sid, sets[sid], clean_acc)
-        pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
+        write_csv(pd.DataFrame(rows), tmp / "manifest.csv")
         write_json(tmp / "advgen.json", {"surrogate_accuracy": sets, "surrogate_sha256": digest,
                                          "surrogate": spec.__dict__, "n_test": len(test)})
     return AdvgenResult(Path(out_dir), sets, digest)

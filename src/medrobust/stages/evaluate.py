@@ -48,7 +48,8 @@ from medrobust.models import load_model
 from medrobust.params import Params
 from medrobust.registry import evidence, tracking
 from medrobust.registry.gates import GateReport, GatesConfig, check_gates
-from medrobust.utils import atomic_output_dir, read_json, resolve_device, seed_everything, sha256_file, write_json
+from medrobust.utils import (atomic_output_dir, read_json, resolve_device, seed_everything, sha256_file, write_csv,
+                             write_json)
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +119,17 @@ def headline(metrics: dict[str, Any], gates: GateReport) -> dict[str, Any]:
 def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path) -> list[str]:
     """Write the plot data and the figures; returns the PNG files written."""
     metrics, g, y = ev.metrics, params.register, ev.y
-    pd.DataFrame(robustness_rows(metrics)).to_csv(tmp / "robustness.csv", index=False)
+    write_csv(pd.DataFrame(robustness_rows(metrics)), tmp / "robustness.csv")
     floor = _robust_floor(g)
     plot_robustness(metrics, tmp / "robustness.png", title=f"{run_info.get('method')} / {run_info.get('backbone')}",
                     gate=None if floor is None else (g.gate_eps, floor))
     images = ["robustness.png"]
     if metrics.get("shifts"):
-        pd.DataFrame(shift_rows(metrics)).to_csv(tmp / "shifts.csv", index=False)
+        write_csv(pd.DataFrame(shift_rows(metrics)), tmp / "shifts.csv")
         plot_shifts(metrics, tmp / "shifts.png")
         images.append("shifts.png")
     raw, calibrated = softmax(ev.clean.logits), ev.calibration.probabilities(ev.clean.logits)
-    pd.DataFrame(reliability_rows(y, raw, calibrated, ECE_BINS)).to_csv(tmp / "reliability.csv", index=False)
+    write_csv(pd.DataFrame(reliability_rows(y, raw, calibrated, ECE_BINS)), tmp / "reliability.csv")
     plot_reliability(y, raw, calibrated, ECE_BINS, ev.calibration.temperature, tmp / "reliability.png")
     images.append("reliability.png")
     if calibrated.shape[1] == 2 and len(np.unique(y)) == 2:
@@ -136,7 +137,7 @@ def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path
         if ev.gate is not None:
             curves[f"{g.gate_attack} at ε={metrics['headline']['gate_eps']}"] = \
                 ev.calibration.probabilities(ev.gate.logits)[:, 1]
-        pd.DataFrame(roc_rows(y, curves)).to_csv(tmp / "roc.csv", index=False)
+        write_csv(pd.DataFrame(roc_rows(y, curves)), tmp / "roc.csv")
         plot_roc(y, curves, ev.calibration.threshold, tmp / "roc.png")
         images.append("roc.png")
     cfg = params.evaluate.saliency

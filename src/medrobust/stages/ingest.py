@@ -46,7 +46,7 @@ from medrobust.data.shards import SPLITS
 from medrobust.data.sources import Source, SourceError, open_source
 from medrobust.data.validation import ValidationReport, validate_manifest
 from medrobust.params import Params
-from medrobust.utils import atomic_output_dir, write_json
+from medrobust.utils import atomic_output_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def run(
             report.add_failure("quarantine", "max_quarantine_fraction",
                                f"{len(quarantine)}/{n_total} items ({q_frac:.1%}) quarantined; "
                                f"allowed {params.validation.max_quarantine_fraction:.1%}")
-        manifest.to_csv(tmp / "manifest.csv", index=False)
-        pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_csv(tmp / "quarantine.csv", index=False)
+        write_csv(manifest, tmp / "manifest.csv")  # text cells escaped against formula injection
+        write_csv(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), tmp / "quarantine.csv")
         write_json(tmp / "validation.json", {"success": report.success, "checks": report.checks, "gx": report.raw})
         (tmp / "validation.md").write_text(report.to_markdown())
         split_counts = {s: int((manifest["split"] == s).sum()) for s in SPLITS}

@@ -45,7 +45,8 @@ from medrobust.config import eps_label
 from medrobust.training import build_method, plot_history, train_model
 from medrobust.training import distributed as ddp
 from medrobust.training.selection import clean_score, robust_score
-from medrobust.utils import atomic_output_dir, dvc_md5, resolve_device, seed_everything, sha256_file, write_json
+from medrobust.utils import (atomic_output_dir, dvc_md5, read_csv, resolve_device, seed_everything, sha256_file,
+                             write_json)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,8 @@ class TrainResult:
 def _dataset(dataset_dir: str | Path, digest: str) -> Any:
     """The ingested dataset as an MLflow dataset input: the manifest (pseudonymous ids, no pixels)."""
     import mlflow.data
-    import pandas as pd
 
-    manifest = pd.read_csv(Path(dataset_dir) / "manifest.csv")
+    manifest = read_csv(Path(dataset_dir) / "manifest.csv")
     cols = [c for c in ("image_id", "patient_id", "split", "label", "source") if c in manifest.columns]
     with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways" (the same class twice)
         warnings.simplefilter("ignore", UserWarning)

@@ -207,6 +207,51 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+#: a cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(value: Any) -> Any:
+    """A text cell made inert for spreadsheets: ``'`` before a leading ``= + - @ TAB CR`` (and before a
+    leading ``'``, so that :func:`unescape_cell` restores every value exactly); anything else as is."""
+    if isinstance(value, str) and value.startswith((*FORMULA_START, "'")):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value: Any) -> Any:
+    """:func:`escape_cell` undone (one leading ``'`` before a formula character or a ``'`` is dropped)."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith((*FORMULA_START, "'")):
+        return value[1:]
+    return value
+
+
+def write_csv(frame: Any, path: str | Path) -> None:
+    """``frame.to_csv(path, index=False)`` with every text cell escaped against formula injection.
+
+    Operators open quarantine lists and manifests in spreadsheets; a label or a header value such as
+    ``=HYPERLINK(...)`` must arrive as text. Numbers are untouched; :func:`read_csv` reads it back exactly.
+    """
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(escape_cell)
+    out.to_csv(path, index=False)
+
+
+def read_csv(path: str | Path, **kwargs: Any) -> Any:
+    """``pandas.read_csv`` of a file :func:`write_csv` wrote, with the escaping undone."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, **kwargs)
+    for col in frame.columns:
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
+            frame[col] = frame[col].map(unescape_cell)
+    return frame
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to a temporary sibling, then rename: readers never see half a file.
 

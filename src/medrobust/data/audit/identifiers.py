@@ -69,6 +69,10 @@ def is_trivial(value: str) -> bool:
             or core.lower() in PLACEHOLDERS or core.replace(" ", "").lower() in PLACEHOLDERS)
 
 
+#: how exports join name components in file and folder names
+NAME_SEPARATORS = (" ", "_", "-")
+
+
 def name_variants(value: str) -> tuple[set[str], set[str]]:
     """(whole-name variants, components) of a DICOM person name ``Family^Given^Middle^Prefix^Suffix``.
 
@@ -76,21 +80,23 @@ def name_variants(value: str) -> tuple[set[str], set[str]]:
         value: the name as stored (VR PN).
 
     Returns:
-        The name as written, with trailing ``^`` stripped, with ``^`` replaced by spaces, and (when family
-        and given names are both present) as ``Given Family`` and ``Family, Given``; and the non-empty
-        components, only when there are at least two. Trivial values are not filtered here.
+        The name as written, with trailing ``^`` stripped, with its components joined by a space, ``_``
+        or ``-`` (how PACS exports name folders: ``GARCIA_LUCIA_19700101/``), and (when family and given
+        names are both present) given name first with the same separators and ``Family, Given``; and the
+        non-empty components, only when there are at least two. Trivial values are not filtered here.
+        The scan matches all of them case-insensitively.
 
     Example:
         >>> whole, parts = name_variants("Family^Given")
-        >>> sorted(whole), sorted(parts)
-        (['Family Given', 'Family, Given', 'Family^Given', 'Given Family'], ['Family', 'Given'])
+        >>> sorted(whole)[:4], sorted(parts)
+        (['Family Given', 'Family, Given', 'Family-Given', 'Family^Given'], ['Family', 'Given'])
     """
     value = value.strip()
     parts = [p.strip() for p in value.split("^")]
     nonempty = [p for p in parts if p]
-    whole = {value, value.rstrip("^"), " ".join(nonempty)}
+    whole = {value, value.rstrip("^"), *(sep.join(nonempty) for sep in NAME_SEPARATORS)}
     if len(parts) >= 2 and parts[0] and parts[1]:
-        whole |= {f"{parts[1]} {parts[0]}", f"{parts[0]}, {parts[1]}"}
+        whole |= {*(sep.join((parts[1], parts[0])) for sep in NAME_SEPARATORS), f"{parts[0]}, {parts[1]}"}
     components = {p for p in nonempty if len(nonempty) > 1}
     return {w for w in whole if w}, components
 

@@ -75,11 +75,11 @@ def fingerprint(value: str, salt: str) -> str:
 
 
 def _needles(identifiers: Mapping[str, Iterable[str]]) -> list[tuple[bytes, str, str]]:
-    """(bytes to look for, kind, value) for every identifier; one kind per value (the first)."""
+    """(bytes to look for, kind, value) for every identifier, lower-cased; one kind per value (the first)."""
     seen: dict[bytes, tuple[str, str]] = {}
     for kind in sorted(identifiers):
         for value in sorted(identifiers[kind]):
-            b = value.encode("utf-8")
+            b = value.encode("utf-8").lower()
             if b and b not in seen:
                 seen[b] = (kind, value)
     return [(b, k, v) for b, (k, v) in seen.items()]
@@ -98,7 +98,7 @@ def _search_stream(fh: IO[bytes], needles: list[tuple[bytes, str, str]], label: 
         if not chunk:
             break
         total += len(chunk)
-        window = tail + chunk
+        window = (tail + chunk).lower()  # ASCII case folded, byte offsets kept: CHEN^MEI matches Chen^Mei
         for needle, kind, value in needles:
             i = window.find(needle)
             while i >= 0:
