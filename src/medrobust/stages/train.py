@@ -11,6 +11,10 @@ Outputs (in ``out_dir``, written atomically):
   epoch with the best robust validation accuracy under a cheap PGD at the gate ε
   (``train.selection``; :mod:`medrobust.training.selection`), said in ``selection.json``;
 * ``checkpoints/epoch_NNN.pt`` — model and optimiser state after every epoch;
+* beside them, while training runs, ``.<out>.resume/`` (:mod:`medrobust.training.resume`): the full
+  state after each epoch. A run killed mid-training resumes there on the next start ("resuming from
+  epoch k") and ends with the same ``model.pt`` as an uninterrupted run; it is removed once the
+  outputs are in place;
 * ``history.json`` + ``training.png`` — per-epoch metrics;
 * ``run.json`` — the MLflow run id and the logged model's URI.
 
@@ -24,8 +28,10 @@ batch, so the run takes the same steps as one process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -164,16 +170,20 @@ def _train(params: Params, dataset_dir: str | Path, out_dir: str | Path, world: 
                                        seed=params.seed, device=device)
     if world.distributed and cfg.ddp.sync_bn:
         model = ddp.sync_batch_norm(model, device)
+    data_md5 = dvc_md5(Path(dataset_dir))
+    # the state after every epoch, beside the output (a kill discards the temporary output folder, not this)
+    resume_dir = Path(out_dir).parent / f".{Path(out_dir).name}.resume"
+    resume_key = hashlib.sha256(json.dumps({"params": params.model_dump(mode="json"), "data": data_md5,
+                                            "ranks": world.size}, sort_keys=True).encode()).hexdigest()
     if not world.is_main:  # a worker rank: its share of every step, nothing written or logged
         train_model(model, method, train, None, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
                     seed=params.seed, hflip=cfg.hflip, clean_warmup_epochs=cfg.clean_warmup_epochs,
-                    desc=f"{cfg.method} rank {world.rank}", world=world)
+                    desc=f"{cfg.method} rank {world.rank}", world=world, resume_dir=resume_dir, resume_key=resume_key)
         return None
     tracking.configure(params.mlflow)
     with atomic_output_dir(out_dir) as tmp, mlflow.start_run(run_name=f"{cfg.method}-{cfg.model.backbone}") as active:
         tracking.claim_run()
         mlflow.log_params(tracking.flatten(tracking.run_params(params.to_dict())))
-        data_md5 = dvc_md5(Path(dataset_dir))
         tags = {"medrobust.method": cfg.method, "medrobust.backbone": cfg.model.backbone, "medrobust.stage": "train",
                 "medrobust.data_dvc_md5": data_md5}
         commit = tracking.git_commit()
@@ -184,10 +194,11 @@ def _train(params: Params, dataset_dir: str | Path, out_dir: str | Path, world: 
         select, selected_by = _selection(params, val)
         history = train_model(
             model, method, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=cfg.optim,
-            seed=params.seed, checkpoint_dir=tmp / "checkpoints", hflip=cfg.hflip,
+            seed=params.seed, checkpoint_dir=resume_dir / "checkpoints", hflip=cfg.hflip,
             clean_warmup_epochs=cfg.clean_warmup_epochs, on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-            desc=cfg.method, select=select, world=world,
+            desc=cfg.method, select=select, world=world, resume_dir=resume_dir, resume_key=resume_key,
         )
+        shutil.copytree(resume_dir / "checkpoints", tmp / "checkpoints")
         log.info("model.pt holds epoch %d of %d (%s)", history.best_epoch, cfg.epochs, selected_by)
         mlflow.set_tags({"medrobust.selected_epoch": str(history.best_epoch), "medrobust.selected_by": selected_by})
         model = ddp.plain_batch_norm(model.cpu())  # saved and logged as a CPU model (plain batch norm)
@@ -210,6 +221,7 @@ def _train(params: Params, dataset_dir: str | Path, out_dir: str | Path, world: 
                     "method": cfg.method, "backbone": cfg.model.backbone, "selected_epoch": history.best_epoch,
                     "selected_by": selected_by}
         write_json(tmp / "run.json", run_info)
+    shutil.rmtree(resume_dir, ignore_errors=True)  # the outputs are in place: nothing left to resume
     log.info("trained %s/%s: val accuracy %.3f; MLflow run %s", cfg.method, cfg.model.backbone,
              final_val, run_info["run_id"])
     return TrainResult(Path(out_dir), run_info["run_id"], info.model_uri, final_val)

@@ -19,6 +19,7 @@ from medrobust.data.shards import ArraySplit
 from medrobust.defenses import TrainingMethod
 from medrobust.defenses.standard import Standard
 from medrobust.models.inference import accuracy
+from medrobust.training import resume
 from medrobust.training.config import OptimConfig
 from medrobust.training.distributed import (SINGLE, World, broadcast_buffers, broadcast_state, shard, sum_gradients,
                                             sum_over_ranks)
@@ -76,6 +77,8 @@ def train_model(
     desc: str = "train",
     select: Callable[[nn.Module], float] | None = None,
     world: World = SINGLE,
+    resume_dir: Path | None = None,
+    resume_key: str = "",
 ) -> History:
     """Train ``model`` in place with ``method``'s loss.
 
@@ -105,6 +108,10 @@ def train_model(
         world: this process's rank among data-parallel processes (:mod:`medrobust.training.distributed`):
             each rank trains on its shard of every global batch of ``batch_size`` and gradients are
             averaged; only rank 0 validates, selects, checkpoints and calls ``on_epoch``.
+        resume_dir: a folder that survives a kill (:mod:`medrobust.training.resume`): the state after each
+            epoch is saved there, and a state saved under ``resume_key`` is resumed from, bit for bit
+            (``on_epoch`` is called again for the epochs it already holds).
+        resume_key: what the saved state must have been saved for (the run's params and data).
 
     Returns:
         Per-epoch metrics (mean loss, the method's stats, validation accuracy) and the epoch kept.
@@ -118,8 +125,19 @@ def train_model(
     warmup = min(clean_warmup_epochs, epochs)
     clean = Standard()
     best: tuple[float, dict[str, torch.Tensor]] | None = None
+    first = 0
+    saved = resume.load(resume_dir, resume_key)
+    if saved is not None:
+        resume.restore(saved, model=model, optimizer=opt, scheduler=sched, generator=gen)
+        first, history.epochs, history.best_epoch = int(saved["epoch"]), list(saved["history"]), saved["best_epoch"]
+        if saved["best_state"] is not None:
+            best = (float(saved["best_score"]), saved["best_state"])
+        log.info("%s: resuming from epoch %d of %d (%s)", desc, first, epochs, resume_dir)
+        if on_epoch is not None and world.is_main:
+            for i, m in enumerate(history.epochs):
+                on_epoch(i + 1, m)
     broadcast_state(model, world)
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         current = clean if epoch < warmup else method
         if current is method:
             method.start_epoch(epoch - warmup, epochs - warmup)
@@ -172,6 +190,9 @@ def train_model(
                        checkpoint_dir / f"epoch_{epoch + 1:03d}.pt")
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
+        if resume_dir is not None:
+            resume.save(resume_dir, key=resume_key, epoch=epoch + 1, model=model, optimizer=opt, scheduler=sched,
+                        generator=gen, history=history.epochs, best_epoch=history.best_epoch, best=best)
     if world.is_main and best is not None and history.best_epoch != epochs:
         model.load_state_dict(best[1])
         log.info("%s: kept epoch %d of %d (best validation selection score %.4f)", desc, history.best_epoch, epochs,
