@@ -274,8 +274,33 @@ def decode_dicom(data: bytes | str | Path, size: int, cfg: DicomConfig | None = 
     try:
         return _decode_dataset(ds, size, cfg)
     except Rejected as rej:
-        rej.uid = str(ds.get("SOPInstanceUID", "") or "").strip() or None
+        rej.uid = _sop_uid(ds)
         raise
+    except Exception as exc:  # noqa: BLE001 - one malformed attribute (a DS 'abc', a short LUT) is this item's problem
+        rej = Rejected("decode_failed", _describe(exc, ds))
+        rej.uid = _sop_uid(ds)
+        raise rej from None
+
+
+def _sop_uid(ds: pydicom.Dataset) -> str | None:
+    try:
+        return str(ds.get("SOPInstanceUID", "") or "").strip() or None
+    except Exception:  # noqa: BLE001 - a malformed UID element
+        return None
+
+
+def _describe(exc: Exception, ds: pydicom.Dataset | None = None) -> str:
+    """The exception class and message, with the object's identifying values blanked out."""
+    text = " ".join(str(exc).split())[:200]
+    if ds is not None:
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs"):
+            try:
+                value = str(ds.get(keyword, "") or "").strip()
+            except Exception:  # noqa: BLE001
+                continue
+            if len(value) >= 3:
+                text = text.replace(value, "<identifier>")
+    return f"{type(exc).__name__} while decoding: {text}; the file is malformed (fix or re-export it)"
 
 
 def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> DecodedImage:
@@ -351,7 +376,7 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
     return DecodedImage(pixels=resize_square(display, size), header=header, facts=facts)
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
+def decode_image(data: bytes, size: int, max_pixels: int = 50_000_000) -> np.ndarray:
     """A PNG/JPEG/TIFF/BMP file's bytes -> grey float image in [0, 1], resized (Pillow, no pickle).
 
     8-bit images are scaled by 1/255, 16/32-bit integer ones by 1/65535 (1/255 when no value exceeds 255),
@@ -361,24 +386,32 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     Args:
         data: the file's bytes.
         size: the output side length in pixels.
+        max_pixels: ``data.dicom.max_pixels``: a larger image is refused from its header, before one pixel
+            is decoded (a 258 KB PNG can declare 9400 x 9400 pixels: a decompression bomb).
 
     Returns:
         float32, (size, size), in [0, 1].
 
     Raises:
-        Rejected: ``empty_file``, ``unreadable`` (not an image Pillow can read), ``truncated``, or a
-            reason of :func:`array_to_image`.
+        Rejected: ``empty_file``, ``unreadable`` (not an image Pillow can read), ``truncated``,
+            ``too_large``, or a reason of :func:`array_to_image`.
     """
     from PIL import Image, UnidentifiedImageError
 
     if len(data) == 0:
         raise Rejected("empty_file", "the file has zero bytes")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            width, height = im.size
+            if width * height > max_pixels:
+                raise Rejected("too_large", f"the image declares {width} x {height} pixels, more than "
+                                            f"data.dicom.max_pixels ({max_pixels}); raise it if this is real")
             im.load()
             arr = _pil_to_float(im)
     except UnidentifiedImageError:
         raise Rejected("unreadable", "not an image Pillow can read (PNG, JPEG, TIFF, BMP)") from None
+    except Image.DecompressionBombError as exc:
+        raise Rejected("too_large", f"{exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise Rejected("truncated" if "truncated" in str(exc).lower() else "unreadable",
                        f"{type(exc).__name__}: {exc}") from None

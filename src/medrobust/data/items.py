@@ -72,13 +72,24 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
             any reason of :func:`~medrobust.data.dicom.decode_dicom`, :func:`~medrobust.data.dicom.decode_image`
             or :func:`~medrobust.data.dicom.array_to_image`).
     """
+    try:
+        return _decode(kind, raw, array, resize, size, dicom_cfg)
+    except Rejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever one item raises, it is that item's quarantine entry
+        raise Rejected("decode_failed", f"{type(exc).__name__} while decoding: {' '.join(str(exc).split())[:200]}"
+                       ) from None
+
+
+def _decode(kind: str, raw: bytes | None, array: np.ndarray | None, resize: bool, size: int,
+            dicom_cfg: Any) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
     if kind == "dicom":
         assert raw is not None
         img = decode_dicom(raw, size, dicom_cfg)
         return img.pixels, img.header, img.facts
     if kind == "image":
         assert raw is not None
-        return decode_image(raw, size), {}, {}
+        return decode_image(raw, size, getattr(dicom_cfg, "max_pixels", 50_000_000)), {}, {}
     if array is None:
         raise Rejected("unreadable", "an array item without an array")
     if resize:

@@ -65,6 +65,7 @@ REASONS: dict[str, str] = {
     "unsupported_dimensions": "not a 2-D image of at least 8x8 pixels",
     "unsupported_photometric": "a photometric interpretation ingest cannot map to grey levels",
     "corrupt_pixel_data": "the pixel data cannot be decoded to the declared shape",
+    "decode_failed": "decoding raised an error (a malformed attribute: a DS that is not a number, a short LUT ...)",
     "invalid_values": "NaN/inf or a constant image after rescale and windowing",
     "missing_patient_id": "no PatientID: a patient-level split is impossible",
     "missing_instance_uid": "no SOPInstanceUID: the image cannot be matched to a label",
