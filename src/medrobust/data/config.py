@@ -34,6 +34,7 @@ class DataConfig(StrictModel):
     source: Annotated[str, InRegistry(SOURCES)] = "synthetic"
     dicom_dir: str = "data/raw/synthetic/dicom"
     labels_csv: str = "data/raw/synthetic/labels.csv"
+    follow_symlinks: bool = False  # read a symlinked file under the source folder (never one pointing out of it)
     labels_encoding: str = "auto"  # the labels table's text encoding; auto: its byte-order mark (UTF-8/16/32), else UTF-8
     classes: Seq[str] = ("normal", "lesion")
     image_size: int = Field(64, ge=8, le=1024)

@@ -10,6 +10,8 @@ are skipped and listed in ``ingest.json``.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,24 +38,52 @@ def kind_of(name: str) -> str:
     return "image" if Path(name).suffix.lower() in IMAGE_SUFFIXES else "dicom"
 
 
-def list_files(root: Path) -> tuple[list[Path], list[str]]:
-    """(candidate image files, skipped index/hidden files), sorted.
+def list_files(root: Path, follow_symlinks: bool = False) -> tuple[list[Path], list[str]]:
+    """(candidate image files, skipped entries), sorted; nothing under ``root`` is left out unlisted.
 
     Args:
-        root: the folder, searched recursively.
+        root: the folder, searched recursively (symlinked folders are never descended into).
+        follow_symlinks: ``data.follow_symlinks``: read a symlinked file when it points inside ``root``.
+            A link out of ``root`` is never read (``/etc/passwd`` is not an image to hash).
 
     Returns:
-        The files to deliver as items, and the skipped ones (DICOMDIR, dot-files) as paths relative to
-        ``root``.
+        The files to deliver as items, and the skipped entries as paths relative to ``root``: index and
+        hidden files (DICOMDIR, dot-files) by name; symlinks (not followed, out of the root, dangling),
+        FIFOs, sockets and devices as ``"<path> (<why>)"``. None of them is opened.
     """
     files, skipped = [], []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            if p.name in SKIP_NAMES or p.name.startswith("."):
-                skipped.append(str(p.relative_to(root)))
+    top = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                dirnames.remove(name)
+                skipped.append(f"{(here / name).relative_to(root)} (symlink to a folder: not followed)")
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = here / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                why = None
+                if not p.exists():
+                    why = "dangling symlink"
+                elif not follow_symlinks:
+                    why = "symlink: data.follow_symlinks is false"
+                elif not p.resolve().is_relative_to(top):
+                    why = "symlink out of the source folder: not followed"
+                if why:
+                    skipped.append(f"{rel} ({why})")
+                    continue
+            mode = p.stat().st_mode
+            if not stat.S_ISREG(mode):
+                kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+                        else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+                skipped.append(f"{rel} ({kind}: not read)")
+            elif p.name in SKIP_NAMES or p.name.startswith("."):
+                skipped.append(rel)
             else:
                 files.append(p)
-    return files, skipped
+    return sorted(files), sorted(skipped)
 
 
 class LabelledSource(Source):
@@ -122,7 +152,7 @@ class DicomFolderSource(LabelledSource):
         if not self.root.is_dir():
             raise SourceError(f"DICOM folder not found: {self.root} (set data.dicom_dir in params.yaml)")
         self.table = LabelTable.from_path(labels_csv or data.labels_csv, encoding=data.labels_encoding)
-        self.files, self.skipped = list_files(self.root)
+        self.files, self.skipped = list_files(self.root, data.follow_symlinks)
         if not self.files:
             raise SourceError(f"no files under {self.root} (set data.dicom_dir in params.yaml)")
 
