@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 OVERLAYS = {"dev": "medrobust-dev", "prod": "medrobust"}  # overlay -> namespace (a profile's)
-GPU_STEPS = 3  # advgen, train, evaluate: one GPU each (tests/pipelines/test_dag.py)
+GPU_STEPS = 4  # advgen, train, each attack of the fan-out, evaluate: one GPU each (tests/pipelines/test_dag.py)
 
 
 def _run(*cmd: str, checkov: str = "") -> subprocess.CompletedProcess:
