@@ -24,17 +24,26 @@ NAME = "medrobust-classifier"
 
 
 @pytest.fixture
-def store(pipeline_run, tmp_path, monkeypatch) -> str:
-    """A copy of the session's sqlite registry, whose @champion is the session pipeline's version."""
+def store(pipeline_run, tmp_path, monkeypatch):
+    """A copy of the session's sqlite registry, whose @champion is the session pipeline's version.
+
+    The URI is set both ways: in the environment (what ``mlflow models serve`` reads) and in MLflow's
+    process-wide setting, which an earlier test's stage (``tracking.configure``) may have pointed elsewhere
+    and which wins over the environment.
+    """
+    import mlflow
     from mlflow import MlflowClient
 
     db = tmp_path / "mlflow.db"
     shutil.copy(pipeline_run.tracking_uri.removeprefix("sqlite:///"), db)
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
     version = json.loads(pipeline_run.decision.read_text())["version"]
     MlflowClient(uri).set_registered_model_alias(NAME, "champion", version)
-    return uri
+    yield uri
+    mlflow.set_tracking_uri(previous)
 
 
 def _b64(data: bytes) -> str:
