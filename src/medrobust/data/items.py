@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medrobust.data.deid import deidentify_facts, pseudonym
-from medrobust.data.dicom import array_to_image, decode_dicom, decode_image
+from medrobust.data.dicom import array_to_image, decode_dicom
+from medrobust.data.images import decode_image
 from medrobust.data.sources import Item, Rejected, Source
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
 
     Raises:
         Rejected: the item cannot be decoded (an array item without an array; NaN/inf in a kept array;
-            any reason of :func:`~medrobust.data.dicom.decode_dicom`, :func:`~medrobust.data.dicom.decode_image`
+            any reason of :func:`~medrobust.data.dicom.decode_dicom`, :func:`~medrobust.data.images.decode_image`
             or :func:`~medrobust.data.dicom.array_to_image`).
     """
     try:

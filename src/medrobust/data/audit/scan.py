@@ -74,12 +74,22 @@ def fingerprint(value: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:HASH_PREFIX]
 
 
+def _folds(kind: str) -> bool:
+    """Whether a kind is matched case-insensitively: every kind but single name components.
+
+    A lone component ("Chen") folded to lower case turns up by chance in base64 image data (a report's
+    embedded PNG); whole names, IDs and UIDs are long or specific enough not to.
+    """
+    return not kind.endswith(".component")
+
+
 def _needles(identifiers: Mapping[str, Iterable[str]]) -> list[tuple[bytes, str, str]]:
-    """(bytes to look for, kind, value) for every identifier, lower-cased; one kind per value (the first)."""
+    """(bytes to look for, kind, value) for every identifier (lower-cased where :func:`_folds`); one kind per value."""
     seen: dict[bytes, tuple[str, str]] = {}
     for kind in sorted(identifiers):
         for value in sorted(identifiers[kind]):
-            b = value.encode("utf-8").lower()
+            b = value.encode("utf-8")
+            b = b.lower() if _folds(kind) else b
             if b and b not in seen:
                 seen[b] = (kind, value)
     return [(b, k, v) for b, (k, v) in seen.items()]
@@ -98,15 +108,17 @@ def _search_stream(fh: IO[bytes], needles: list[tuple[bytes, str, str]], label: 
         if not chunk:
             break
         total += len(chunk)
-        window = (tail + chunk).lower()  # ASCII case folded, byte offsets kept: CHEN^MEI matches Chen^Mei
+        window = tail + chunk
+        folded = window.lower()  # ASCII case folded, byte offsets kept: CHEN^MEI matches Chen^Mei
         for needle, kind, value in needles:
-            i = window.find(needle)
+            hay = folded if _folds(kind) else window
+            i = hay.find(needle)
             while i >= 0:
                 key = (needle, pos + i)
                 if key not in seen:
                     seen.add(key)
                     found.append(Finding(label, pos + i, kind, fingerprint(value, salt)))
-                i = window.find(needle, i + 1)
+                i = hay.find(needle, i + 1)
         keep = min(overlap, len(window))
         tail = window[len(window) - keep:] if keep else b""
         pos += len(window) - len(tail)
