@@ -169,7 +169,9 @@ def test_mlflow_models_serve_answers_dicom_and_arrays_as_the_model_does_in_proce
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                              f"models:/{NAME}@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-                             "-w", "1"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                             "-w", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            # mlflow execs `uvicorn` by name: this interpreter's scripts folder first on PATH
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
