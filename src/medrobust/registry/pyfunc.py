@@ -45,8 +45,7 @@ class ServingInputError(ValueError):
     """The request is not one the served model can read; the message says what it accepts."""
 
 
-def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(logits / T)`` per row (what the served model returns; the serving check compares with it)."""
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     z = logits / temperature
     z = z - z.max(1, keepdims=True)
     e = np.exp(z)
@@ -135,7 +134,7 @@ class ServedClassifier:
             ok, errors = list(range(len(x))), [""] * len(x)
         probs = np.full((len(errors), len(self.classes)), np.nan)
         if len(x):
-            probs[ok] = softmax(self._logits(x), self.config["temperature"])
+            probs[ok] = _softmax(self._logits(x), self.config["temperature"])
         out = pd.DataFrame(probs, columns=self.classes)
         out["prediction"] = [self._name(p) if e == "" else None for p, e in zip(probs, errors)]
         out["error"] = errors
