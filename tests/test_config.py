@@ -151,3 +151,10 @@ def test_attack_errors_list_what_is_allowed():
     with pytest.raises(ConfigError) as err:
         parse_params({"evaluate": {"attacks": [{"name": "fgsm", "steps": 3}]}})
     assert "takes no 'steps'" in str(err.value)
+
+
+def test_the_old_data_dicom_max_pixels_is_refused_with_where_it_moved(tmp_path):
+    """``data.dicom.max_pixels`` limits every image format now, as ``data.max_pixels`` (issue 14)."""
+    with pytest.raises(ConfigError, match=r"data\.dicom\.max_pixels is now data\.max_pixels"):
+        load_params(write_params(tmp_path / "params.yaml", {"data": {"dicom": {"max_pixels": 1000}}}))
+    assert load_params(write_params(tmp_path / "ok.yaml", {"data": {"max_pixels": 1000}})).data.max_pixels == 1000

@@ -77,7 +77,7 @@ def test_a_large_compressed_radiograph_is_downscaled_and_the_size_limit_holds():
     assert img.facts["PhotometricInterpretation"] == "MONOCHROME1"
     assert img.facts["TransferSyntaxUID"].startswith("1.2.840.10008.1.2.4.9")  # JPEG 2000
     with pytest.raises(Rejected) as err:
-        decode_dicom(raw, 64, DicomConfig(max_pixels=1760 * 1760 - 1))
+        decode_dicom(raw, 64, max_pixels=1760 * 1760 - 1)
     assert err.value.reason == "too_large" and "max_pixels" in err.value.message
 
 

@@ -32,7 +32,8 @@ EXAMPLES = 2000
 SEEDS = ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm",
          "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPGExtended.dcm", "examples_palette.dcm",
          "emri_small.dcm", "JPEG-lossless.dcm"]
-CFG = DicomConfig(multiframe="first", max_pixels=4_000_000)
+CFG = DicomConfig(multiframe="first")
+MAX_PIXELS = 4_000_000
 HEADER = {"Rows": "US", "Columns": "US", "BitsAllocated": "US", "BitsStored": "US", "SamplesPerPixel": "US",
           "PixelRepresentation": "US", "HighBit": "US", "NumberOfFrames": "IS"}
 PHOTOMETRIC = ["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "HSV", ""]
@@ -117,7 +118,7 @@ def test_a_mutated_file_is_an_image_or_a_quarantine_entry_never_an_exception(nam
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            pixels, _header, _facts = decode_pixels(kind, data, None, True, 32, CFG)
+            pixels, _header, _facts = decode_pixels(kind, data, None, True, 32, CFG, MAX_PIXELS)
         except Rejected as rej:
             assert rej.reason in REASONS and rej.message
         else:

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from medrobust.config import InRegistry, Seq, StrictModel
-from medrobust.data.dicom import DicomConfig
+from medrobust.data.dicom import MAX_PIXELS, DicomConfig
 from medrobust.data.sources import SOURCES
 from medrobust.data.sources.cmmd import CmmdConfig
 from medrobust.data.sources.ham10000 import HamConfig
@@ -38,8 +38,10 @@ class DataConfig(StrictModel):
     labels_encoding: str = "auto"  # the labels table's text encoding; auto: its byte-order mark (UTF-8/16/32), else UTF-8
     classes: Seq[str] = ("normal", "lesion")
     image_size: int = Field(64, ge=8, le=1024)
+    max_pixels: int = Field(MAX_PIXELS, ge=64, le=2**31)  # larger images (DICOM frames x rows x columns, PNG...) are quarantined
     shard_size: int = Field(256, ge=1, le=1_000_000)
     split: SplitConfig = SplitConfig()
+    worker_memory_mb: int = Field(4096, ge=0, le=2**20)  # each decode process's memory bound (RLIMIT_AS); 0: none
     workers: int = Field(0, ge=0, le=64)          # decode processes for sources of >= 256 items; 0: one per core (<= 4); 1: none
     use_source_splits: bool = True                # keep a source's official train/val/test (MedMNIST, two_moons)
     synthetic: SyntheticConfig = SyntheticConfig()

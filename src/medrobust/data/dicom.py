@@ -32,7 +32,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pydantic import Field
+from pydantic import model_validator
 
 from medrobust.config import StrictModel
 from medrobust.data.sources.base import Rejected
@@ -40,6 +40,7 @@ from medrobust.data.sources.base import Rejected
 log = logging.getLogger(__name__)
 
 MIN_SIDE = 8
+MAX_PIXELS = 50_000_000  # data.max_pixels' default: larger images are quarantined before they are decoded
 
 #: Header keys read for lookups (label tables, grouping, de-duplication). They identify people
 #: or objects: they are used inside ingest and never written anywhere.
@@ -58,7 +59,14 @@ class DicomConfig(StrictModel):
 
     multiframe: Literal["reject", "first", "middle"] = "reject"  # 3-D volumes / cine: quarantine or take a frame
     color: Literal["luma", "reject"] = "luma"                   # RGB/YBR (dermoscopy): ITU-R BT.601 luma, or quarantine
-    max_pixels: int = Field(50_000_000, ge=64, le=2**31)        # larger frames are quarantined (rows*columns*frames)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_pixels" in data:
+            raise ValueError("data.dicom.max_pixels is now data.max_pixels (it limits every image format, "
+                             "not only DICOM): move the setting up one level")
+        return data
 
 
 @dataclass(frozen=True)
@@ -216,11 +224,11 @@ def _read(data: bytes | str | Path) -> pydicom.Dataset:
         rej = Rejected("truncated", f"file ends early: {exc}")
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
         rej = Rejected("unreadable", f"{type(exc).__name__}: {exc}")
-    rej.uid = _uid_before_pixels(data)
+    rej.uid = uid_before_pixels(data)
     raise rej
 
 
-def _uid_before_pixels(data: bytes) -> str | None:
+def uid_before_pixels(data: bytes) -> str | None:
     """The SOPInstanceUID of a file whose pixel data is broken (so its label row is not "missing")."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
@@ -253,13 +261,16 @@ def _luma(rgb: np.ndarray, bits: int) -> np.ndarray:
     return y / float(2**bits - 1)
 
 
-def decode_dicom(data: bytes | str | Path, size: int, cfg: DicomConfig | None = None) -> DecodedImage:
+def decode_dicom(data: bytes | str | Path, size: int, cfg: DicomConfig | None = None,
+                 max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Read and decode one DICOM object.
 
     Args:
         data: the file's bytes, or its path.
         size: output side length in pixels.
-        cfg: multi-frame / colour / size policy (``data.dicom``); defaults if None.
+        cfg: multi-frame / colour policy (``data.dicom``); defaults if None.
+        max_pixels: ``data.max_pixels``: frames x rows x columns above it are refused from the header,
+            before the pixel data is decoded.
 
     Returns:
         The decoded image, lookup header and technical facts.
@@ -272,10 +283,12 @@ def decode_dicom(data: bytes | str | Path, size: int, cfg: DicomConfig | None = 
     cfg = cfg or DicomConfig()
     ds = _read(data)
     try:
-        return _decode_dataset(ds, size, cfg)
+        return _decode_dataset(ds, size, cfg, max_pixels)
     except Rejected as rej:
         rej.uid = _sop_uid(ds)
         raise
+    except MemoryError:
+        raise  # the caller's (out_of_memory), not this file's syntax
     except Exception as exc:  # noqa: BLE001 - one malformed attribute (a DS 'abc', a short LUT) is this item's problem
         rej = Rejected("decode_failed", _describe(exc, ds))
         rej.uid = _sop_uid(ds)
@@ -303,7 +316,7 @@ def _describe(exc: Exception, ds: pydicom.Dataset | None = None) -> str:
     return f"{type(exc).__name__} while decoding: {text}; the file is malformed (fix or re-export it)"
 
 
-def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> DecodedImage:
+def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig, max_pixels: int) -> DecodedImage:
     short = _short_element(ds)
     if short is not None:
         raise Rejected("truncated", f"element {short} is shorter than its declared length: the file was cut off")
@@ -336,8 +349,9 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig) -> Decoded
             "multiframe",
             f"{frames} frames (a volume or cine); set data.dicom.multiframe to first or middle to take one frame",
         )
-    if rows * cols * frames > cfg.max_pixels:
-        raise Rejected("too_large", f"{frames} x {rows} x {cols} pixels > data.dicom.max_pixels {cfg.max_pixels}")
+    if rows * cols * frames > max_pixels:
+        raise Rejected("too_large", f"{frames} x {rows} x {cols} pixels > data.max_pixels {max_pixels}; "
+                                    "raise it if this is real")
     stored = _decode_pixels(ds)
     expected = (rows, cols) if spp == 1 else (rows, cols, spp)
     if frames > 1:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
-from medrobust.data.dicom import array_to_image
+from medrobust.data.dicom import MAX_PIXELS, array_to_image
 from medrobust.data.sources.base import Rejected
 
 
-def decode_image(data: bytes, size: int, max_pixels: int = 50_000_000) -> np.ndarray:
+def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A PNG/JPEG/TIFF/BMP file's bytes -> grey float image in [0, 1], resized (Pillow, no pickle).
 
     8-bit images are scaled by 1/255, 16/32-bit integer ones by 1/65535 (1/255 when no value exceeds 255),
@@ -20,8 +21,9 @@ def decode_image(data: bytes, size: int, max_pixels: int = 50_000_000) -> np.nda
     Args:
         data: the file's bytes.
         size: the output side length in pixels.
-        max_pixels: ``data.dicom.max_pixels``: a larger image is refused from its header, before one pixel
-            is decoded (a 258 KB PNG can declare 9400 x 9400 pixels: a decompression bomb).
+        max_pixels: ``data.max_pixels``: a larger image is refused from its header, before one pixel
+            is decoded (a 258 KB PNG can declare 9400 x 9400 pixels: a decompression bomb). Pillow's own
+            ``MAX_IMAGE_PIXELS`` is set to it too, so a frame of a multi-image file is held to the same limit.
 
     Returns:
         float32, (size, size), in [0, 1].
@@ -34,12 +36,16 @@ def decode_image(data: bytes, size: int, max_pixels: int = 50_000_000) -> np.nda
 
     if len(data) == 0:
         raise Rejected("empty_file", "the file has zero bytes")
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns above this and raises above twice this
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+        with warnings.catch_warnings():  # the warning's case is refused just below, by name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))  # reads the header only
+        with im:
             width, height = im.size
             if width * height > max_pixels:
                 raise Rejected("too_large", f"the image declares {width} x {height} pixels, more than "
-                                            f"data.dicom.max_pixels ({max_pixels}); raise it if this is real")
+                                            f"data.max_pixels ({max_pixels}); raise it if this is real")
             im.load()
             arr = _pil_to_float(im)
     except UnidentifiedImageError:

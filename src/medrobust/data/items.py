@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medrobust.data.deid import deidentify_facts, pseudonym
-from medrobust.data.dicom import array_to_image, decode_dicom
+from medrobust.data.dicom import MAX_PIXELS, array_to_image, decode_dicom
 from medrobust.data.images import decode_image
 from medrobust.data.sources import Item, Rejected, Source
 
@@ -52,7 +52,7 @@ class Decoded:
 
 
 def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize: bool, size: int,
-                  dicom_cfg: Any) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+                  dicom_cfg: Any, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
     """(pixels, lookup header, technical facts) of one item; pure, so it can run in a worker process.
 
     Args:
@@ -63,6 +63,7 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
             False to keep the array as it is, as float32 (feature vectors).
         size: output side length in pixels (``data.image_size``).
         dicom_cfg: ``data.dicom`` (:class:`~medrobust.data.dicom.DicomConfig`), for DICOM items.
+        max_pixels: ``data.max_pixels``, for DICOM and image items: larger ones are refused from their header.
 
     Returns:
         The pixels (float32), the lookup header (:data:`~medrobust.data.dicom.LOOKUP_KEYS`, identifying: never
@@ -74,23 +75,27 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
             or :func:`~medrobust.data.dicom.array_to_image`).
     """
     try:
-        return _decode(kind, raw, array, resize, size, dicom_cfg)
+        return _decode(kind, raw, array, resize, size, dicom_cfg, max_pixels)
     except Rejected:
         raise
+    except MemoryError:
+        raise Rejected("out_of_memory", "decoding this item ran out of memory (data.worker_memory_mb bounds each "
+                                        "decode process); raise it if the image is real, or lower data.max_pixels"
+                       ) from None
     except Exception as exc:  # noqa: BLE001 - whatever one item raises, it is that item's quarantine entry
         raise Rejected("decode_failed", f"{type(exc).__name__} while decoding: {' '.join(str(exc).split())[:200]}"
                        ) from None
 
 
 def _decode(kind: str, raw: bytes | None, array: np.ndarray | None, resize: bool, size: int,
-            dicom_cfg: Any) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+            dicom_cfg: Any, max_pixels: int) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
     if kind == "dicom":
         assert raw is not None
-        img = decode_dicom(raw, size, dicom_cfg)
+        img = decode_dicom(raw, size, dicom_cfg, max_pixels)
         return img.pixels, img.header, img.facts
     if kind == "image":
         assert raw is not None
-        return decode_image(raw, size, getattr(dicom_cfg, "max_pixels", 50_000_000)), {}, {}
+        return decode_image(raw, size, max_pixels), {}, {}
     if array is None:
         raise Rejected("unreadable", "an array item without an array")
     if resize:
@@ -278,7 +283,7 @@ def process_item(item: Item, src: Source, cfg: DataConfig, state: IngestState) -
     digest = ""
     try:
         raw, digest = read_item(item)
-        decoded = decode_pixels(item.kind, raw, item.array, item.resize, cfg.image_size, cfg.dicom)
+        decoded = decode_pixels(item.kind, raw, item.array, item.resize, cfg.image_size, cfg.dicom, cfg.max_pixels)
     except Rejected as rej:
         quarantine(item, src, state, rej, digest)
         return

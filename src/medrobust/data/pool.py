@@ -3,6 +3,16 @@
 The main process reads (network, disk), labels and records, in item order; workers hash and decode
 the bytes. The result is byte-identical with and without the pool, and at most ``2 * workers``
 chunks of :data:`POOL_CHUNK` raw items are in flight, so memory stays bounded however large the source.
+
+One item never stops the loop:
+
+* each worker's address space is bounded (``data.worker_memory_mb`` above what it holds when it
+  starts, ``RLIMIT_AS``): an item that needs more fails with ``MemoryError`` and is quarantined as
+  ``out_of_memory``, instead of driving the machine into swap or the OOM killer;
+* a worker that *dies* (a decoder's segfault or abort) breaks the pool: the chunks then in flight are
+  decoded again one item per fresh process, so the culprit is quarantined as ``worker_crashed`` with
+  its signal, every other item is kept, and a new pool takes the rest;
+* workers die with their parent (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -10,15 +20,21 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import logging
 import multiprocessing
+import os
+import signal
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medrobust.data.items import IngestState, decode_pixels, finish, process_item, quarantine, read_item
 from medrobust.data.sources import Item, Rejected, Source
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from medrobust.data.config import DataConfig
@@ -34,8 +50,6 @@ def die_with_parent(parent: int) -> None:
     pool's own shutdown (on any exit but SIGKILL) still stops the workers.
     """
     import ctypes
-    import os
-    import signal
     import sys
 
     if sys.platform.startswith("linux"):
@@ -47,16 +61,45 @@ def die_with_parent(parent: int) -> None:
             os._exit(1)
 
 
+def limit_memory(extra_bytes: int) -> None:
+    """Bound this process's address space to what it maps now plus ``extra_bytes`` (``RLIMIT_AS``; Linux).
+
+    A forked worker starts with its parent's mappings (torch's libraries among them), so the bound is
+    relative to them. An allocation past it raises ``MemoryError`` in that worker only. ``extra_bytes <= 0``
+    leaves the limit as it is.
+    """
+    import resource
+    import sys
+
+    if extra_bytes <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        mapped = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + extra_bytes if hard == resource.RLIM_INFINITY else min(mapped + extra_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def init_worker(parent: int, extra_bytes: int) -> None:
+    """Pool initializer: :func:`die_with_parent`, then :func:`limit_memory`."""
+    die_with_parent(parent)
+    limit_memory(extra_bytes)
+
+
 POOL_MIN_ITEMS = 256  # fewer items are decoded in-process (a pool's start-up would cost more)
 POOL_CHUNK = 16  # items per worker task
 
+Job = tuple[str, "bytes | None", "np.ndarray | None", bool, int, Any, int]
 
-def decode_chunk(jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, int, Any]]) -> list[tuple[Any, ...]]:
+
+def decode_chunk(jobs: list[Job]) -> list[tuple[Any, ...]]:
     """Worker side: decode a chunk; picklable outcomes (exceptions with custom args do not pickle).
 
     Args:
         jobs: one tuple of :func:`~medrobust.data.items.decode_pixels` arguments per item
-            (kind, raw bytes, array, resize, size, ``data.dicom``).
+            (kind, raw bytes, array, resize, size, ``data.dicom``, ``data.max_pixels``).
 
     Returns:
         One outcome per job, in order: ``("ok", sha256, (pixels, header, facts))`` or
@@ -70,7 +113,98 @@ def decode_chunk(jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, in
             out.append(("ok", digest, decode_pixels(*job)))
         except Rejected as rej:
             out.append(("rejected", digest, rej.reason, rej.message, rej.uid))
+        except MemoryError:
+            out.append(("rejected", digest, "out_of_memory", OUT_OF_MEMORY, _uid_of(job)))
+        except Exception as exc:  # noqa: BLE001 - decode_pixels turns errors into Rejected; this is a backstop
+            out.append(("rejected", digest, "decode_failed", f"{type(exc).__name__} while decoding", None))
     return out
+
+
+def _uid_of(job: Job) -> str | None:
+    """A DICOM item's SOPInstanceUID from its header (pure Python), so its label row is not also reported."""
+    from medrobust.data.dicom import uid_before_pixels
+
+    return uid_before_pixels(job[1]) if job[0] == "dicom" and job[1] is not None else None
+
+
+OUT_OF_MEMORY = ("decoding this item needed more memory than data.worker_memory_mb allows; raise it if the "
+                 "image is real (or lower data.max_pixels to refuse such images from their header)")
+
+
+def _decode_alone(conn: Any, job: Job, parent: int, extra_bytes: int) -> None:
+    init_worker(parent, extra_bytes)
+    conn.send(decode_chunk([job])[0])
+    conn.close()
+
+
+def decode_alone(ctx: Any, job: Job, extra_bytes: int) -> tuple[Any, ...]:
+    """Decode one item in a process of its own: its outcome, or ``worker_crashed`` if the process died.
+
+    Args:
+        ctx: the multiprocessing context.
+        job: the item's :func:`~medrobust.data.items.decode_pixels` arguments.
+        extra_bytes: the process's memory bound (:func:`limit_memory`).
+
+    Returns:
+        The outcome, as :func:`decode_chunk` gives it.
+    """
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_decode_alone, args=(send, job, os.getpid(), extra_bytes), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        out = recv.recv()
+    except EOFError:  # the process died before it answered
+        out = None
+    finally:
+        recv.close()
+        proc.join()
+    if out is not None:
+        return out
+    code = proc.exitcode or 0
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    digest = hashlib.sha256(job[1]).hexdigest() if job[1] is not None else ""
+    return ("rejected", digest, "worker_crashed",
+            f"the decode process died ({how}) on this item: a decoder crashed on its content; "
+            "check the file with another viewer, re-export or transcode it", _uid_of(job))
+
+
+class _Pool:
+    """A process pool that is replaced when a worker dies; the chunks it loses are decoded item by item."""
+
+    def __init__(self, workers: int, ctx: Any, extra_bytes: int) -> None:
+        self.workers, self.ctx, self.extra = workers, ctx, extra_bytes
+        self.crashes = 0
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self.ctx, initializer=init_worker,
+                                   initargs=(os.getpid(), self.extra))
+
+    def _renew(self, broken: ProcessPoolExecutor) -> None:
+        if self.pool is broken:
+            self.crashes += 1
+            log.warning("a decode worker died; decoding the items then in flight one by one to find the culprit")
+            broken.shutdown(wait=True, cancel_futures=True)
+            self.pool = self._start()
+
+    def submit(self, jobs: list[Job]) -> tuple[Any, ProcessPoolExecutor]:
+        pool = self.pool
+        try:
+            return pool.submit(decode_chunk, jobs), pool
+        except BrokenProcessPool:
+            self._renew(pool)
+            return self.pool.submit(decode_chunk, jobs), self.pool
+
+    def result(self, fut: Any, pool: ProcessPoolExecutor, jobs: list[Job]) -> list[tuple[Any, ...]]:
+        try:
+            return fut.result()
+        except BrokenProcessPool:
+            self._renew(pool)
+            return [decode_alone(self.ctx, job, self.extra) for job in jobs]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def process_items(items: Iterable[Item], src: Source, cfg: DataConfig, state: IngestState,
@@ -85,7 +219,7 @@ def process_items(items: Iterable[Item], src: Source, cfg: DataConfig, state: In
     Args:
         items: the source's items (consumed once).
         src: the source that delivered them (labels).
-        cfg: the ``data`` section (image size, DICOM policies).
+        cfg: the ``data`` section (image size, DICOM policies, limits).
         state: what the loop gathers; updated in place.
         workers: decode processes; ``<= 1`` decodes in the main process.
 
@@ -104,37 +238,35 @@ def process_items(items: Iterable[Item], src: Source, cfg: DataConfig, state: In
         for item in head:
             process_item(item, src, cfg, state)
         return len(head)
-    size, dcfg = cfg.image_size, cfg.dicom
+    size, dcfg, max_pixels = cfg.image_size, cfg.dicom, cfg.max_pixels
     # fork: workers start in milliseconds with everything imported. They run only numpy, Pillow and
     # pydicom (decode_pixels never touches torch), so the parent's torch/OpenMP state cannot bite.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    window: collections.deque[tuple[list[tuple[Item, str]], Any]] = collections.deque()
+    window: collections.deque[tuple[list[tuple[Item, str]], list[Job], Any, Any]] = collections.deque()
     chunk: list[tuple[Item, str]] = []
-    jobs: list[tuple[str, bytes | None, np.ndarray | None, bool, int, Any]] = []
-    import os
+    jobs: list[Job] = []
+    pool = _Pool(workers, ctx, cfg.worker_memory_mb * 2**20)
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    def drain(limit: int) -> None:
+        while len(window) > limit:
+            members, sent, fut, owner = window.popleft()
+            for (item, digest), out in zip(members, pool.result(fut, owner, sent), strict=True):
+                digest = digest or out[1]  # bytes are hashed in the worker, arrays here
+                if out[0] == "ok":
+                    finish(item, src, state, digest, out[2])
+                else:
+                    rej = Rejected(out[2], out[3])
+                    rej.uid = out[4]
+                    quarantine(item, src, state, rej, digest)
 
-        def drain(limit: int) -> None:
-            while len(window) > limit:
-                members, fut = window.popleft()
-                for (item, digest), out in zip(members, fut.result(), strict=True):
-                    digest = digest or out[1]  # bytes are hashed in the worker, arrays here
-                    if out[0] == "ok":
-                        finish(item, src, state, digest, out[2])
-                    else:
-                        rej = Rejected(out[2], out[3])
-                        rej.uid = out[4]
-                        quarantine(item, src, state, rej, digest)
+    def submit() -> None:
+        nonlocal chunk, jobs
+        if chunk:
+            window.append((chunk, jobs, *pool.submit(jobs)))
+            chunk, jobs = [], []
+            drain(2 * workers)
 
-        def submit() -> None:
-            nonlocal chunk, jobs
-            if chunk:
-                window.append((chunk, pool.submit(decode_chunk, jobs)))
-                chunk, jobs = [], []
-                drain(2 * workers)
-
+    try:
         for item in itertools.chain(head, it):
             n += 1
             try:
@@ -148,12 +280,15 @@ def process_items(items: Iterable[Item], src: Source, cfg: DataConfig, state: In
                 quarantine(item, src, state, rej, "")
                 continue
             chunk.append((item, digest))
-            jobs.append((item.kind, raw, item.array, item.resize, size, dcfg))
+            jobs.append((item.kind, raw, item.array, item.resize, size, dcfg, max_pixels))
             if len(chunk) >= POOL_CHUNK:
                 submit()
         submit()
         drain(0)
+    finally:
+        pool.close()
     return n
 
 
-__all__ = ["POOL_CHUNK", "POOL_MIN_ITEMS", "decode_chunk", "process_items"]
+__all__ = ["POOL_CHUNK", "POOL_MIN_ITEMS", "decode_alone", "decode_chunk", "die_with_parent", "init_worker",
+           "limit_memory", "process_items"]

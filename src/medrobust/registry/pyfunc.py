@@ -62,7 +62,7 @@ def preprocessing(data: Any, calibration: dict[str, Any] | None, model_sha256: s
     """
     cal = calibration or {}
     return {"format": FORMAT, "image_size": int(data.image_size), "classes": list(data.classes),
-            "dicom": data.dicom.model_dump(mode="json"), "temperature": float(cal.get("temperature") or 1.0),
+            "dicom": data.dicom.model_dump(mode="json"), "max_pixels": int(data.max_pixels), "temperature": float(cal.get("temperature") or 1.0),
             "threshold": cal.get("threshold"), "operating_point": cal.get("rule"),
             "calibrated": calibration is not None, "model_sha256": model_sha256}
 
@@ -76,7 +76,7 @@ class ServedClassifier:
         self.size = int(config["image_size"])
 
     def _decode(self, kind: str, value: Any) -> np.ndarray:
-        from medrobust.data.dicom import DicomConfig
+        from medrobust.data.dicom import MAX_PIXELS, DicomConfig
         from medrobust.data.items import decode_pixels
 
         try:
@@ -84,7 +84,8 @@ class ServedClassifier:
         except (binascii.Error, TypeError, ValueError):
             raise ServingInputError(f"{kind}: not base64 (send each file as a base64 string)") from None
         pixels, _header, _facts = decode_pixels(kind, raw, None, True, self.size,
-                                                DicomConfig.model_validate(self.config["dicom"]))
+                                                DicomConfig.model_validate(self.config["dicom"]),
+                                                int(self.config.get("max_pixels", MAX_PIXELS)))
         return pixels  # the header holds identifiers: dropped here, never returned or logged
 
     def _arrays(self, data: Any) -> np.ndarray:

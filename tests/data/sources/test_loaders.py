@@ -539,3 +539,26 @@ def test_two_moons_fixed_affine_map():
 
     clean, _ = scale_points(make_moons(200, noise=0.0)[0])
     assert clean.min() >= 0.12 and clean.max() <= 0.88
+
+
+def test_a_medmnist_file_written_with_version_3_npy_headers_is_read(tmp_path):
+    """``.npy`` 3.0 (UTF-8 headers) is read like 1.0 and 2.0, still without pickle (issue 14)."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "pneumoniamnist.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for split, n in (("train", 20), ("val", 6), ("test", 6)):
+            for key, arr in ((f"{split}_images", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)),
+                             (f"{split}_labels", rng.integers(0, 2, (n, 1), dtype=np.uint8))):
+                buf = io.BytesIO()
+                npy.write_array(buf, arr, version=(3, 0))
+                assert buf.getvalue()[6:8] == b"\x03\x00"
+                z.writestr(f"{key}.npy", buf.getvalue())
+    params = tiny_params(data={"source": "medmnist", "classes": ["normal", "pneumonia"],
+                               "medmnist": {"path": str(path)}})
+    result = ingest.run(params, tmp_path / "out")
+    assert result.n_images == 32 and result.n_quarantined == 0
