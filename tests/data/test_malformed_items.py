@@ -88,11 +88,14 @@ def test_a_folder_of_malformed_items_and_good_files_ingests_every_good_file(tmp_
     q = pd.read_csv(tmp_path / "out" / "quarantine.csv")
     got = dict(zip(q["file"], q["reason"], strict=True))
     assert {k: v for k, v in got.items() if k.startswith("bad/")} == {
-        **{f"bad/{name}": "decode_failed" for name in BAD_DICOM},
+        "bad/slope_abc.dcm": "decode_failed", "bad/window_center_text.dcm": "decode_failed",
+        "bad/palette_without_lut.dcm": "bad_lookup_table", "bad/short_voi_lut.dcm": "bad_lookup_table",
         "bad/bomb_30000.png": "too_large", "bad/bomb_9400.png": "too_large"}
     messages = dict(zip(q["file"], q["message"], strict=True))
     assert "ValueError" in messages["bad/slope_abc.dcm"] and "'abc'" in messages["bad/slope_abc.dcm"]
     assert "9400 x 9400" in messages["bad/bomb_9400.png"]
+    assert "10 entries" in messages["bad/short_voi_lut.dcm"] and "4096" in messages["bad/short_voi_lut.dcm"]
+    assert "Red palette" in messages["bad/palette_without_lut.dcm"]
     assert result.n_images == len(good)  # every good file kept
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     assert len(manifest) == len(good)

@@ -35,6 +35,7 @@ from pydicom.errors import InvalidDicomError
 from pydantic import model_validator
 
 from medrobust.config import StrictModel
+from medrobust.data.integrity import check_luts
 from medrobust.data.sources.base import Rejected
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,7 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig, max_pixels
         raise Rejected("empty_image", f"Rows x Columns is {rows} x {cols}: there is no image")
     if rows < MIN_SIDE or cols < MIN_SIDE:
         raise Rejected("unsupported_dimensions", f"{rows}x{cols} pixels; need at least {MIN_SIDE}x{MIN_SIDE}")
+    check_luts(ds, photometric)
     if frames > 1 and cfg.multiframe == "reject":
         raise Rejected(
             "multiframe",

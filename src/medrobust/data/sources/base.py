@@ -66,6 +66,7 @@ REASONS: dict[str, str] = {
     "unsupported_photometric": "a photometric interpretation ingest cannot map to grey levels",
     "corrupt_pixel_data": "the pixel data cannot be decoded to the declared shape",
     "decode_failed": "decoding raised an error (a malformed attribute: a DS that is not a number, a short LUT ...)",
+    "bad_lookup_table": "a palette or VOI lookup table is missing or shorter than its descriptor declares",
     "out_of_memory": "decoding needed more memory than data.worker_memory_mb allows",
     "worker_crashed": "the decoder crashed (its process died) on this item",
     "invalid_values": "NaN/inf or a constant image after rescale and windowing",
