@@ -17,7 +17,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medrobust.data import pool
+from medrobust.data import items, pool
 from medrobust.data.synthetic import generate_tree
 from medrobust.stages import ingest
 from tests.conftest import tiny_params
@@ -40,7 +40,7 @@ def test_a_crashing_and_a_memory_hungry_item_are_quarantined_and_every_other_ite
     crasher, hog = files[40], files[200]
     crash_uid = str(pydicom.dcmread(crasher, stop_before_pixels=True).SOPInstanceUID)
     hog_uid = str(pydicom.dcmread(hog, stop_before_pixels=True).SOPInstanceUID)
-    real = pool.decode_pixels
+    real = items._decode  # decode_pixels' own body: its error handling stays the real one
     parent = os.getpid()
 
     def broken_decoder(kind, raw, *rest):
@@ -50,7 +50,7 @@ def test_a_crashing_and_a_memory_hungry_item_are_quarantined_and_every_other_ite
             np.ones(2**28)  # 2 GiB: past the worker's bound, far inside this machine's memory
         return real(kind, raw, *rest)
 
-    monkeypatch.setattr(pool, "decode_pixels", broken_decoder)
+    monkeypatch.setattr(items, "_decode", broken_decoder)
     result = ingest.run(params, tmp_path / "out", tmp_path / "src" / "dicom", tmp_path / "src" / "labels.csv")
 
     q = pd.read_csv(tmp_path / "out" / "quarantine.csv", keep_default_na=False)
@@ -63,7 +63,7 @@ def test_a_crashing_and_a_memory_hungry_item_are_quarantined_and_every_other_ite
     assert result.n_images == len(files) - 2  # every other item kept, none lost with the broken pool
 
     # the same folder without faults, in one process: the kept images are the same, byte for byte
-    monkeypatch.setattr(pool, "decode_pixels", real)
+    monkeypatch.setattr(items, "_decode", real)
     clean = ingest.run(tiny_params(data={**params.data.model_dump(mode="json"), "workers": 1},
                                    validation={"max_quarantine_fraction": 0.5}),
                        tmp_path / "clean", root, tmp_path / "src" / "labels.csv")

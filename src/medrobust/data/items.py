@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medrobust.data.deid import deidentify_facts, pseudonym
-from medrobust.data.dicom import MAX_PIXELS, array_to_image, decode_dicom
+from medrobust.data.dicom import MAX_PIXELS, array_to_image, decode_dicom, uid_before_pixels
 from medrobust.data.images import decode_image
 from medrobust.data.sources import Item, Rejected, Source
 
@@ -79,12 +79,18 @@ def decode_pixels(kind: str, raw: bytes | None, array: np.ndarray | None, resize
     except Rejected:
         raise
     except MemoryError:
-        raise Rejected("out_of_memory", "decoding this item ran out of memory (data.worker_memory_mb bounds each "
-                                        "decode process); raise it if the image is real, or lower data.max_pixels"
-                       ) from None
+        rej = Rejected("out_of_memory", "decoding this item ran out of memory (data.worker_memory_mb bounds each "
+                                        "decode process); raise it if the image is real, or lower data.max_pixels")
+        rej.uid = item_uid(kind, raw)
+        raise rej from None
     except Exception as exc:  # noqa: BLE001 - whatever one item raises, it is that item's quarantine entry
         raise Rejected("decode_failed", f"{type(exc).__name__} while decoding: {' '.join(str(exc).split())[:200]}"
                        ) from None
+
+
+def item_uid(kind: str, raw: bytes | None) -> str | None:
+    """A DICOM item's SOPInstanceUID read from its header alone (so its label row is not also reported)."""
+    return uid_before_pixels(raw) if kind == "dicom" and raw is not None else None
 
 
 def _decode(kind: str, raw: bytes | None, array: np.ndarray | None, resize: bool, size: int,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medrobust.data.items import IngestState, decode_pixels, finish, process_item, quarantine, read_item
+from medrobust.data.items import IngestState, decode_pixels, finish, item_uid, process_item, quarantine, read_item
 from medrobust.data.sources import Item, Rejected, Source
 
 log = logging.getLogger(__name__)
@@ -111,24 +111,9 @@ def decode_chunk(jobs: list[Job]) -> list[tuple[Any, ...]]:
         digest = hashlib.sha256(raw).hexdigest() if raw is not None else ""
         try:
             out.append(("ok", digest, decode_pixels(*job)))
-        except Rejected as rej:
+        except Rejected as rej:  # decode_pixels turns every error, MemoryError included, into one
             out.append(("rejected", digest, rej.reason, rej.message, rej.uid))
-        except MemoryError:
-            out.append(("rejected", digest, "out_of_memory", OUT_OF_MEMORY, _uid_of(job)))
-        except Exception as exc:  # noqa: BLE001 - decode_pixels turns errors into Rejected; this is a backstop
-            out.append(("rejected", digest, "decode_failed", f"{type(exc).__name__} while decoding", None))
     return out
-
-
-def _uid_of(job: Job) -> str | None:
-    """A DICOM item's SOPInstanceUID from its header (pure Python), so its label row is not also reported."""
-    from medrobust.data.dicom import uid_before_pixels
-
-    return uid_before_pixels(job[1]) if job[0] == "dicom" and job[1] is not None else None
-
-
-OUT_OF_MEMORY = ("decoding this item needed more memory than data.worker_memory_mb allows; raise it if the "
-                 "image is real (or lower data.max_pixels to refuse such images from their header)")
 
 
 def _decode_alone(conn: Any, job: Job, parent: int, extra_bytes: int) -> None:
@@ -166,7 +151,7 @@ def decode_alone(ctx: Any, job: Job, extra_bytes: int) -> tuple[Any, ...]:
     digest = hashlib.sha256(job[1]).hexdigest() if job[1] is not None else ""
     return ("rejected", digest, "worker_crashed",
             f"the decode process died ({how}) on this item: a decoder crashed on its content; "
-            "check the file with another viewer, re-export or transcode it", _uid_of(job))
+            "check the file with another viewer, re-export or transcode it", item_uid(job[0], job[1]))
 
 
 class _Pool:
@@ -174,7 +159,6 @@ class _Pool:
 
     def __init__(self, workers: int, ctx: Any, extra_bytes: int) -> None:
         self.workers, self.ctx, self.extra = workers, ctx, extra_bytes
-        self.crashes = 0
         self.pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -183,7 +167,6 @@ class _Pool:
 
     def _renew(self, broken: ProcessPoolExecutor) -> None:
         if self.pool is broken:
-            self.crashes += 1
             log.warning("a decode worker died; decoding the items then in flight one by one to find the culprit")
             broken.shutdown(wait=True, cancel_futures=True)
             self.pool = self._start()
