@@ -9,6 +9,7 @@
     medrobust register              # MLflow registry, @champion if the gates pass
     medrobust registry list|show|promote|rollback|load   # inspect and steer the registry
     medrobust audit --source DIR OUT...  # search outputs for the sources' patient identifiers
+    medrobust quarantine locate REF # the raw source path behind a quarantine.csv reference (local only)
     medrobust publish s3://BUCKET/PREFIX  # the model and its evidence to S3, checksums verified
     medrobust params show [KEY]     # the settings a run uses: params.yaml over the defaults
     medrobust params schema         # the JSON Schema of params.yaml (params.schema.json)
@@ -145,6 +146,25 @@ def register(
         logging.getLogger("medrobust").error("version %s rejected: %s", decision.version,
                                              ", ".join(g.name for g in decision.gates if not g.passed))
         raise typer.Exit(1)
+
+
+quarantine_app = typer.Typer(no_args_is_help=True, help="Find the source file behind a quarantine.csv reference.")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("locate")
+def quarantine_locate(ref: str = typer.Argument(..., help="quarantine.csv's file, e.g. fil-0123456789abcdef.dcm"),
+                      params: ParamsOpt = PARAMS, dicom_dir: Path = typer.Option(None, help="default: data.dicom_dir"),
+                      labels_csv: Path = typer.Option(None, help="default: data.labels_csv")) -> None:
+    """Re-list the source and print the raw path behind REF. It can hold patient identifiers: keep it local."""
+    from medrobust.stages import ingest as stage
+
+    found = stage.locate(_params(params), ref, dicom_dir, labels_csv)
+    if not found:
+        log.error("no item of data.%s has the reference %s (was it ingested with another key or source?)",
+                  load_params(params).data.source, ref)
+        raise typer.Exit(1)
+    typer.echo("\n".join(found))
 
 
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect and steer the MLflow model registry by hand.")

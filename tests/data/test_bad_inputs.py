@@ -25,6 +25,7 @@ from medrobust.data.sources import REASONS
 from medrobust.data.synthetic import generate_tree
 from medrobust.data import pool
 from medrobust.stages import ingest
+from tests.support.refs import read_quarantine, unmask_skipped
 from tests.conftest import tiny_params
 
 #: ref -> (reason, a word the message must contain)
@@ -165,7 +166,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         ingest.run(pooled, root / "pool", dicom, labels_csv)
     finally:
         pool.POOL_MIN_ITEMS = old
-    q = pd.read_csv(root / "one" / "quarantine.csv", keep_default_na=False)
+    q = read_quarantine(root / "one" / "quarantine.csv", dicom, keep_default_na=False)
     return {"root": root, "dicom": dicom, "q": q, "params": params}
 
 
@@ -204,7 +205,11 @@ def test_nothing_is_lost_and_the_pool_agrees(corpus):
     files = [p for p in dicom.rglob("*") if p.is_file()]
     file_rows = q[~q["file"].str.startswith("labels:")]
     assert len(manifest) + len(file_rows) + len(summary["skipped_files"]) == len(files)
-    assert summary["skipped_files"] == [".DS_Store"]
+    assert unmask_skipped(summary["skipped_files"], dicom) == [".DS_Store"]
+    # operator files name items by keyed hash only: no raw path, folder or file name
+    for name in ("quarantine.csv", "ingest.json", "manifest.csv"):
+        text = (root / "one" / name).read_text()
+        assert not any(n in text for n in ("bad/", "zz_copy", "zz_same_uid", ".DS_Store", "photo.png")), name
     assert (manifest["photometric"].fillna("") == "").sum() == 1  # bad/ok.png made it in
     # the worker pool gives the same dataset, byte for byte
     for name in ("manifest.csv", "quarantine.csv"):

@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 
 from medrobust.data.synthetic import generate_tree
 from medrobust.stages import ingest
+from tests.support.refs import read_quarantine
 from tests.conftest import tiny_params
 
 
@@ -85,7 +86,7 @@ def test_a_folder_of_malformed_items_and_good_files_ingests_every_good_file(tmp_
     assert len((bad / "bomb_9400.png").read_bytes()) < 50_000
 
     result = ingest.run(params, tmp_path / "out", dicom, labels_csv)  # completes: no exception
-    q = pd.read_csv(tmp_path / "out" / "quarantine.csv")
+    q = read_quarantine(tmp_path / "out" / "quarantine.csv", dicom)
     got = dict(zip(q["file"], q["reason"], strict=True))
     assert {k: v for k, v in got.items() if k.startswith("bad/")} == {
         "bad/slope_abc.dcm": "decode_failed", "bad/window_center_text.dcm": "decode_failed",

@@ -20,6 +20,7 @@ import pytest
 from medrobust.data import items, pool
 from medrobust.data.synthetic import generate_tree
 from medrobust.stages import ingest
+from tests.support.refs import read_quarantine
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and RLIMIT_AS are Linux's")
@@ -53,8 +54,8 @@ def test_a_crashing_and_a_memory_hungry_item_are_quarantined_and_every_other_ite
     monkeypatch.setattr(items, "_decode", broken_decoder)
     result = ingest.run(params, tmp_path / "out", tmp_path / "src" / "dicom", tmp_path / "src" / "labels.csv")
 
-    q = pd.read_csv(tmp_path / "out" / "quarantine.csv", keep_default_na=False)
     root = tmp_path / "src" / "dicom"
+    q = read_quarantine(tmp_path / "out" / "quarantine.csv", root, keep_default_na=False)
     got = dict(zip(q["file"], q["reason"], strict=True))
     assert got == {crasher.relative_to(root).as_posix(): "worker_crashed",
                    hog.relative_to(root).as_posix(): "out_of_memory"}

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class SeaweedS3:
     region: str
     data_dir: Path
     pid: int
+    ports: dict[str, int] = field(default_factory=dict)
 
     def client(self, secret_key: str | None = None) -> Any:
         """A boto3 S3 client for this server (``secret_key`` overrides the right one, for 403 tests)."""
@@ -124,8 +125,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def run_seaweed(root: Path, region: str = "us-east-1") -> Iterator[SeaweedS3]:
+def run_seaweed(root: Path, region: str = "us-east-1", again: SeaweedS3 | None = None) -> Iterator[SeaweedS3]:
     """Start ``weed mini`` under ``root`` (data, logs, config), yield its S3 endpoint, stop it.
+
+    ``again``: a server that ran (and died) on this ``root``: restart it on the same ports, with the same
+    identity and the same data, as an operator restarting the service would.
 
     Raises:
         RuntimeError: the ``weed`` binary is missing, or S3 does not answer within 30 s.
@@ -137,11 +141,14 @@ def run_seaweed(root: Path, region: str = "us-east-1") -> Iterator[SeaweedS3]:
     data, tmp = root / "data", root / "tmp"
     data.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
-    access_key, secret_key = "medrobust-test", secrets.token_hex(16)
+    access_key, secret_key = "medrobust-test", again.secret_key if again else secrets.token_hex(16)
     creds = write_identity(root / "s3-identities.json", access_key, secret_key)
     names = ["s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc"]
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    ports["admin"] = admin_port(set(ports.values()))
+    if again:
+        ports = dict(again.ports)
+    else:
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports["admin"] = admin_port(set(ports.values()))
     cmd = weed_command(root, ports, creds)
     log_path = root / "weed.log"
     env = {**os.environ, "TMPDIR": str(tmp)}
@@ -149,7 +156,7 @@ def run_seaweed(root: Path, region: str = "us-east-1") -> Iterator[SeaweedS3]:
         proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=root, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-    server = SeaweedS3(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, region, data, proc.pid)
+    server = SeaweedS3(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, region, data, proc.pid, ports)
     try:
         waited = _wait_ready(server, proc, log_path)
         log.info("SeaweedFS S3 ready at %s after %.1f s (pid %d)", server.endpoint_url, waited, proc.pid)

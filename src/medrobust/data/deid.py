@@ -20,10 +20,11 @@ import hmac
 import io
 import logging
 import os
+import re
 import secrets
 from collections import Counter
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -88,6 +89,62 @@ def pseudonym(key: bytes, kind: str, value: str, length: int = 16) -> str:
     """
     digest = hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
     return f"{kind[:3]}-{digest[:length]}"
+
+
+#: Item references that identify no one as they are: an array index (``train[17]``), a PACS reference
+#: made of counters and keyed hashes, a keyed-hash label row, a table row number, or a reference
+#: already made by :func:`public_ref`.
+_SAFE_REF = re.compile(r"[a-z]+\[\d+\]|pacs:study-\d+/series-\d+/ima-[0-9a-f]+|labels:ima-[0-9a-f]+"
+                       r"|clinical:[\w.-]+:row \d+|(?:[a-z]+:)?fil-[0-9a-f]{16}(?:\.[a-z0-9]{1,5})?")
+#: the ``kind:`` prefixes sources put before a table row's key (kept; the key is hashed)
+_KIND_PREFIX = re.compile(r"(labels|groups|metadata|clinical):(.*)", re.S)
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
+
+
+def public_ref(key: bytes, ref: str) -> str:
+    """How an item is named in operator files (quarantine.csv, ingest.json, logs): never its raw path.
+
+    A source path can hold identifiers (PACS exports name folders after patients:
+    ``MRN12345_Chen^Mei/IM0001.dcm``), and a file that could not be read has no header to say which
+    parts identify someone, so the whole path is replaced by a keyed hash. The lower-cased file
+    suffix (``.dcm``, ``.png``) and a ``kind:`` prefix (``labels:``, ``groups:``) are kept, so the
+    operator still sees what sort of item it was. References that are already safe
+    (:data:`_SAFE_REF`) are returned unchanged.
+
+    ``medrobust quarantine locate <ref>`` re-lists the source on the operator's machine and prints
+    the raw path; no map from reference to path is stored anywhere.
+
+    Args:
+        key: the pseudonymisation key (:func:`load_key`).
+        ref: the source's reference for the item (e.g. a path relative to ``data.dicom_dir``).
+
+    Returns:
+        e.g. ``fil-<16 hex digits>.dcm`` or ``labels:fil-<16 hex digits>.png``.
+    """
+    if _SAFE_REF.fullmatch(ref):
+        return ref
+    prefix, rest = "", ref
+    if m := _KIND_PREFIX.fullmatch(ref):
+        prefix, rest = f"{m.group(1)}:", m.group(2)
+    suffix = PurePosixPath(rest).suffix
+    suffix = suffix.lower() if _SUFFIX.fullmatch(suffix) else ""
+    return f"{prefix}{pseudonym(key, 'file', rest)}{suffix}"
+
+
+#: ``"<path> (<why>)"``, the form in which sources list a skipped entry with its reason
+_SKIPPED = re.compile(r"(.*) \(([^()]*)\)", re.S)
+
+
+def public_skipped(key: bytes, entry: str) -> str:
+    """A source's skipped entry (``"<path>"`` or ``"<path> (<why>)"``) with its path made a :func:`public_ref`
+    (and the other path of a ``"copy of <path>"`` reason too)."""
+    m = _SKIPPED.fullmatch(entry)
+    if not m:
+        return public_ref(key, entry)
+    why = m.group(2)
+    if why.startswith("copy of "):
+        why = f"copy of {public_ref(key, why[len('copy of '):])}"
+    return f"{public_ref(key, m.group(1))} ({why})"
 
 
 # ----------------------------------------------------------------------------------------------

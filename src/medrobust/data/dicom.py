@@ -35,6 +35,7 @@ from pydicom.errors import InvalidDicomError
 from pydantic import model_validator
 
 from medrobust.config import StrictModel
+from medrobust.data.codestream import check_stream, decode_array
 from medrobust.data.integrity import check_luts
 from medrobust.data.sources.base import Rejected
 
@@ -238,25 +239,6 @@ def uid_before_pixels(data: bytes) -> str | None:
         return None
 
 
-def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        return ds.pixel_array
-    except NotImplementedError as exc:
-        raise Rejected(
-            "unsupported_transfer_syntax",
-            f"transfer syntax {ts} ({getattr(ts, 'name', '?')}) cannot be decoded here: {exc}; "
-            "install its decoder (pylibjpeg-*) or transcode the file",
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
-        msg = f"{type(exc).__name__}: {exc}"
-        low = msg.lower()
-        if any(k in low for k in ("no pixel data handlers", "unable to decode", "not supported",
-                                  "unknown transfer syntax", "no available plugins", "missing required dependencies")):
-            raise Rejected("unsupported_transfer_syntax", f"transfer syntax {ts}: {msg}") from None
-        raise Rejected("corrupt_pixel_data", msg) from None
-
-
 def _luma(rgb: np.ndarray, bits: int) -> np.ndarray:
     y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     return y / float(2**bits - 1)
@@ -354,7 +336,8 @@ def _decode_dataset(ds: pydicom.Dataset, size: int, cfg: DicomConfig, max_pixels
     if rows * cols * frames > max_pixels:
         raise Rejected("too_large", f"{frames} x {rows} x {cols} pixels > data.max_pixels {max_pixels}; "
                                     "raise it if this is real")
-    stored = _decode_pixels(ds)
+    check_stream(ds, frames, rows, cols, spp)  # what a compressed stream says about its own damage
+    stored = decode_array(ds)
     expected = (rows, cols) if spp == 1 else (rows, cols, spp)
     if frames > 1:
         if stored.ndim < 3 or stored.shape[0] != frames:

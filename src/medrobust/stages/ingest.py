@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medrobust.data.deid import load_key
+from medrobust.data.deid import load_key, public_ref, public_skipped
 from medrobust.data.items import IngestState
 from medrobust.data.manifest import QUARANTINE_COLUMNS, build_manifest, write_manifest_shards
 from medrobust.data.plots import plot_samples
@@ -148,8 +148,10 @@ def run(
         raise IngestError(str(exc)) from None
     finally:
         src.close()
-    quarantine = state.quarantine + [{"file": q.ref, "reason": q.reason, "message": q.message, "source_sha256": ""}
-                                     for q in leftovers]
+    # operator files name items by a keyed hash of their reference, never by a raw source path
+    quarantine = [{**q, "file": public_ref(state.key, q["file"])} for q in state.quarantine] + [
+        {"file": public_ref(state.key, q.ref), "reason": q.reason, "message": q.message, "source_sha256": ""}
+        for q in leftovers]
     n_total = n_items + len(leftovers)
     q_frac = len(quarantine) / max(n_total, 1)
     log.info("decoded %d of %d items, %d quarantined (%.1f%%)", len(state.records), n_items, len(quarantine),
@@ -180,7 +182,7 @@ def run(
             "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine)),
             "labels_without_image": sum(q.reason == "image_missing" for q in leftovers),
             "excluded_classes": dict(state.excluded),
-            "skipped_files": list(getattr(src, "skipped", [])),
+            "skipped_files": [public_skipped(state.key, s) for s in getattr(src, "skipped", [])],
             "patients": int(manifest["patient_id"].nunique()),
             "split_by": split_note,
             "splits": split_counts,
@@ -201,6 +203,46 @@ def run(
     return IngestResult(out_dir, len(manifest), len(quarantine), split_counts, report.success)
 
 
+def locate(params: Params, ref: str, dicom_dir: str | Path | None = None,
+           labels_csv: str | Path | None = None) -> list[str]:
+    """The raw source references behind a public one (quarantine.csv's ``file``, a ``skipped_files`` entry).
+
+    Operator files name items only by :func:`~medrobust.data.deid.public_ref`. This re-lists the
+    configured source on this machine, with this machine's pseudonymisation key, and returns the
+    references that hash to ``ref``. No image is decoded, and nothing is written: the raw paths
+    it returns can hold patient identifiers and are for the operator's terminal only.
+
+    Args:
+        params: validated params (``data`` names the source).
+        ref: the public reference, e.g. ``fil-0123456789abcdef.dcm``.
+        dicom_dir: folder sources: overrides ``params.data.dicom_dir``.
+        labels_csv: overrides ``params.data.labels_csv``.
+
+    Returns:
+        The matching raw references (normally one; empty when the source no longer holds it or the
+        key differs from the one ingest used).
+
+    Raises:
+        IngestError: the source cannot be opened.
+    """
+    overrides = {k: v for k, v in (("dicom_dir", dicom_dir), ("labels_csv", labels_csv)) if v is not None}
+    key, want = load_key(), ref.strip()
+    try:
+        src = open_source(params.data, **overrides)
+    except SourceError as exc:
+        raise IngestError(str(exc)) from None
+    try:
+        found = [i.ref for i in src.items() if public_ref(key, i.ref) == want]
+        found += [q.ref for q in src.leftovers() if public_ref(key, q.ref) == want]
+        found += [s for s in getattr(src, "skipped", [])
+                  if want in (public_skipped(key, s), public_skipped(key, s).split(" (", 1)[0])]
+    except SourceError as exc:
+        raise IngestError(str(exc)) from None
+    finally:
+        src.close()
+    return found
+
+
 def _raise_validation(report: ValidationReport, rejected: Path) -> None:
     failed = "\n".join(
         f"  - {c['table']}: {c['expectation']}({c.get('column') or ''}) {c.get('details', '')}"
@@ -213,4 +255,4 @@ def _raise_validation(report: ValidationReport, rejected: Path) -> None:
     )
 
 
-__all__ = ["IngestError", "IngestResult", "IngestValidationError", "run"]
+__all__ = ["IngestError", "IngestResult", "IngestValidationError", "locate", "run"]

@@ -25,6 +25,7 @@ from medrobust.data.sources import Rejected, SourceError, open_source
 from medrobust.data.sources.medmnist import CHEST_FINDINGS
 from medrobust.data.sources.two_moons import scale_points
 from medrobust.stages import ingest
+from tests.support.refs import read_quarantine, unmask_skipped
 from tests.conftest import tiny_params
 
 RELAXED = {"min_class_fraction": 0.0, "max_class_fraction": 1.0, "min_images_per_split": 1,
@@ -35,11 +36,13 @@ def params_for(source: str, classes: list[str], **data: object):
     return tiny_params(data={"source": source, "classes": classes, **data}, validation=RELAXED)
 
 
-def outputs(out: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """(ingest.json, manifest, quarantine) of an ingest output folder (all columns as strings)."""
+def outputs(out: Path, root: Path | None = None, extra: tuple[str, ...] = ()) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(ingest.json, manifest, quarantine) of an ingest output folder (all columns as strings), with the
+    public references of items under ``root`` (or in ``extra``) mapped back to raw paths (tests.support.refs)."""
     summary = json.loads((out / "ingest.json").read_text())
+    summary["skipped_files"] = unmask_skipped(summary["skipped_files"], root, extra)
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
-    quarantine = pd.read_csv(out / "quarantine.csv", dtype=str, keep_default_na=False)
+    quarantine = read_quarantine(out / "quarantine.csv", root, extra, dtype=str, keep_default_na=False)
     return summary, manifest, quarantine
 
 
@@ -274,7 +277,7 @@ def test_image_folder_classes_groups_and_quarantine(tmp_path):
                    image_folder={"root": str(root), "groups_csv": str(groups_csv)})
     out = tmp_path / "out"
     ingest.run(p, out)
-    summary, manifest, quarantine = outputs(out)
+    summary, manifest, quarantine = outputs(out, root, ("normal/gone.png",))
 
     assert summary["classes"] == {"normal": 8, "pneumonia": 8}
     assert sorted(summary["skipped_files"]) == ["README.md", "normal/.DS_Store"]
@@ -351,7 +354,7 @@ def test_ham10000_lesion_grouping_and_leftovers(tmp_path):
     p = params_for("ham10000", ["bkl", "mel", "nv"], ham10000={"images_dir": str(images), "metadata_csv": str(meta)})
     out = tmp_path / "out"
     ingest.run(p, out)
-    summary, manifest, quarantine = outputs(out)
+    summary, manifest, quarantine = outputs(out, images, ("ISIC_8888888",))
 
     lesions = {r[1]: r[0] for r in rows}
     dx = {r[1]: r[2] for r in rows}
@@ -456,7 +459,9 @@ def test_cmmd_labels_per_side_from_the_clinical_xlsx(tmp_path):
     p = params_for("cmmd", ["benign", "malignant"], cmmd={"dicom_dir": str(root), "clinical_table": str(xlsx)})
     out = tmp_path / "out"
     ingest.run(p, out)
-    summary, manifest, quarantine = outputs(out)
+    for f in ("quarantine.csv", "ingest.json"):  # the folder names are PatientIDs: only keyed hashes go out
+        assert "D1-" not in (out / f).read_text(), f
+    summary, manifest, quarantine = outputs(out, root)
 
     assert summary["images"] == len(truth) == 30
     assert summary["classes"] == {"benign": 20, "malignant": 10}

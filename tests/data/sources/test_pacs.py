@@ -9,11 +9,15 @@ The four manifests and shard sets must agree.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
 import socket
+import threading
+import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -319,6 +323,53 @@ def test_unreachable_or_refusing_peers_name_the_setting(orthanc, dataset, creden
 # --------------------------------------------------------------------------------------------------
 # unit tests (no server)
 # --------------------------------------------------------------------------------------------------
+def _peer(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
+    """A raw TCP peer on 127.0.0.1: on each connection it sends ``reply`` at once and closes (the
+    race a busy Orthanc hits: the A-ASSOCIATE-RJ and the close arrive before pynetdicom looks), or,
+    with ``None``, holds the connection open and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            if reply is None:
+                conn.recv(65536)
+                time.sleep(3)
+            else:
+                conn.sendall(reply)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize("reply, message", [
+    # A-ASSOCIATE-RJ: type 3, length 4, result 1 (permanent), source 1 (user), reason 7 (called AE)
+    (b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x07", r"rejected the association .*data\.pacs\.called_aet"),
+    # A-ABORT: type 7, length 4, source 2 (provider)
+    (b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00", r"aborted the association request .*data\.pacs\.calling_aet"),
+    (None, r"accepted the connection but did not answer .*within 1 s.*data\.pacs\.timeout_s"),
+])
+def test_a_peer_that_answers_and_closes_at_once_is_named_for_what_it_said(reply, message):
+    from medrobust.data.sources.pacs.dimse import DimseClient
+
+    server, thread = _peer(reply)
+    cfg = types.SimpleNamespace(host="127.0.0.1", port=server.getsockname()[1], called_aet="ORTHANC",
+                                calling_aet="MEDROBUST", timeout_s=1.0)
+    client = DimseClient(cfg)
+    ae = client._ae()
+    ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+    try:
+        with pytest.raises(SourceError, match=message):
+            client._associate(ae)
+    finally:
+        server.close()
+        thread.join(5)
+
+
 def test_filters_go_to_their_query_level_and_unknown_keywords_fail():
     study, series, instance = split_filters({
         "StudyDate": "20200101-", "Modality": "MG", "PatientID": "X", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.2",

@@ -149,8 +149,8 @@ class ImageFolderSource(Source):
             raise SourceError(f"the class folders under {self.root} hold no files (set data.image_folder.root)")
         loose = [s for s in self.skipped if "/" not in s and not s.startswith(".")]
         if loose:
-            log.warning("%d files directly in %s have no class folder and are skipped, e.g. %s",
-                        len(loose), self.root, loose[:3])
+            log.warning("%d files directly in %s have no class folder and are skipped (ingest.json: skipped_files)",
+                        len(loose), self.root)
         log.info("image_folder %s: %d files in %d classes %s%s", self.root, len(self.files), len(self.classes),
                  list(self.classes), "" if self.groups is not None else "; no groups_csv: each image is its own group")
 

@@ -28,6 +28,9 @@ Errors: refused credentials, a missing bucket, an unreachable endpoint, an empty
 labels object raise :class:`SourceError` naming the params.yaml key or environment variable to fix;
 an object larger than ``max_object_bytes`` (by its listed size, never downloaded) is quarantined
 as ``too_large``; an object that cannot be fetched (deleted after the listing...) as ``unreadable``.
+An endpoint that stops answering mid-ingest (connection refused or timed out after botocore's
+:data:`MAX_ATTEMPTS` attempts with backoff) is no single object's fault: ingest stops with a
+:class:`SourceError` naming the endpoint, and writes no output.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ if TYPE_CHECKING:
     from medrobust.data.config import DataConfig
 
 log = logging.getLogger(__name__)
+
+#: botocore's total attempts per request (standard retry mode: exponential backoff with jitter)
+MAX_ATTEMPTS = 3
 
 
 class S3Config(StrictModel):
@@ -142,7 +148,8 @@ class S3Source(LabelledSource):
     def _client(self, cfg: Any) -> Any:
         """A boto3 S3 client (:func:`medrobust.data.storage.client`: botocore's standard retries, timeouts)."""
         try:
-            return storage.client(StorageConfig(endpoint_url=self.endpoint, region=cfg.region, max_attempts=3))
+            return storage.client(StorageConfig(endpoint_url=self.endpoint, region=cfg.region,
+                                                max_attempts=MAX_ATTEMPTS))
         except StorageError as exc:
             raise SourceError(f"data.s3.endpoint_url: {exc}; set it in params.yaml") from None
 
@@ -156,9 +163,10 @@ class S3Source(LabelledSource):
             return SourceError(f"no S3 credentials found for {self.where}: set {CREDENTIAL_ENV} in the "
                                "environment (credentials are never read from params.yaml)")
         if isinstance(exc, BotoConnectionError):
+            # botocore's text quotes the URL, object key included (a source path): name the error only
             return SourceError(f"cannot reach the S3 endpoint {self.endpoint or '(AWS default)'} while trying to "
-                               f"{action} ({exc}); check data.s3.endpoint_url in params.yaml and that the "
-                               "server is running")
+                               f"{action} ({type(exc).__name__}); check data.s3.endpoint_url in params.yaml and "
+                               "that the server is running")
         if code in AUTH_CODES or status == 403:
             return SourceError(
                 f"S3 refused the credentials for {self.where} ({code or status} while trying to {action}): "
@@ -230,6 +238,7 @@ class S3Source(LabelledSource):
 
         def read() -> bytes:
             from botocore.exceptions import BotoCoreError, ClientError
+            from botocore.exceptions import ConnectionError as BotoConnectionError
 
             if obj.size > self.max_bytes:
                 raise Rejected("too_large", f"the object has {obj.size} bytes, more than data.s3.max_object_bytes "
@@ -244,6 +253,8 @@ class S3Source(LabelledSource):
                     return body.read()
                 finally:
                     body.close()
+            except BotoConnectionError as exc:  # the endpoint is gone, not this object: stop, after botocore's retries
+                raise self._explain(exc, f"fetch an object (after {MAX_ATTEMPTS} attempts with backoff)") from None
             except (ClientError, BotoCoreError, OSError) as exc:
                 code, status = error_code(exc)
                 why = code or (f"HTTP {status}" if status else type(exc).__name__)

@@ -67,14 +67,34 @@ class DimseClient:
         return ae
 
     def _associate(self, ae: Any, **kwargs: Any) -> Any:
+        from pynetdicom import evt
+
+        # What the transport saw, from pynetdicom's notification events: when the peer rejects and
+        # closes at once, pynetdicom can see the closed socket before it reads the A-ASSOCIATE-RJ
+        # already received, and then reports neither is_rejected nor a reason.
+        seen: dict[str, Any] = {}
+        watch = [(evt.EVT_CONN_OPEN, lambda event: seen.setdefault("open", True)),
+                 (evt.EVT_PDU_RECV, lambda event: seen.setdefault("pdu", type(event.pdu).__name__))]
+        kwargs["evt_handlers"] = [*kwargs.get("evt_handlers", []), *watch]
         assoc = ae.associate(self.cfg.host, int(self.cfg.port), ae_title=self.cfg.called_aet, **kwargs)
         if assoc.is_established:
             return assoc
-        if assoc.is_rejected:
+        if assoc.is_rejected or seen.get("pdu") == "A_ASSOCIATE_RJ":
             raise SourceError(
                 f"the PACS at {self.where} rejected the association (called AE title {self.cfg.called_aet!r}, "
                 f"calling AE title {self.cfg.calling_aet!r}); check data.pacs.called_aet and data.pacs.calling_aet, "
                 "and that the PACS knows our AE title"
+            )
+        if seen.get("pdu") == "A_ABORT_RQ":
+            raise SourceError(
+                f"the PACS at {self.where} aborted the association request (calling AE title "
+                f"{self.cfg.calling_aet!r}); check data.pacs.calling_aet and that the PACS allows it"
+            )
+        if seen.get("open"):
+            raise SourceError(
+                f"the PACS at {self.where} accepted the connection but did not answer the association request "
+                f"within {self.cfg.timeout_s:g} s; check that data.pacs.host and data.pacs.port name a DICOM "
+                "service (not, say, its web port) and data.pacs.timeout_s"
             )
         raise SourceError(
             f"cannot reach the PACS at {self.where} (no DICOM association within {self.cfg.timeout_s:g} s); check "
