@@ -159,10 +159,11 @@ def quarantine_locate(ref: str = typer.Argument(..., help="quarantine.csv's file
     """Re-list the source and print the raw path behind REF. It can hold patient identifiers: keep it local."""
     from medrobust.stages import ingest as stage
 
-    found = stage.locate(_params(params), ref, dicom_dir, labels_csv)
+    p = _params(params)
+    found = stage.locate(p, ref, dicom_dir, labels_csv)
     if not found:
         log.error("no item of data.%s has the reference %s (was it ingested with another key or source?)",
-                  load_params(params).data.source, ref)
+                  p.data.source, ref)
         raise typer.Exit(1)
     typer.echo("\n".join(found))
 

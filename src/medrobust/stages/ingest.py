@@ -234,8 +234,10 @@ def locate(params: Params, ref: str, dicom_dir: str | Path | None = None,
     try:
         found = [i.ref for i in src.items() if public_ref(key, i.ref) == want]
         found += [q.ref for q in src.leftovers() if public_ref(key, q.ref) == want]
-        found += [s for s in getattr(src, "skipped", [])
-                  if want in (public_skipped(key, s), public_skipped(key, s).split(" (", 1)[0])]
+        for entry in getattr(src, "skipped", []):
+            public = public_skipped(key, entry)  # "<ref>" or "<ref> (<why>)": either form finds it
+            if want in (public, public.split(" (", 1)[0]):
+                found.append(entry)
     except SourceError as exc:
         raise IngestError(str(exc)) from None
     finally:
