@@ -435,6 +435,13 @@ def main() -> None:
             IngestValidationError, RemoteError, FileNotFoundError) as exc:
         logging.getLogger("medrobust").error("%s", exc)
         sys.exit(2)
+    except Exception as exc:
+        from medrobust.registry.tracking import unreachable
+
+        if (message := unreachable(exc)) is None:
+            raise
+        logging.getLogger("medrobust").error("%s", message)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

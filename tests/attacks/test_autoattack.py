@@ -29,8 +29,10 @@ def test_autoattack_components_by_number_of_classes(trained):
     three = [(c.name, c.targeted) for c in aa.components(3)]
     assert three == [("apgd_ce", False), ("apgd_dlr", False), ("apgd_margin", True), ("square", False)]
     ten = aa.components(10)
-    assert [(c.name, c.targeted) for c in ten][:3] == [("apgd_ce", False), ("apgd_dlr", True), ("apgd_margin", True)]
+    assert [(c.name, c.targeted) for c in ten] == [("apgd_ce", False), ("apgd_dlr", True), ("square", False)]
     assert ten[1].n_target_classes == 9 and aa.components(5)[1].n_target_classes == 4
+    plus = get_attack("autoattack", model, eps=EPS, targeted_margin=True).components(10)
+    assert [(c.name, c.targeted) for c in plus][1:3] == [("apgd_dlr", True), ("apgd_margin", True)]
 
 
 def test_dlr_refuses_two_classes(trained):

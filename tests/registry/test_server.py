@@ -32,10 +32,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(db: Path, root: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on ``db``; returns the process and its URI once ``/health`` answers."""
-    port = _free_port()
-    log = (root / "server.log").open("w")
+def start_server(db: Path, root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on ``db`` (on ``port``, default a free one); returns the process and its URI
+    once ``/health`` answers."""
+    port = port or _free_port()
+    log = (root / "server.log").open("a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
          "--default-artifact-root", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),

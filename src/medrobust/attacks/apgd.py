@@ -24,7 +24,12 @@ Losses (maximised, per point):
 
 Targeted mode (``targeted=True``) follows APGD-T: it runs once per target class, the targets being
 the classes with the 2nd, 3rd, … highest clean logits, ``n_target_classes`` of them
-(default ``min(9, C-1)``); ``labels`` are then the true labels, not targets.
+(default ``min(9, C-1)``); ``labels`` are then the true labels, not targets. The runs of a point's
+targets are rows of one batch (up to ``max_rows`` rows), each from its own random start.
+
+Early stopping happens inside the run: a row leaves the batch the step its point is misclassified
+(and, in targeted mode, so do that point's other targets). A point's trajectory depends only on
+its own rows, so this saves time and changes no result.
 
 Returned per point: the first iterate that fooled the model if any, else the iterate with the
 highest loss. Defaults: ``steps=100``, ``n_restarts=1``, ``rho=0.75``, ``momentum=0.75``.
@@ -42,6 +47,8 @@ from medrobust.attacks.base import ATTACKS, Attack, eval_mode
 from medrobust.attacks.pgdl2 import l2_norms
 
 LOSSES = ("ce", "dlr", "margin")
+#: without ``max_rows``, targets share a batch up to this many input elements (or the caller's batch)
+_ROW_ELEMENTS = 2**18
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -117,10 +124,13 @@ class APGD(Attack):
         n_target_classes: targets per point in targeted mode; ``None``: ``min(9, C-1)``.
         loss: ``"ce"``, ``"dlr"`` or ``"margin"``; ``None`` takes the class's ``loss_kind``.
         seed: seed for the random starts; ``None`` uses the global RNG.
+        max_rows: targeted mode: the most (point, target) rows in one batch; ``None``: the larger of
+            the caller's batch and ``2**18`` input elements' worth of rows (4,096 rows of 8×8
+            images, 334 of 28×28: small images, where a batch is mostly per-operation overhead).
 
     Raises:
-        ValueError: an unknown ``loss``, ``steps`` or ``n_restarts`` below 1, an unsupported
-            ``norm``, or ``eps < 0``.
+        ValueError: an unknown ``loss``, ``steps`` or ``n_restarts`` below 1, ``max_rows`` below 1,
+            an unsupported ``norm``, or ``eps < 0``.
     """
 
     name = "apgd"
@@ -140,6 +150,7 @@ class APGD(Attack):
         n_target_classes: int | None = None,
         loss: str | None = None,
         seed: int | None = None,
+        max_rows: int | None = None,
     ) -> None:
         super().__init__(model, eps, norm, targeted, seed)
         self.loss = loss or self.loss_kind
@@ -149,6 +160,9 @@ class APGD(Attack):
             raise ValueError(f"{self.name}: steps and n_restarts must be >= 1")
         self.steps, self.n_restarts, self.rho, self.alpha = int(steps), int(n_restarts), rho, momentum
         self.n_target_classes = n_target_classes
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"{self.name}: max_rows must be >= 1, got {max_rows}")
+        self.max_rows = max_rows
 
     # -- the projection and the steepest-ascent direction of the threat model ----------------------
     def _project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -182,46 +196,69 @@ class APGD(Attack):
         pred = z.argmax(1)
         return pred == target if target is not None else pred != y
 
-    # -- one APGD run from a given start ------------------------------------------------------------
-    def _apgd(self, x, y, x0, target):
-        n = len(x)
-        shape = (n,) + (1,) * (x.dim() - 1)
-        eta = torch.full(shape, 2 * self.eps, device=x.device, dtype=x.dtype)
+    # -- one APGD run from given starts, on rows (a row: a point, or a point and one target) -----
+    def _apgd(self, x, y, x0, target, group, early_stop):
+        """APGD on rows; ``group`` maps each row to its point. Returns (out, fooled) per row.
+
+        With ``early_stop``, once a row misclassifies its point, every row of that point leaves the
+        batch, its output frozen (the fooling iterate for a row that fooled, its best iterate for the
+        others); without it every row runs every step.
+        """
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        out, fooled_out = x0.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         loss, grad, z = self._loss_grad(x0, y, target)
-        fooled = self._fooled(z, y, target)
-        x_adv_best = x0.clone()  # first fooling iterate (or, if none, replaced by x_max at the end)
-        x_max, loss_max = x0.clone(), loss.clone()
-        x_prev, x_cur = x0.clone(), self._project(x0 + eta * self._direction(grad), x)
-        loss_prev = loss
-        ckpts = set(checkpoints(self.steps))
-        last_ckpt = 0
-        increases = torch.zeros(n, device=x.device)
-        eta_at_ckpt, loss_max_at_ckpt = eta.clone(), loss_max.clone()
+        eta = torch.full((len(x),), 2 * self.eps, device=x.device, dtype=x.dtype)
+        # the live rows' state; ``rows`` maps them back to the rows of the call
+        s = {"rows": torch.arange(len(x), device=x.device), "x": x, "y": y, "group": group, "grad": grad,
+             "fooled": z.argmax(1) != y, "x_first": x0, "x_max": x0, "loss_max": loss, "loss_prev": loss,
+             "x_prev": x0, "x_cur": self._project(x0 + eta.view(shape) * self._direction(grad), x), "eta": eta,
+             "increases": torch.zeros_like(loss), "eta_at_ckpt": eta, "loss_max_at_ckpt": loss}
+        if target is not None:
+            s["target"] = target
+
+        def leave(done: torch.Tensor) -> None:
+            out[s["rows"][done]] = torch.where(s["fooled"][done].view(shape), s["x_first"][done], s["x_max"][done])
+            fooled_out[s["rows"][done]] = s["fooled"][done]
+            keep = ~done
+            for key, value in s.items():
+                s[key] = value[keep]
+
+        if early_stop and bool(s["fooled"].any()):
+            leave(torch.isin(s["group"], s["group"][s["fooled"]]))
+        ckpts, last_ckpt = set(checkpoints(self.steps)), 0
         for k in range(1, self.steps + 1):
-            loss, grad, z = self._loss_grad(x_cur, y, target)
-            now = self._fooled(z, y, target) & ~fooled
-            x_adv_best[now] = x_cur[now]
-            fooled |= now
-            increases += (loss > loss_prev).float()
-            better = loss > loss_max
-            x_max[better], loss_max[better] = x_cur[better], loss[better]
-            loss_prev = loss
+            if len(s["rows"]) == 0:
+                return out, fooled_out
+            loss, s["grad"], z = self._loss_grad(s["x_cur"], s["y"], s.get("target"))
+            now = (z.argmax(1) != s["y"]) & ~s["fooled"]
+            s["x_first"] = torch.where(now.view(shape), s["x_cur"], s["x_first"])
+            s["fooled"] = s["fooled"] | now
+            s["increases"] = s["increases"] + (loss > s["loss_prev"]).to(loss.dtype)
+            better = loss > s["loss_max"]
+            s["x_max"] = torch.where(better.view(shape), s["x_cur"], s["x_max"])
+            s["loss_max"] = torch.where(better, loss, s["loss_max"])
+            s["loss_prev"] = loss
             if k == self.steps:
                 break
-            zk = self._project(x_cur + eta * self._direction(grad), x)
-            x_next = self._project(x_cur + self.alpha * (zk - x_cur) + (1 - self.alpha) * (x_cur - x_prev), x)
-            x_prev, x_cur = x_cur, x_next
+            if early_stop and bool(now.any()):  # every row of a point fooled now leaves
+                leave(torch.isin(s["group"], s["group"][now]))
+                if len(s["rows"]) == 0:
+                    return out, fooled_out
+            x_cur, x_prev, eta, x_nat = s["x_cur"], s["x_prev"], s["eta"], s["x"]
+            zk = self._project(x_cur + eta.view(shape) * self._direction(s["grad"]), x_nat)
+            s["x_prev"] = x_cur
+            s["x_cur"] = self._project(x_cur + self.alpha * (zk - x_cur) + (1 - self.alpha) * (x_cur - x_prev), x_nat)
             if k in ckpts:
-                cond1 = increases < self.rho * (k - last_ckpt)
-                cond2 = (eta.view(-1) == eta_at_ckpt.view(-1)) & (loss_max == loss_max_at_ckpt)
+                cond1 = s["increases"] < self.rho * (k - last_ckpt)
+                cond2 = (eta == s["eta_at_ckpt"]) & (s["loss_max"] == s["loss_max_at_ckpt"])
                 reduce = cond1 | cond2
-                eta[reduce] /= 2
-                x_cur[reduce] = x_max[reduce]
-                x_prev[reduce] = x_max[reduce]
-                increases.zero_()
-                eta_at_ckpt, loss_max_at_ckpt, last_ckpt = eta.clone(), loss_max.clone(), k
-        out = torch.where(fooled.view(shape), x_adv_best, x_max)
-        return out, fooled
+                s["eta"] = torch.where(reduce, eta / 2, eta)
+                s["x_cur"] = torch.where(reduce.view(shape), s["x_max"], s["x_cur"])
+                s["x_prev"] = torch.where(reduce.view(shape), s["x_max"], s["x_prev"])
+                s["increases"] = torch.zeros_like(s["increases"])
+                s["eta_at_ckpt"], s["loss_max_at_ckpt"], last_ckpt = s["eta"], s["loss_max"], k
+        leave(torch.ones(len(s["rows"]), dtype=torch.bool, device=x.device))
+        return out, fooled_out
 
     def _targets(self, z_clean: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
         if not self.targeted:
@@ -233,11 +270,19 @@ class APGD(Attack):
         order = z_clean.sort(dim=1, descending=True).indices
         return [order[:, i] for i in range(1, min(k, n_classes - 1) + 1)]
 
+    def _targets_per_chunk(self, x: torch.Tensor, n_live: int, n_targets: int) -> int:
+        max_rows = self.max_rows or max(len(x), _ROW_ELEMENTS // max(x[0].numel(), 1))
+        return max(1, min(n_targets, max_rows // max(n_live, 1)))
+
     def run(self, images, labels, active=None, early_stop=True):
         """:meth:`Attack.run` for APGD: a point misclassified on its clean image counts as fooled.
 
-        Returns, per point, the first fooling iterate, else the highest-loss iterate of the latest
-        run; without ``early_stop`` every restart and target runs on every point.
+        In targeted mode the target classes of a point run together, as extra rows of one batch
+        (at most :attr:`max_rows` rows; targets beyond that run in later chunks), and with
+        ``early_stop`` all of a point's rows leave the batch the step one of them misclassifies it.
+        Returns, per point, the first fooling iterate (of the earliest target that fooled it at
+        that step), else the highest-loss iterate of the last target of the latest restart; without
+        ``early_stop`` every restart and target runs on every point, every step.
 
         Raises:
             ValueError: DLR with fewer than 3 classes, or targeted DLR with fewer than 4.
@@ -247,7 +292,7 @@ class APGD(Attack):
         x, y = images.detach(), labels.detach()
         n = len(x)
         todo = torch.ones(n, dtype=torch.bool, device=x.device) if active is None or not early_stop else active.clone()
-        out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+        out = x.clone()
         with eval_mode(self.model):
             with torch.no_grad():
                 z_clean = self.model(x)
@@ -258,17 +303,27 @@ class APGD(Attack):
             if self.eps == 0:
                 return x.clone(), fooled
             g = self.generator(x.device)
-            for target in self._targets(z_clean, y):
-                for _ in range(self.n_restarts):
-                    x0 = self._random_start(x, g)  # drawn for the whole batch, used for the live points
+            targets = self._targets(z_clean, y)
+            for _ in range(self.n_restarts):
+                # every target's start is drawn for the whole batch, whichever points are still live
+                starts = [self._random_start(x, g) for _ in targets]
+                first = 0
+                while first < len(targets):
                     idx = (todo & ~fooled).nonzero().squeeze(1) if early_stop else todo.nonzero().squeeze(1)
                     if idx.numel() == 0:
                         break
-                    t = None if target is None else target[idx]
-                    adv, hit = self._apgd(x[idx], y[idx], x0[idx], t)
-                    # targeted success still has to be checked against the true label
-                    with torch.no_grad():
-                        hit = self.model(adv).argmax(1) != y[idx]
+                    chunk = range(first, first + self._targets_per_chunk(x, idx.numel(), len(targets) - first))
+                    first = chunk.stop
+                    group = idx.repeat(len(chunk))
+                    t = None if targets[0] is None else torch.cat([targets[j][idx] for j in chunk])
+                    adv, hit = self._apgd(x[group], y[group], torch.cat([starts[j][idx] for j in chunk]), t,
+                                          group, early_stop)
+                    # per point: the fooling row of the earliest target, else the last target's row
+                    adv, hit = adv.view(len(chunk), len(idx), *x.shape[1:]), hit.view(len(chunk), len(idx))
+                    pick = torch.where(hit.any(0), hit.to(torch.int8).argmax(0), len(chunk) - 1)
+                    adv, hit = adv[pick, torch.arange(len(idx), device=x.device)], hit.any(0)
+                    with torch.no_grad():  # the final check, on the images returned
+                        hit = hit & (self.model(adv).argmax(1) != y[idx])
                     newly = hit & ~fooled[idx]
                     write = newly | ~fooled[idx]  # keep the first success; else the latest best
                     out[idx[write]] = adv[write]

@@ -21,6 +21,8 @@ Two ways to call an attack:
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -28,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust.utils.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -52,6 +56,45 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes.items():
             m.train(training)
+
+
+def folded_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module:
+    """An eval-mode copy of ``model`` with every conv → batch-norm pair folded into one conv, or ``model``.
+
+    In eval mode a batch norm is an affine map, so folding it into the convolution before it
+    gives the same function with one pass fewer over every activation (about 30% of a small CNN's
+    forward and backward time). The copy is checked against ``model`` on ``probe``; the original is
+    returned instead when the model cannot be traced by ``torch.fx``, has nothing to fold, or the
+    copy's logits differ by more than 1e-4 (relative to the largest logit).
+
+    Args:
+        model: the classifier (left untouched).
+        probe: a batch of its inputs.
+
+    Returns:
+        The folded copy (parameters frozen), or ``model`` itself.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        with eval_mode(model):
+            folded = fuse(copy.deepcopy(model).eval(), inplace=True)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: attack the model as it is
+        log.debug("batch-norm folding skipped (%s: %s)", type(exc).__name__, exc)
+        return model
+    if sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()) == sum(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    with eval_mode(model), torch.no_grad():
+        want, got = model(probe), folded(probe)
+    if got.shape != want.shape or (got - want).abs().max() > 1e-4 * max(float(want.abs().max()), 1.0):
+        log.debug("batch-norm folding skipped: the folded model's logits differ")
+        return model
+    return folded
 
 
 #: name -> attack class; each class registers itself under its ``name`` (``@ATTACKS.register()``).

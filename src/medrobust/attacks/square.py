@@ -183,45 +183,54 @@ class Square(Attack):
         upper = (x + eps).clamp(0.0, 1.0)
 
         # vertical stripes: one sign per (image, channel, column)
-        x_best = torch.clamp(x + eps * self._signs((n, c, 1, w), g, x), 0.0, 1.0)
-        x_best = torch.minimum(torch.maximum(x_best, lower), upper)
+        x_best = torch.minimum(torch.maximum(x + eps * self._signs((n, c, 1, w), g, x), lower), upper)
         margin_min, loss_min = self._margin_and_loss(x_best, labels)
         queries = torch.ones(n, dtype=torch.long, device=device)
 
+        # the images still queried, compacted: ``live`` maps them back; results are written back as
+        # images leave (fooled) and at the end
+        out_best, out_margin = x_best.clone(), margin_min.clone()
+        live = torch.arange(n, device=device)
+        s_x, s_lo, s_hi, s_y = x, lower, upper, labels
         rows = torch.arange(h, device=device)
         cols = torch.arange(w, device=device)
         side_max = max(min(h, w) - 1, 1)
         for it in range(self.n_queries - 1):
-            active = (margin_min > 0).nonzero().flatten()
-            m = active.numel()
+            done = margin_min <= 0
+            if bool(done.any()):
+                out_best[live[done]], out_margin[live[done]] = x_best[done], margin_min[done]
+                keep = ~done
+                live, s_x, s_lo, s_hi, s_y = live[keep], s_x[keep], s_lo[keep], s_hi[keep], s_y[keep]
+                x_best, margin_min, loss_min = x_best[keep], margin_min[keep], loss_min[keep]
+            m = live.numel()
             if m == 0:
                 break
-            x_cur, x_best_cur = x[active], x_best[active]
             p = self.p_selection(it)
-            s = min(max(int(round(math.sqrt(p * n_features / c))), 1), side_max)
-            vh = torch.randint(0, h - s + 1, (m,), generator=g, device=device)
-            vw = torch.randint(0, w - s + 1, (m,), generator=g, device=device)
-            in_rows = (rows[None, :] >= vh[:, None]) & (rows[None, :] < vh[:, None] + s)
-            in_cols = (cols[None, :] >= vw[:, None]) & (cols[None, :] < vw[:, None] + s)
+            side = min(max(int(round(math.sqrt(p * n_features / c))), 1), side_max)
+            vh = torch.randint(0, h - side + 1, (m,), generator=g, device=device)
+            vw = torch.randint(0, w - side + 1, (m,), generator=g, device=device)
+            in_rows = (rows[None, :] >= vh[:, None]) & (rows[None, :] < vh[:, None] + side)
+            in_cols = (cols[None, :] >= vw[:, None]) & (cols[None, :] < vw[:, None] + side)
             window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (m, 1, h, w)
 
+            # x ± eps clipped to [0, 1] is inside [lower, upper]: the candidate needs no other clip
             signs = self._signs((m, c, 1, 1), g, x)
-            x_new = torch.where(window, torch.clamp(x_cur + eps * signs, 0.0, 1.0), x_best_cur)
+            x_new = torch.where(window, torch.where(signs > 0, s_hi, s_lo), x_best)
             for _ in range(_MAX_RESAMPLE):  # a candidate equal to the current best wastes a query
-                same = (x_new - x_best_cur).abs().flatten(1).amax(dim=1) < 1e-7
+                same = (x_new - x_best).abs().flatten(1).amax(dim=1) < 1e-7
                 if not bool(same.any()):
                     break
                 signs = torch.where(same[:, None, None, None], self._signs((m, c, 1, 1), g, x), signs)
-                x_new = torch.where(window, torch.clamp(x_cur + eps * signs, 0.0, 1.0), x_best_cur)
-            x_new = torch.minimum(torch.maximum(x_new, lower[active]), upper[active])
+                x_new = torch.where(window, torch.where(signs > 0, s_hi, s_lo), x_best)
 
-            margin, loss = self._margin_and_loss(x_new, labels[active])
-            queries[active] += 1
-            improved = loss < loss_min[active]
-            loss_min[active] = torch.where(improved, loss, loss_min[active])
-            margin_min[active] = torch.where(improved, margin, margin_min[active])
-            x_best[active] = torch.where(improved[:, None, None, None], x_new, x_best_cur)
-        return x_best, margin_min, queries
+            margin, loss = self._margin_and_loss(x_new, s_y)
+            queries[live] += 1
+            improved = loss < loss_min
+            loss_min = torch.where(improved, loss, loss_min)
+            margin_min = torch.where(improved, margin, margin_min)
+            x_best = torch.where(improved[:, None, None, None], x_new, x_best)
+        out_best[live], out_margin[live] = x_best, margin_min
+        return out_best, out_margin, queries
 
     @torch.no_grad()
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

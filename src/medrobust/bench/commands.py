@@ -44,6 +44,34 @@ def bench_attacks(
         publish(out, report, bench.to_markdown(report, command), command)
 
 
+@app.command("autoattack")
+def bench_autoattack(
+    params: ParamsOpt = PARAMS,
+    n_images: int = typer.Option(500, help="digits test images attacked"),
+    eps: str = typer.Option("0.075,0.1", help="comma-separated L∞ budgets"),
+    repeats: int = typer.Option(3, help="alternating timed rounds per ε (median kept)"),
+    out: Path = typer.Option(Path("benchmarks/autoattack"), help="writes <out>.json and <out>.md"),
+) -> None:
+    """Our AutoAttack ensemble vs torchattacks' AutoAttack(version="standard") on scikit-learn's digits."""
+    from medrobust.bench import autoattack as bench
+    from medrobust.bench.report import command_line, publish
+
+    try:
+        epsilons = tuple(float(e) for e in eps.split(",") if e.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--eps must be comma-separated numbers, got {eps!r}") from None
+    try:
+        report = bench.bench_autoattack(seed=_params(params).seed, n_images=n_images, epsilons=epsilons,
+                                        repeats=repeats)
+    except (RuntimeError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    command = command_line("autoattack", {"n_images": n_images, "eps": eps, "repeats": repeats, "out": out},
+                           {"n_images": 500, "eps": "0.075,0.1", "repeats": 3, "out": Path("benchmarks/autoattack")})
+    markdown = bench.to_markdown(report, command)
+    publish(out, report, markdown, command)
+    typer.echo(markdown)
+
+
 @app.command("train")
 def bench_train(
     params: ParamsOpt = PARAMS,

@@ -17,6 +17,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from medrobust.config import StrictModel
 from medrobust.utils import pid_alive
 
@@ -24,10 +26,22 @@ log = logging.getLogger(__name__)
 
 
 class MlflowConfig(StrictModel):
-    """``mlflow``: where runs and the model registry live (``$MLFLOW_TRACKING_URI`` wins)."""
+    """``mlflow``: where runs and the model registry live (``$MLFLOW_TRACKING_URI`` wins), and how
+    long a stage waits for a tracking server that does not answer.
+
+    ``http_retries``, ``http_backoff`` and ``http_timeout`` become MLflow's
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._BACKOFF_FACTOR`` and ``..._TIMEOUT`` (the
+    environment variables win when set; the backoff factor is whole seconds, as MLflow reads it):
+    a server that is gone costs a few seconds of exponential backoff by default (MLflow's own
+    defaults, 7 retries with factor 2, wait minutes), then the stage stops with an error that
+    names the server.
+    """
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "medrobust"
+    http_retries: int = Field(3, ge=0, le=10)
+    http_backoff: int = Field(1, ge=0, le=60)
+    http_timeout: int = Field(60, ge=1, le=3600)
 
 # pip requirements recorded with logged models (saves MLflow's slow environment inference)
 MODEL_PIP_REQUIREMENTS = ["torch==2.14.1", "medrobust"]
@@ -144,6 +158,10 @@ def configure(cfg: MlflowConfig) -> str:
     """
     import mlflow
 
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", cfg.http_retries),
+                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", cfg.http_backoff),
+                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", cfg.http_timeout)):
+        os.environ.setdefault(name, str(value))
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
@@ -158,6 +176,42 @@ def configure(cfg: MlflowConfig) -> str:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     fail_interrupted_runs(exp_id)
     return exp_id
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """The message for a tracking server that stopped answering, if ``exc`` (or its cause) is that.
+
+    Args:
+        exc: an exception out of a stage.
+
+    Returns:
+        One sentence naming the server and what to do, or None for any other error.
+    """
+    import requests
+
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        text = str(exc)
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout) or (
+                "API request to" in text and "failed with exception" in text):
+            uri = mlflow_uri()
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+            return (f"the MLflow tracking server at {uri} did not answer ({retries} retries with backoff): "
+                    f"{type(exc).__name__}. Nothing was marked complete: start the server (`medrobust stack up` "
+                    "for the local stack) or point $MLFLOW_TRACKING_URI at a live one, and run the stage again; "
+                    "its interrupted MLflow run is marked FAILED then")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def mlflow_uri() -> str:
+    """The tracking URI MLflow is set to, without credentials."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    scheme, sep, rest = uri.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else uri
 
 
 SOURCE_SECTIONS = ("pacs", "s3", "medmnist", "ham10000", "cmmd", "image_folder", "two_moons", "synthetic")
