@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks import get_attack
-from medrobust.attacks.base import folded_copy
+from medrobust.attacks.base import fast_copy
 from medrobust.bench.autoattack import digits, train_cnn
 from medrobust.evaluation.metrics import evaluate_attack
 
@@ -61,18 +61,22 @@ def test_a_point_leaves_the_loop_the_step_it_is_fooled(ten_classes):
     assert rows < 9 * n_correct * (steps + 1) * 0.9
 
 
-def test_the_folded_copy_is_the_same_function_and_leaves_the_model_alone(ten_classes):
+def test_the_fast_copy_is_the_same_function_folded_and_channels_last_and_leaves_the_model_alone(ten_classes):
     model, x, _ = ten_classes
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    folded = folded_copy(model, x)
-    assert folded is not model
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    fast = fast_copy(model, x)
+    assert fast is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not any(p.requires_grad for p in fast.parameters())
     with torch.no_grad():
-        assert torch.allclose(folded(x), model(x), atol=1e-4)
+        assert torch.allclose(fast(x), model(x), atol=1e-4)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def test_an_untraceable_or_batchnorm_free_model_is_attacked_as_it_is(ten_classes):
+def test_an_untraceable_model_keeps_its_batch_norms_and_a_conv_free_one_is_attacked_as_it_is(ten_classes):
     model, x, _ = ten_classes
 
     class DataDependent(nn.Module):  # torch.fx cannot trace control flow on a tensor's value
@@ -84,9 +88,14 @@ def test_an_untraceable_or_batchnorm_free_model_is_attacked_as_it_is(ten_classes
             return self.inner(z) if z.sum() > 0 else -self.inner(z)
 
     untraceable = DataDependent()
-    assert folded_copy(untraceable, x) is untraceable
+    fast = fast_copy(untraceable, x)
+    assert fast is not untraceable  # not folded, but channels-last
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0 and sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == n_bn
+    with torch.no_grad():
+        assert torch.allclose(fast(x), untraceable(x), atol=1e-4)
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    assert folded_copy(plain, x) is plain
+    assert fast_copy(plain, x) is plain
 
 
 def test_autoattack_on_ten_classes_decides_on_the_original_model_and_early_stop_changes_nothing(ten_classes):

@@ -27,8 +27,8 @@ targeted DLR loss and 9 target classes, FAB-T, Square with 5,000 queries):
 Defaults: ``steps=100`` APGD iterations, ``n_restarts=1``, ``n_queries=1000``.
 
 Speed: the members attack a copy of the model with each conv → batch-norm pair folded into one
-conv (:func:`~medrobust.attacks.base.folded_copy`: the same function in eval mode, checked on the
-batch), the targets of APGD-T run as rows of one batch, and every point leaves every loop the step
+conv and its convolutions in channels-last layout (:func:`~medrobust.attacks.base.fast_copy`: the
+same function in eval mode, checked on the batch), the targets of APGD-T run as rows of one batch, and every point leaves every loop the step
 it is fooled. Whether a point is fooled is decided on the original model, on the images returned.
 """
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks.apgd import APGDCE, APGDDLR, APGDMargin
-from medrobust.attacks.base import ATTACKS, Attack, eval_mode, folded_copy
+from medrobust.attacks.base import ATTACKS, Attack, eval_mode, fast_copy
 from medrobust.attacks.square import Square
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class AutoAttack(Attack):
         if self.eps == 0:
             return out, fooled
         self.last_log = []
-        members = self.components(logits.shape[1], folded_copy(self.model, x))
+        members = self.components(logits.shape[1], fast_copy(self.model, x))
         for attack in members:
             live = ~fooled if active is None else (~fooled & active)
             if not live.any() and early_stop:

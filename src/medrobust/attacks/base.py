@@ -58,43 +58,59 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.train(training)
 
 
-def folded_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module:
-    """An eval-mode copy of ``model`` with every conv → batch-norm pair folded into one conv, or ``model``.
+def fast_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module:
+    """A frozen eval-mode copy of ``model`` that computes the same function faster, or ``model``.
 
-    In eval mode a batch norm is an affine map, so folding it into the convolution before it
-    gives the same function with one pass fewer over every activation (about 30% of a small CNN's
-    forward and backward time). The copy is checked against ``model`` on ``probe``; the original is
-    returned instead when the model cannot be traced by ``torch.fx``, has nothing to fold, or the
-    copy's logits differ by more than 1e-4 (relative to the largest logit).
+    Two rewrites, each exact in eval mode:
+
+    * every conv → batch-norm pair is folded into one conv (a batch norm in eval mode is an affine
+      map): one pass fewer over every activation, about 30% of a small CNN's forward and backward;
+    * for image batches (4-D ``probe``) the convolutions run in channels-last layout, which oneDNN
+      on CPU and cuDNN on GPU run faster (about 1.3× for a small CNN's forward and backward on
+      8×8 digits, up to 1.7× for its forward alone).
+
+    The copy is checked against ``model`` on ``probe``; the original is returned instead when
+    there is nothing to rewrite, the model cannot be copied, or the copy's logits differ by more
+    than 1e-4 (relative to the largest logit). A model ``torch.fx`` cannot trace keeps its batch
+    norms and only changes layout.
 
     Args:
         model: the classifier (left untouched).
         probe: a batch of its inputs.
 
     Returns:
-        The folded copy (parameters frozen), or ``model`` itself.
+        The copy (parameters frozen), or ``model`` itself.
     """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    channels_last = probe.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if not n_bn and not channels_last:
         return model
     try:
-        from torch.fx.experimental.optimization import fuse
-
         with eval_mode(model):
-            folded = fuse(copy.deepcopy(model).eval(), inplace=True)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure: attack the model as it is
-        log.debug("batch-norm folding skipped (%s: %s)", type(exc).__name__, exc)
+            fast = copy.deepcopy(model).eval()
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is attacked as it is
+        log.debug("fast copy skipped (%s: %s)", type(exc).__name__, exc)
         return model
-    if sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()) == sum(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if n_bn:
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            fast = fuse(fast, inplace=True)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure: keep the batch norms
+            log.debug("batch-norm folding skipped (%s: %s)", type(exc).__name__, exc)
+    folded = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fast.modules()) < n_bn
+    if not folded and not channels_last:
         return model
-    for p in folded.parameters():
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    for p in fast.parameters():
         p.requires_grad_(False)
     with eval_mode(model), torch.no_grad():
-        want, got = model(probe), folded(probe)
+        want, got = model(probe), fast(probe)
     if got.shape != want.shape or (got - want).abs().max() > 1e-4 * max(float(want.abs().max()), 1.0):
-        log.debug("batch-norm folding skipped: the folded model's logits differ")
+        log.debug("fast copy skipped: its logits differ")
         return model
-    return folded
+    return fast
 
 
 #: name -> attack class; each class registers itself under its ``name`` (``@ATTACKS.register()``).

@@ -194,6 +194,9 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         f"- Data: {report['dataset']}; {report['n_train']} images train the model ({report['model']}, "
         f"{report['epochs']} epochs), {report['n_images']} are attacked.",
         f"- Ours: `{report['ours']}`.", f"- Reference: `{report['torchattacks']}`.",
+        "- What runs, each member only on the points still robust: ours APGD-CE (100 steps) → APGD-T (targeted DLR, "
+        "9 targets, 100 steps) → Square (1,000 queries); torchattacks' standard APGD-CE and APGD-T at its default "
+        "10 steps, FAB-T (9 targets), Square (5,000 queries).",
         "- *only ours*: points our ensemble fools and torchattacks' does not; *only ta*: the reverse.", "",
         "```", format_report(report), "```", ""])
 
