@@ -42,10 +42,13 @@ $(RUN_STAMP): pyproject.toml requirements.lock | $(UV)
 	@touch $(RUN_STAMP)
 
 # + the test extras; torchattacks (the reference for the exactness tests and `medrobust bench attacks`)
-# pins requests~=2.25 in its metadata, which would break MLflow: its real needs are all installed above
+# pins requests~=2.25 in its metadata, which would break MLflow: its real needs are all installed above.
+# ART (the randomized-smoothing oracle of tests/certify and `medrobust bench certify`) the same way: its
+# needs (numpy, scipy, scikit-learn, statsmodels, tqdm) are installed above
 $(TEST_STAMP): $(RUN_STAMP)
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps torchattacks==3.5.1
+	$(PIP) --no-deps adversarial-robustness-toolbox==1.20.1
 	@touch $(TEST_STAMP)
 
 $(CHECKOV): requirements-checkov.lock | $(UV)

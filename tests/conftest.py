@@ -39,7 +39,9 @@ TINY: dict[str, Any] = {
                              {"name": "pgd", "norm": "linf", "eps": ["4/255", "8/255"], "steps": 3},
                              {"name": "autoattack", "norm": "linf", "eps": ["8/255"], "steps": 5, "n_queries": 20}],
                  "masking": {"n_points": 16, "square_queries": 20},
-                 "shifts": {"severities": [1, 5]}},
+                 "shifts": {"severities": [1, 5]},
+                 "certify": {"n0": 20, "n": 200, "max_images": 16, "radii": [0.0, 0.1, 0.25, 0.5], "gate_radius": 0.1,
+                             "soundness": {"steps": 3, "samples": 4, "max_points": 6}}},
     "register": {"gate_attack": "pgd_linf", "gate_eps": "8/255", "require_masking_checks": False,
                  "gates": None},  # tiny_gates()
 }

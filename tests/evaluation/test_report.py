@@ -22,7 +22,7 @@ from medrobust.evaluation.document import Document
 from medrobust.utils import dvc_md5
 from tests.support.chromium import open_page
 
-FIGURES = ("robustness.png", "shifts.png", "reliability.png", "roc.png", "saliency.png")
+FIGURES = ("robustness.png", "shifts.png", "reliability.png", "roc.png", "certified.png", "saliency.png")
 
 
 class _Tags(HTMLParser):
@@ -64,7 +64,8 @@ def test_report_html_renders_offline_in_headless_chromium(pipeline_run, tmp_path
     # the decision and the headline come first, then the sections
     assert first_heading.startswith("Robustness report")
     assert banner.startswith(("Gates PASS", "Gates FAIL"))
-    for section in ("Robustness", "Operating point and calibration", "Slices", "Where the model looks"):
+    for section in ("Robustness", "Operating point and calibration", "Slices", "Certified robustness",
+                    "Where the model looks"):
         assert any(h.startswith(section) for h in headings), (section, headings)
     assert any(h.startswith("Natural shifts") for h in headings)
     width, height = _png_size(shot.read_bytes())

@@ -225,3 +225,62 @@ def test_promotion_lease_excludes_a_second_writer_and_breaks_a_stale_one(tmp_pat
     stale = PromotionConfig(retries=3, lease_s=0.001, backoff_s=0.01)
     with promotion_lease(client, NAME, stale) as token:
         assert token != "dead:1:x" and still_holding(client, NAME, token)
+
+
+def test_the_evaluation_certifies_and_reports_certified_accuracy_with_intervals(pipeline_run):
+    m = _metrics(pipeline_run.evaluation)
+    cert = m["certified"]
+    n_images = min(16, m["headline"]["n_test"])  # max_images, or every test image
+    assert n_images >= 8 and cert["n_images"] == n_images and cert["n"] == 200 and cert["image_values"] == 32 * 32
+    entry = cert["sigma"]["0.25"]
+    accs = [entry["accuracy"][r]["value"] for r in ("0", "0.1", "0.25", "0.5")]
+    assert accs == sorted(accs, reverse=True)  # certified accuracy falls with the radius
+    assert all(entry["accuracy"][r]["n"] == n_images and entry["accuracy"][r]["ci"][0] <= entry["accuracy"][r]["value"]
+               for r in entry["accuracy"])
+    assert accs[0] + entry["abstain"]["value"] <= 1.0 + 1e-9
+    assert cert["gate"]["accuracy"] == entry["accuracy"]["0.1"] and cert["gate"]["radius"] == 0.1
+    assert cert["linf_equivalent_255"]["0.5"] == pytest.approx(255 * 0.5 / 32, abs=1e-3)
+    assert cert["soundness"]["passed"] and cert["soundness"]["violations"] == 0
+    ev = pipeline_run.evaluation
+    rows = (ev / "certified.csv").read_text().splitlines()
+    assert rows[0].startswith("series,sigma,radius") and len(rows) == 1 + 4
+    assert (ev / "certified.png").stat().st_size > 5000
+    assert "Certified robustness (randomized smoothing)" in (ev / "report.html").read_text()
+    timing = json.loads((ev / "timing.json").read_text())["seconds"]
+    assert timing["certify"] > 0
+    gates = json.loads((ev / "gates.json").read_text())["gates"]
+    assert [g["name"] for g in gates if g["kind"] == "check"] == ["certificate_soundness"]
+
+
+def test_min_certified_accuracy_gate_passes_and_fails_against_the_registry(candidates, registry, tmp_path):
+    def figure(c) -> float:
+        return _metrics(c.evaluation)["certified"]["gate"]["accuracy"]["value"]
+
+    def gates(bound: float) -> list[dict]:
+        return tiny_gates(tolerance=1.0) + [{"name": "min_certified_accuracy", "metric": "certified.gate.accuracy",
+                                             "lower_bound": bound}]
+
+    c, other = candidates
+    strict = register.run(tiny_params(register={"gates": gates(min(1.0, figure(c) + 0.01))}), c.model, c.evaluation,
+                          tmp_path / "strict.json")
+    assert not strict.promoted and strict.status == "rejected"
+    assert json.loads((tmp_path / "strict.json").read_text())["failed_gates"] == ["min_certified_accuracy"]
+    mv = registry.get_model_version(NAME, strict.version)
+    assert mv.tags["gate.min_certified_accuracy.verdict"] == "fail"
+    assert float(mv.tags["gate.min_certified_accuracy.value"]) == pytest.approx(figure(c), abs=1e-6)
+    assert _champion(registry) == "1"
+    lenient = register.run(tiny_params(register={"gates": gates(figure(other))}), other.model, other.evaluation,
+                           tmp_path / "lenient.json")
+    assert lenient.promoted and _champion(registry) == lenient.version
+    assert registry.get_model_version(NAME, lenient.version).tags["gate.min_certified_accuracy.verdict"] == "pass"
+
+
+def test_an_unsound_certificate_fails_its_gate():
+    from medrobust.registry.gates import GatesConfig, soundness_gate
+
+    metrics = {"certified": {"soundness": {"passed": False, "violations": 2, "checked": 9,
+                                           "message": "σ=0.25: 2 changed class"}}}
+    gate = soundness_gate(metrics)
+    assert gate is not None and not gate.passed and gate.value == 2.0 and gate.kind == "check"
+    assert soundness_gate({}) is None  # certify not run: no gate
+    assert GatesConfig().require_certificate_soundness

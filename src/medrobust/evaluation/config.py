@@ -1,5 +1,6 @@
 """``evaluate:`` of params.yaml: the attack suite, the operating point and calibration, the intervals,
-the gradient-masking checks, the natural shifts, the slices, saliency and the report.
+the gradient-masking checks, the natural shifts, the slices, saliency, the randomized-smoothing
+certificates and the report.
 
 Each field carries a ``description`` (shown by editors through ``params.schema.json``). The defaults
 are sized for a CPU run of the built-in data; raise ``intervals.bootstrap_resamples`` (e.g. 2000),
@@ -15,6 +16,7 @@ from pydantic import Field, model_validator
 from medrobust.attacks.spec import AttackSpec
 from medrobust.config import InRegistry, Seq, StrictModel, field_error
 from medrobust.evaluation.calibration import OperatingPointConfig
+from medrobust.evaluation.certified import CertifyConfig
 from medrobust.evaluation.masking import MaskingConfig
 from medrobust.evaluation.shifts import SEVERITIES, SHIFTS
 from medrobust.evaluation.stats import IntervalConfig
@@ -71,6 +73,7 @@ class EvaluateConfig(StrictModel):
     shifts: ShiftsConfig = ShiftsConfig()
     slices: SlicesConfig = SlicesConfig()
     saliency: SaliencyConfig = SaliencyConfig()
+    certify: CertifyConfig = CertifyConfig()
 
     @model_validator(mode="after")
     def _one_entry_per_attack(self) -> EvaluateConfig:
@@ -82,5 +85,5 @@ class EvaluateConfig(StrictModel):
         return self
 
 
-__all__ = ["DEFAULT_SLICE_COLUMNS", "EvaluateConfig", "MaskingConfig", "SaliencyConfig", "ShiftsConfig",
+__all__ = ["DEFAULT_SLICE_COLUMNS", "CertifyConfig", "EvaluateConfig", "MaskingConfig", "SaliencyConfig", "ShiftsConfig",
            "SlicesConfig"]

@@ -126,6 +126,26 @@ def _slices(doc: Document, metrics: dict[str, Any]) -> None:
            if worst else "") + (f"Not in the manifest: {', '.join(absent)}." if absent else ""))
 
 
+def _certified(doc: Document, metrics: dict[str, Any]) -> None:
+    section = metrics.get("certified")
+    if not section:
+        return
+    doc.h2("Certified robustness (randomized smoothing)")
+    doc.p(f"A lower bound on robustness for any L2 attack (Cohen et al. 2019): the smoothed classifier's class on "
+          f"{section['n_images']} test images, certified with n0 = {section['n0']}, n = {section['n']} noisy samples "
+          f"each; every certificate holds with probability ≥ {1 - section['alpha']:g}. Radii are L2 norms in [0, 1] "
+          f"pixel units over {section['image_values']} pixel values (L∞ equivalent in 1/255 in brackets).")
+    radii = list(next(iter(section["sigma"].values()))["accuracy"])
+    header = ["σ"] + [f"r = {r} (L∞ {section['linf_equivalent_255'][r]}/255)" for r in radii] + ["abstained"]
+    doc.table(header, [[s] + [fmt(e["accuracy"][r]) for r in radii] + [fmt(e["abstain"])]
+                       for s, e in section["sigma"].items()])
+    gate, check = section["gate"], section.get("soundness")
+    doc.p(f"Gate figure: σ = {gate['sigma']:g} at r = {gate['radius']:g}: {fmt(gate['accuracy'])}. "
+          + (f"Soundness check {'passed' if check['passed'] else '**FAILED**'}: {check['message']}." if check else
+             "No soundness check was run."))
+    doc.img("certified.png", "certified accuracy against the L2 radius per σ with 95% bands")
+
+
 def build_report(metrics: dict[str, Any], gates: Sequence[GateLike], passed: bool, run_info: dict[str, Any],
                  card: Document | None = None, images: Sequence[str] = ()) -> Document:
     """The full report: decision and headline, then robustness, calibration, shifts, slices, saliency, model card.
@@ -144,6 +164,7 @@ def build_report(metrics: dict[str, Any], gates: Sequence[GateLike], passed: boo
     _calibration(doc, metrics, "roc.png" in images)
     _shifts(doc, metrics)
     _slices(doc, metrics)
+    _certified(doc, metrics)
     if "saliency.png" in images:
         doc.h2("Where the model looks")
         doc.p("Grad-CAM and input-gradient saliency of the true class (captum), for clean test images and their "

@@ -14,7 +14,10 @@
   value for this gate.
 
 Value gates of one evaluation are computed once (:func:`check_gates`, by evaluate, which writes them
-to ``gates.json``); the masking checks are a value gate (``require_masking_checks``). The change gates
+to ``gates.json``); the masking checks are a value gate (``require_masking_checks``), and so is the soundness check of the randomized-smoothing
+certificates (``require_certificate_soundness``, where ``evaluate.certify`` ran it); their certified
+accuracy is gated like any figure, e.g. ``{name: min_certified_accuracy, metric: certified.gate.accuracy,
+lower_bound: 0.5}``. The change gates
 come at registration (:func:`change_gates`), against the champion's version tags
 (:func:`version_tags`: ``gate.<name>.value`` …, and ``gate.suite``).
 """
@@ -89,6 +92,9 @@ class GatesConfig(StrictModel):
                                                             "norm; or <attack>_<norm> of one evaluate.attacks entry")
     gate_eps: Eps = 8 / 255            # one of that entry's epsilons
     require_masking_checks: bool = True  # every gradient-masking check must pass
+    require_certificate_soundness: bool = Field(
+        True, description="where evaluate.certify ran its soundness check, it must pass (no point changed class "
+                          "inside its certified radius)")
     gates: list[GateSpec] = Field(default_factory=_default_gates)
 
     @model_validator(mode="after")
@@ -261,6 +267,22 @@ def masking_gate(metrics: dict[str, Any]) -> GateResult:
                       kind="check")
 
 
+def soundness_gate(metrics: dict[str, Any]) -> GateResult | None:
+    """The randomized-smoothing certificates survived an attack inside their radii (None: not checked).
+
+    Args:
+        metrics: the content of ``metrics.json`` (its ``certified.soundness``).
+
+    Returns:
+        The ``certificate_soundness`` gate; ``value`` is the number of violations, ``threshold`` 0.
+    """
+    check = (metrics.get("certified") or {}).get("soundness")
+    if not check:
+        return None
+    return GateResult("certificate_soundness", bool(check["passed"]), float(check["violations"]), 0.0,
+                      check["message"], kind="check")
+
+
 def _check_fresh(metrics: dict[str, Any], cfg: GatesConfig) -> None:
     headline = metrics.get("headline") if isinstance(metrics.get("headline"), dict) else {}
     evaluated = (headline.get("gate_attack"), headline.get("gate_eps"))
@@ -295,6 +317,8 @@ def check_gates(metrics: dict[str, Any], cfg: GatesConfig) -> GateReport:
             values[spec.name] = value
     if cfg.require_masking_checks:
         results.append(masking_gate(metrics))
+    if cfg.require_certificate_soundness and (soundness := soundness_gate(metrics)) is not None:
+        results.append(soundness)
     return GateReport(tuple(results), values, str((metrics.get("suite") or {}).get("sha256", "")))
 
 

@@ -48,7 +48,8 @@ def stage_settings(params: Params) -> dict[str, dict[str, Any]]:
     """
     dump = params.model_dump(mode="json")
     train = {**dump["train"], "methods": {params.train.method: dump["train"]["methods"].get(params.train.method)}}
-    gate = {k: dump["register"][k] for k in ("gate_attack", "gate_eps", "require_masking_checks", "gates")}
+    gate = {k: dump["register"][k] for k in ("gate_attack", "gate_eps", "require_masking_checks",
+                                             "require_certificate_soundness", "gates")}
     return {
         "synthesize": {"synthetic": dump["data"]["synthetic"]},
         "ingest": {"seed": dump["seed"], "data": dump["data"], "validation": dump["validation"]},

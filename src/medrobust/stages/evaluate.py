@@ -11,8 +11,9 @@ part of the result (the Kubeflow DAG branches on them).
 
 Outputs (in ``out_dir``, written atomically): ``metrics.json`` (DVC metrics), ``calibration.json``
 (the temperature and operating point, stored with the model's MLflow run too), the DVC plot data
-``robustness.csv``, ``shifts.csv``, ``roc.csv`` and ``reliability.csv``, the figures
-``robustness.png``, ``shifts.png``, ``reliability.png``, ``roc.png`` and ``saliency.png``,
+``robustness.csv``, ``shifts.csv``, ``roc.csv``, ``reliability.csv`` and ``certified.csv`` (certified
+accuracy against the L2 radius, ``evaluate.certify``), the figures ``robustness.png``, ``shifts.png``,
+``reliability.png``, ``roc.png``, ``certified.png`` and ``saliency.png``,
 ``report.html`` (one self-contained page), ``report.md`` (the summary), ``model_card.md``,
 ``gates.json``, ``timing.json`` and ``evidence.json`` (the SHA-256 of the evaluated ``model.pt``, of
 ``metrics.json`` and of the dataset manifest, also tagged on the run: :mod:`medrobust.registry.evidence`).
@@ -36,6 +37,7 @@ import pandas as pd
 from medrobust.config import eps_label
 from medrobust.data.shards import load_split
 from medrobust.evaluation import fanout
+from medrobust.evaluation.certified import certified_accuracy, certified_rows, plot_certified
 from medrobust.evaluation.calibration import softmax
 from medrobust.evaluation.clinical import ECE_BINS
 from medrobust.evaluation.model_card import build_model_card, provenance
@@ -140,6 +142,10 @@ def _figures(ev: Evaluation, params: Params, run_info: dict[str, Any], tmp: Path
         write_csv(pd.DataFrame(roc_rows(y, curves)), tmp / "roc.csv")
         plot_roc(y, curves, ev.calibration.threshold, tmp / "roc.png")
         images.append("roc.png")
+    if metrics.get("certified"):
+        write_csv(pd.DataFrame(certified_rows(metrics)), tmp / "certified.csv")
+        plot_certified(metrics, tmp / "certified.png")
+        images.append("certified.png")
     cfg = params.evaluate.saliency
     if cfg.enabled and ev.gate is not None and ev.strongest is not None and ev.test is not None:
         model = ev.extras["model"]
@@ -223,6 +229,10 @@ def run(
                         g.gate_eps, params.seed, tuple(params.data.classes), precomputed)
     ev.extras["model"] = model
     metrics = ev.metrics
+    if params.evaluate.certify.enabled and ev.test is not None:
+        metrics["certified"] = certified_accuracy(params.evaluate.certify, model, ev.test.x, ev.test.y, params.seed,
+                                                  params.evaluate.intervals.level)
+        ev.seconds["certify"] = metrics["certified"]["seconds"]
     metrics["suite"] = suite_fingerprint(params)
     gates = check_gates(metrics, g)
     with atomic_output_dir(out_dir) as tmp:

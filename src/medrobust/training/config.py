@@ -150,7 +150,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "rtda": {"jsd_weight": 12.0, **_BY_MODALITY, "severity": 3},
     "ran": {"cov_weight": 0.1, "consistency_weight": 0.1, "adv_weight": 0.1, "margin": 0.5,
             "normalize_consistency": True, "init_centroids": True},
-    "linear_probe": {}, "mlp_tuning": {}, "standard": {},
+    "linear_probe": {}, "mlp_tuning": {}, "standard": {}, "gaussian_noise": {"sigma": 0.25},
 }
 
 
