@@ -63,8 +63,8 @@ def test_gate_pass_moves_champion(candidates, registry, tmp_path):
     d = register.run(lenient, c.model, c.evaluation, tmp_path / "d.json")
     assert d.promoted and d.previous_champion == "1" and d.version == "2"
     assert _champion(registry) == "2"
-    assert [g.name for g in d.gates] == ["clean_accuracy", "robust_accuracy", "clean_accuracy.change",
-                                         "robust_accuracy.change"]
+    assert [g.name for g in d.gates] == ["clean_accuracy", "robust_accuracy", "certificate_soundness",
+                                         "clean_accuracy.change", "robust_accuracy.change"]
     assert all(not g.skipped and g.champion is not None for g in d.gates if g.kind == "change")
     assert registry.get_model_version(NAME, "2").tags["medrobust.previous_champion"] == "1"
 
@@ -167,8 +167,8 @@ def test_default_gates_read_every_figure_they_name(pipeline_run):
     report = check_gates(_metrics(pipeline_run.evaluation), cfg)
     names = [g.name for g in report.results]
     assert names == ["clean_accuracy", "robust_accuracy", "robust_sensitivity", "clean_ece", "shift_accuracy",
-                     "worst_slice", "masking_checks"]
-    assert set(report.values) == set(names[:-1]) and all(0.0 <= v <= 1.0 for v in report.values.values())
+                     "worst_slice", "masking_checks", "certificate_soundness"]
+    assert set(report.values) == set(names[:-2]) and all(0.0 <= v <= 1.0 for v in report.values.values())
 
 
 def test_metric_paths_with_dotted_keys():
