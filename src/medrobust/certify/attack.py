@@ -20,11 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust.attacks.base import eval_mode, fast_copy
+from medrobust.attacks.pgdl2 import l2_norms
 from medrobust.certify.smoothing import ABSTAIN, Certificate, predict
-
-
-def _norms(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
 def smoothed_pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, eps: torch.Tensor | float,
@@ -61,9 +58,9 @@ def smoothed_pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: f
             probs = F.softmax(logits, dim=1).view(samples, len(x), -1).mean(0)
             loss = -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = x_adv.detach() + step * grad / (_norms(grad) + 1e-12)
+            x_adv = x_adv.detach() + step * grad / (l2_norms(grad) + 1e-12)
             delta = x_adv - x
-            delta = delta * torch.clamp(eps_t / (_norms(delta) + 1e-12), max=1.0)
+            delta = delta * torch.clamp(eps_t / (l2_norms(delta) + 1e-12), max=1.0)
             x_adv = torch.clamp(x + delta, 0.0, 1.0)
     return x_adv.detach()
 
