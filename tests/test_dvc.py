@@ -103,7 +103,9 @@ def test_repro_caching_narrow_params_check_stage_and_a_queued_experiment(repo):
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"] and acc["value"] == head["clean_accuracy"]
     plots = json.loads(_dvc(repo, "plots", "show", "--json").stdout)["data"]
     curves = {k: v[0]["content"] for k, v in plots.items() if v[0]["type"] == "vega"}
-    assert len(curves) == 4 and sum(k.endswith(".png") for k in plots) == 5
+    assert len(curves) == 5 and any(k.startswith("certified accuracy vs L2 radius") for k in curves), sorted(curves)
+    pngs = {k.rsplit("/", 1)[-1] for k in plots if k.endswith(".png")}
+    assert pngs == {"robustness.png", "certified.png", "shifts.png", "reliability.png", "roc.png", "saliency.png"}, pngs
     assert all(spec["encoding"]["color"]["field"] == "series" and spec["data"]["values"] for spec in curves.values())
 
     _run(repo, "git", "add", "-A")

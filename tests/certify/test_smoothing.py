@@ -106,6 +106,32 @@ def test_the_smoothed_attack_stays_in_its_ball_and_pushes_towards_the_boundary()
     assert torch.allclose(before.abs() - after.abs(), eps, atol=0.02)
 
 
+class Widest(nn.Module):
+    """The wrapped model, remembering the largest batch it was given."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.widest = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.widest = max(self.widest, len(x))
+        return self.inner(x)
+
+
+def test_the_smoothed_attack_works_in_chunks_of_batch_size_noisy_copies():
+    model, w, b = linear_binary()
+    x = points_at(w, b, torch.linspace(0.3, 0.6, 10))
+    y, eps = torch.zeros(10, dtype=torch.long), torch.full((10,), 0.2)
+    widest = Widest(model)
+    adv = smoothed_pgd_l2(widest, x, y, SIGMA, eps, steps=20, samples=32, seed=0, batch_size=96)
+    assert widest.widest == 96  # 3 points x 32 draws per pass, not 10 x 32
+    whole = smoothed_pgd_l2(model, x, y, SIGMA, eps, steps=20, samples=32, seed=0)
+    assert adv.shape == x.shape and ((adv - x).norm(dim=1) <= eps + 1e-5).all()
+    # each chunk draws other noise, yet on a linear model every point still moves eps straight at the boundary
+    assert torch.allclose((adv @ w + b) / w.norm(), (whole @ w + b) / w.norm(), atol=0.02)
+    assert len(smoothed_pgd_l2(model, x[:0], y[:0], SIGMA, 0.2, seed=0)) == 0
+
+
 def test_the_soundness_check_passes_true_certificates_and_catches_inflated_ones():
     model, w, b = linear_binary()
     x = points_at(w, b, torch.linspace(0.2, 0.6, 12) * torch.tensor([1.0, -1.0]).repeat(6))

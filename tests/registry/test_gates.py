@@ -112,6 +112,18 @@ def test_champion_of_another_suite_skips_the_change_gates(candidates, registry, 
     assert change and all(g.skipped and "another suite" in g.message for g in change)
 
 
+def test_the_suite_fingerprint_covers_the_certificates_but_not_their_batch_size():
+    from medrobust.stages.evaluate import suite_fingerprint
+
+    def sha(**certify) -> str:
+        return suite_fingerprint(tiny_params(evaluate={"certify": certify}))["sha256"]
+
+    base = sha()
+    assert sha(batch_size=7) == base
+    assert len({base, sha(n=300), sha(sigmas=[0.5]), sha(gate_radius=0.2), sha(thorough=True),
+                sha(soundness={"steps": 5})}) == 6
+
+
 def test_registering_the_same_model_again_changes_nothing(pipeline_run, registry, tmp_path):
     before = sorted(v.version for v in registry.search_model_versions(f"name='{NAME}'"))
     d = register.run(tiny_params(), pipeline_run.model, pipeline_run.evaluation, tmp_path / "d.json")

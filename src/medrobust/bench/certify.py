@@ -1,8 +1,9 @@
 """``medrobust bench certify``: randomized-smoothing certificates of noise-trained and other models, and
 the certifier's speed, on the default data.
 
-**Certified accuracy.** Each method of ``methods`` (default: standard, PGD-AT and ``gaussian_noise``,
-Cohen et al.'s noise training at σ) trains with the same budget — the backbone, epochs, batch size
+**Certified accuracy.** Each method of ``methods`` (default: standard, PGD-AT, ``gaussian_noise``,
+Cohen et al.'s noise training at σ, and ``smooth_adv``, Salman et al.'s adversarial training of the
+smoothed classifier at σ) trains with the same budget — the backbone, epochs, batch size
 and optimiser of ``params.yaml``'s ``train`` — on the built-in synthetic dataset; CERTIFY
 (:func:`medrobust.certify.certify_all`) then runs on every test image at σ with ``n0``, ``n`` and
 α. The table has the certified accuracy at each L2 radius with its 95% Wilson interval over the
@@ -39,14 +40,14 @@ from medrobust.training import build_method, train_model
 from medrobust.utils import seed_everything, setup_logging
 
 log = logging.getLogger(__name__)
-METHODS = ("standard", "pgd_at", "gaussian_noise")
+METHODS = ("standard", "pgd_at", "gaussian_noise", "smooth_adv")
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _train(params: Params, method: str, dataset: Path, sigma: float, epochs: int) -> tuple[torch.nn.Module, float]:
     cfg = params.train
-    if method == "gaussian_noise":
-        params = params.updated({"train": {"methods": {"gaussian_noise": {"sigma": sigma}}}})
+    if method in ("gaussian_noise", "smooth_adv"):  # the noise it trains with is the noise it is certified at
+        params = params.updated({"train": {"methods": {method: {"sigma": sigma}}}})
         cfg = params.train
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     seed_everything(params.seed)
@@ -108,7 +109,7 @@ def bench_certify(params: Params, dataset_dir: Path | None = None, methods: tupl
         params: the configuration (``train``, ``seed``, ``data``).
         dataset_dir: an ingested built-in dataset (synthesised and ingested when None or empty).
         methods: training methods compared.
-        sigma: the noise level (training of ``gaussian_noise``, and certification).
+        sigma: the noise level (training of ``gaussian_noise`` and ``smooth_adv``, and certification).
         n0: samples that select the class.
         n: samples that bound its probability.
         alpha: the certificates' failure probability.

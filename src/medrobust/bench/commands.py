@@ -75,8 +75,8 @@ def bench_autoattack(
 @app.command("certify")
 def bench_certify(
     params: ParamsOpt = PARAMS,
-    methods: str = typer.Option("standard,pgd_at,gaussian_noise", help="comma-separated training methods"),
-    sigma: float = typer.Option(0.25, help="noise level: gaussian_noise's training and the certificates"),
+    methods: str = typer.Option("standard,pgd_at,gaussian_noise,smooth_adv", help="comma-separated training methods"),
+    sigma: float = typer.Option(0.25, help="noise level: the noise methods' training and the certificates"),
     n: int = typer.Option(2000, help="samples that bound the class's probability (n0 = 100 select it)"),
     epochs: int = typer.Option(0, help="epochs per method (0: train.epochs)"),
     repeats: int = typer.Option(3, help="interleaved speed rounds (median kept)"),
@@ -94,8 +94,8 @@ def bench_certify(
         raise typer.BadParameter(str(exc)) from None
     command = command_line("certify", {"methods": methods, "sigma": sigma, "n": n, "epochs": epochs, "repeats": repeats,
                                        "out": out},
-                           {"methods": "standard,pgd_at,gaussian_noise", "sigma": 0.25, "n": 2000, "epochs": 0,
-                            "repeats": 3, "out": Path("benchmarks/certify")})
+                           {"methods": "standard,pgd_at,gaussian_noise,smooth_adv", "sigma": 0.25, "n": 2000,
+                            "epochs": 0, "repeats": 3, "out": Path("benchmarks/certify")})
     markdown = bench.to_markdown(report, command)
     publish(out, report, markdown, command)
     typer.echo(markdown)

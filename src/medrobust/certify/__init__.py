@@ -6,7 +6,8 @@ are in :mod:`medrobust.certify.smoothing`; the soundness check that attacks the 
 inside its certified radii in :mod:`medrobust.certify.attack`.
 """
 
-from medrobust.certify.attack import smoothed_pgd_l2, soundness_check
+from medrobust.attacks.smoothed import smoothed_pgd_l2
+from medrobust.certify.attack import soundness_check
 from medrobust.certify.smoothing import (ABSTAIN, Certificate, certify, certify_all, lower_confidence_bound,
                                          predict, sample_counts)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from medrobust.defenses import (  # noqa: F401 - imported to register them
     arfl, augmix, domain_assimilation, dpaat, dsbn, dual_at, fast_at, gaussian_noise, mart, pgd_at, probes, ran,
-    rtda, standard, trades)
+    rtda, smooth_adv, standard, trades)
 from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
 
 

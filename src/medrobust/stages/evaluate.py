@@ -97,10 +97,12 @@ def _robust_floor(g: GatesConfig) -> float | None:
 
 
 def suite_fingerprint(params: Params) -> dict[str, Any]:
-    """What a champion comparison must share: the attacks, the shifts, the masking checks and the gate."""
+    """What a champion comparison must share: the attacks, the shifts, the masking checks, the certificates
+    (all but their batch size, which changes the cost and not the meaning) and the gate."""
     ev = params.evaluate
     suite = {"attacks": [a.model_dump(mode="json") for a in ev.attacks],
              "shifts": ev.shifts.model_dump(mode="json"), "masking": ev.masking.model_dump(mode="json"),
+             "certify": ev.certify.model_dump(mode="json", exclude={"batch_size"}),
              "gate_attack": params.register.gate_attack, "gate_eps": eps_label(params.register.gate_eps)}
     blob = json.dumps(suite, sort_keys=True, separators=(",", ":")).encode()
     return {"sha256": hashlib.sha256(blob).hexdigest(), "attacks": [a.key for a in ev.attacks]}

@@ -151,6 +151,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "ran": {"cov_weight": 0.1, "consistency_weight": 0.1, "adv_weight": 0.1, "margin": 0.5,
             "normalize_consistency": True, "init_centroids": True},
     "linear_probe": {}, "mlp_tuning": {}, "standard": {}, "gaussian_noise": {"sigma": 0.25},
+    "smooth_adv": {"sigma": 0.25, "eps": 0.25, "steps": 2, "samples": 2, "warmup_epochs": 0},
 }
 
 
