@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medrobust.utils.registry import Registry
@@ -54,10 +55,10 @@ class TrainingMethod:
     seed: int | None = None
 
     def generator(self, device: torch.device) -> torch.Generator | None:
-        """A generator seeded once from ``self.seed`` that advances from batch to batch (None: global RNG).
+        """A generator per device, seeded once from ``self.seed``, that advances from batch to batch (None: global RNG).
 
-        The generator is created on the first call and re-created (re-seeded from ``self.seed``)
-        when ``device`` differs from the device of the one held.
+        Each device's generator is created on its first call; a method that draws on the batch's device
+        (CUDA) and on the CPU (:meth:`attack_seed`) holds one of each, and neither is ever re-seeded.
 
         Args:
             device: the device the random numbers are drawn on (usually the batch's).
@@ -67,11 +68,35 @@ class TrainingMethod:
         """
         if self.seed is None:
             return None
-        gen = getattr(self, "_generator", None)
-        if gen is None or gen.device != device:
-            gen = torch.Generator(device=device).manual_seed(self.seed)
-            self._generator = gen
-        return gen
+        generators: dict[str, torch.Generator] = self.__dict__.setdefault("_generators", {})
+        key = str(torch.device(device))
+        if key not in generators:
+            generators[key] = torch.Generator(device=key).manual_seed(self.seed)
+        return generators[key]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own state that a resumed run needs (the model and optimiser are saved apart).
+
+        The base class holds the states of its :meth:`generator` s; methods that keep running statistics
+        across batches (DPAAT's ΔL average) add them. Tensors, numbers and strings only (the resume
+        state is read with ``torch.load(weights_only=True)``).
+
+        Returns:
+            ``{"generators": {device: state}}`` and whatever a subclass adds.
+        """
+        return {"generators": {k: g.get_state() for k, g in self.__dict__.get("_generators", {}).items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned (an empty mapping: generators start from ``seed``).
+
+        Args:
+            state: a mapping from :meth:`state_dict`.
+        """
+        generators: dict[str, torch.Generator] = {}
+        for key, value in state.get("generators", {}).items():
+            generators[key] = torch.Generator(device=key)
+            generators[key].set_state(value)
+        self._generators = generators
 
     def attack_seed(self) -> int | None:
         """A fresh seed per batch for an attack object that takes ``seed`` (None without a seed).
@@ -110,6 +135,40 @@ class TrainingMethod:
             total_epochs: number of epochs this method trains for.
         """
         self.epoch, self.total_epochs = epoch, total_epochs
+
+    def warmup_loss(self, model: nn.Module, x: torch.Tensor,
+                    y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of the training loop's clean warm-up epochs (``train.clean_warmup_epochs``).
+
+        The warm-up exists because adversarial objectives at full ε can stall a network trained from
+        scratch at the constant predictor. The base class minimises clean cross-entropy; a method
+        whose own machinery must hold from the first step (a texture constraint, feature
+        regularisers) overrides this.
+
+        Args:
+            model: the classifier, in training mode.
+            x: a batch of images ``[B, C, H, W]`` in [0, 1] (or vectors ``[B, D]``).
+            y: class indices ``[B]``.
+
+        Returns:
+            ``(loss, stats)`` as :meth:`loss` returns them; the base class gives ``CE(f(x), y)`` and ``train_acc``.
+        """
+        logits = model(x)
+        return F.cross_entropy(logits, y), {"train_acc": (logits.argmax(1) == y).float().mean().item()}
+
+    def end_warmup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Called once when the clean warm-up ends, before the first batch of :meth:`loss`.
+
+        Not called without a warm-up, nor by a run resumed after it (the model it set up is in the
+        saved state). Methods whose set-up depends on the trained network (class centroids, the
+        statistics of a second batch norm) redo it here. The base class does nothing.
+
+        Args:
+            model: the classifier after the warm-up (its mode is restored by the caller).
+            x: the whole training set, images ``[N, C, H, W]`` in [0, 1], possibly on the CPU: move
+                chunks to the model's device.
+            y: class indices ``[N]``.
+        """
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss of one batch; the training loop calls ``backward()`` on it.

@@ -129,6 +129,11 @@ class DomainAssimilation(TrainingMethod):
         self.glcm_kw = dict(levels=int(levels), distance=int(distance), temperature=float(temperature),
                             symmetric=bool(symmetric), metric=metric, luma=luma, scale=bool(scale_features))
 
+    def warmup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's own loss (:meth:`loss`): it has no attack to warm up to, and the GLCM texture
+        constraint must hold on the adapter from the first step (plain CE would let it drift)."""
+        return self.loss(model, x, y)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``assimilation_loss(CE(f(x), y), L_GLCM(x, adapter(x)))``, by default ``(1 − α)·CE + α·L_GLCM``.
 

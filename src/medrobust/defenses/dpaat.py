@@ -48,6 +48,8 @@ so every detail below that the summary does not fix is a documented choice with 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -358,6 +360,17 @@ class DPAAT(TrainingMethod):
             ``min(ε, step_size · steps / probe_steps)``, in the units of ``eps``.
         """
         return min(self.eps, self.step_size * self.steps / self.probe_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generators' states and ΔL_avg (its value and count), so a resumed run goes on with the same average."""
+        return {**super().state_dict(), "dl_avg": {"value": self.dl_avg.value, "count": self.dl_avg.count}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back :meth:`state_dict`'s generators and ΔL_avg (absent: the average starts empty)."""
+        super().load_state_dict(state)
+        saved = state.get("dl_avg", {})
+        self.dl_avg.value = None if saved.get("value") is None else float(saved["value"])
+        self.dl_avg.count = int(saved.get("count", 0))
 
     def sample_eps(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Probe the batch, update ΔL_avg and return (ε_i [N], ΔL_i [N]).

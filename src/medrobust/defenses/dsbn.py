@@ -26,12 +26,22 @@ The model must be built with ``ModelSpec(dual_bn=True)``: ``model_overrides`` as
 for it. A model without batch norm (e.g. the ``mlp`` backbone) has nothing to split (the paper also
 leaves DSBN out of its two-moon MLP experiment) and is refused with a clear error.
 
+**After a clean warm-up** (``train.clean_warmup_epochs``) only the clean branch has been trained;
+the adversarial one would still hold the initial statistics (mean 0, variance 1) and affine
+parameters (1, 0), so the first PGD through it would attack a network that is not the one being
+trained. :meth:`DSBN.end_warmup` copies the clean branch into the adversarial one, attacks up to
+``bn_calibration_images`` training images (evenly spaced over the set) through it, and re-estimates the adversarial running
+statistics on those adversarial images (a cumulative average over batches of 128) before the first
+adversarial batch.
+
 Defaults: w = 1 (AdvProp), PGD L∞ with the ARFL paper's mammography budget ε = 0.01 (the paper
 replaces Han et al.'s FGSM by its own PGD for this baseline), 7 steps of 2.5·ε/7
 (``step_size=None``), random start.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +50,9 @@ from torch import nn
 from medrobust.config import Eps
 from medrobust.attacks import PGD, PGDL2
 from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
-from medrobust.models.dual_bn import bn_route, has_dual_bn
+from medrobust.models.dual_bn import bn_route, dual_bn_layers, has_dual_bn
+
+log = logging.getLogger(__name__)
 
 
 def dsbn_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, adv_weight: float) -> torch.Tensor:
@@ -69,6 +81,8 @@ class DSBN(TrainingMethod):
         steps: PGD iterations (≥ 1).
         step_size: PGD step in the units of ``eps`` (> 0); None: ``2.5·ε/steps``.
         random_start: start PGD at a random point of the ε-ball (else at ``x``).
+        bn_calibration_images: training images (≥ 0, evenly spaced over the set) whose PGD examples
+            re-estimate the adversarial BN's statistics when a clean warm-up ends (:meth:`end_warmup`).
         seed: makes the random starts reproducible (one attack seed per batch from a local
             generator); None uses the global RNG.
 
@@ -89,10 +103,14 @@ class DSBN(TrainingMethod):
         steps: int = 7,
         step_size: Eps | None = None,
         random_start: bool = True,
+        bn_calibration_images: int = 512,
         seed: int | None = None,
     ) -> None:
         super().__init__(adv_weight=adv_weight, norm=norm, eps=eps, steps=steps, step_size=step_size,
-                         random_start=random_start, seed=seed)
+                         random_start=random_start, bn_calibration_images=bn_calibration_images, seed=seed)
+        if bn_calibration_images < 0:
+            raise ValueError(f"dsbn: bn_calibration_images must be >= 0, got {bn_calibration_images}")
+        self.bn_calibration_images = int(bn_calibration_images)
         if adv_weight < 0:
             raise ValueError(f"dsbn: adv_weight must be >= 0, got {adv_weight}")
         if norm not in ("linf", "l2"):
@@ -123,6 +141,48 @@ class DSBN(TrainingMethod):
                      random_start=self.random_start, seed=self.attack_seed())
         with bn_route(model, "adv"):
             return attack(x, y)
+
+    def end_warmup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Give the adversarial BN the warmed-up clean BN's parameters and statistics of adversarial images.
+
+        Every adversarial branch becomes a copy of its clean branch (running statistics and affine
+        parameters); then PGD through it (:meth:`perturb`) attacks ``bn_calibration_images`` training
+        images evenly spaced over the set, and its running statistics are re-estimated on them from scratch (a
+        cumulative average, batches of 128, no gradient). With ``bn_calibration_images = 0`` only the
+        copy is made. The model's mode and each layer's momentum are restored.
+
+        Raises:
+            ValueError: the model has no dual batch-norm layers.
+        """
+        layers = dual_bn_layers(model)
+        if not layers:
+            raise ValueError("dsbn: the model has no dual batch-norm layers; build it with ModelSpec(dual_bn=True)")
+        for m in layers:
+            m.adv.load_state_dict(m.clean.state_dict())
+        n = min(self.bn_calibration_images, len(x))
+        if n == 0:
+            log.info("dsbn: adversarial BN copied from the clean BN after the clean warm-up")
+            return
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        idx = torch.arange(n) * len(x) // n
+        adv = [self.perturb(model, x[chunk].to(device), y[chunk].to(device)) for chunk in idx.split(128)]
+        momenta = [m.adv.momentum for m in layers]
+        try:
+            for m in layers:
+                m.adv.reset_running_stats()
+                m.adv.momentum = None  # cumulative average over the calibration batches
+                m.adv.train()
+            with torch.no_grad(), bn_route(model, "adv"):
+                for batch in adv:
+                    model(batch)
+        finally:
+            for m, momentum in zip(layers, momenta):
+                m.adv.momentum = momentum
+            model.train(was_training)
+        log.info("dsbn: adversarial BN copied from the clean BN and its statistics re-estimated on %d PGD images "
+                 "after the clean warm-up", n)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """AdvProp's objective (:func:`dsbn_loss`): clean CE via the clean BN + w · PGD CE via the adversarial BN.

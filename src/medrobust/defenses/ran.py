@@ -37,7 +37,9 @@ space (:class:`medrobust.models.ran_head.RANHead`, ``model_overrides = {"head": 
   ``[μ − d(z_m, c_k)]_+`` lets a centroid meet the margin by leaving its own class; the relative
   form keeps each centroid tied to its class. Centroids are parameters of the head (trained by this
   term, saved with the model) and are initialised in :meth:`RAN.prepare` from the class means of
-  ``Z`` on the training set (``init_centroids``).
+  ``Z`` on the training set (``init_centroids``). With a clean warm-up (``train.clean_warmup_epochs``)
+  the warm-up minimises the terms without centroids (CE, L_cov, L_con) and the centroids are set
+  again from the warmed-up head before the margin term starts (:meth:`RAN.end_warmup`).
 
 NMTune's third term (the dominant-singular-value regulariser) is not part of RAN's description and is
 not used. The method section's equation numbers and loss weights could not be read from the sources
@@ -193,10 +195,9 @@ class RAN(TrainingMethod):
 
     @torch.no_grad()
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modality: str = "default") -> None:
-        """Initialise the centroids to the class means of ``Z = g(F)`` on the training set (eval mode).
+        """Initialise the centroids to the class means of ``Z = g(F)`` on the training set (:meth:`set_centroids`).
 
-        Z is computed without gradient in chunks of 256 images; a class without training images keeps
-        its random centroid (logged as a warning). Nothing is set when ``init_centroids`` is False.
+        With a clean warm-up they are set again when it ends (:meth:`end_warmup`), from the trained head.
 
         Args:
             model: a medrobust ``Classifier`` with the ``ran`` head.
@@ -208,6 +209,23 @@ class RAN(TrainingMethod):
             TypeError: the model has no ``embed`` or its head is not a ``RANHead``.
         """
         super().prepare(model, x, y, modality)
+        self.set_centroids(model, x, y)
+
+    @torch.no_grad()
+    def set_centroids(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the centroids to the class means of ``Z = g(F)`` over ``x`` (eval mode, no gradient).
+
+        Z is computed in chunks of 256 images on the head's device; a class without images keeps its
+        centroid (logged as a warning). Nothing is set when ``init_centroids`` is False.
+
+        Args:
+            model: a medrobust ``Classifier`` with the ``ran`` head.
+            x: the training images ``[N, C, H, W]`` (or vectors ``[N, D]``), on any device.
+            y: class indices ``[N]``.
+
+        Raises:
+            TypeError: the model has no ``embed`` or its head is not a ``RANHead``.
+        """
         head = _ran_head(model)
         if not self.init_centroids:
             return
@@ -218,10 +236,17 @@ class RAN(TrainingMethod):
                 zs.append(head.transform(model.embed(x[start:start + 256].to(device))))
         absent = head.init_centroids(torch.cat(zs), y.to(device))
         if absent:
-            log.warning("ran: classes %s have no training images; their centroids stay random", absent)
+            log.warning("ran: classes %s have no training images; their centroids stay as they were", absent)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``CE(W Z + b, y) + λ_cov·L_cov(Z) + λ_con·L_con(Z, F) + λ_adv·L_adv(Z, y, c)``, F detached in L_con.
+    def end_warmup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The clean warm-up trained ``g``: the centroids are set again from its ``Z`` (:meth:`set_centroids`)."""
+        self.set_centroids(model, x, y)
+        if self.init_centroids:
+            log.info("ran: centroids set to the class means of Z after the clean warm-up")
+
+    def terms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              margin: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted sum of RAN's terms; without ``margin``, the centroid margin term is left out.
 
         Raises:
             TypeError: the model has no ``embed`` or its head is not a ``RANHead``.
@@ -233,12 +258,24 @@ class RAN(TrainingMethod):
         ce = F.cross_entropy(logits, y)
         cov = covariance_loss(z)
         con = consistency_loss(z, f.detach(), normalize=self.normalize_consistency)
-        adv = centroid_margin_loss(z, y, head.centroids, self.margin)
-        loss = ce + self.cov_weight * cov + self.consistency_weight * con + self.adv_weight * adv
-        return loss, {
-            "train_acc": (logits.argmax(1) == y).float().mean().item(),
-            "train_ce": ce.item(),
-            "train_cov": cov.item(),
-            "train_consistency": con.item(),
-            "train_margin": adv.item(),
-        }
+        loss = ce + self.cov_weight * cov + self.consistency_weight * con
+        stats = {"train_acc": (logits.argmax(1) == y).float().mean().item(), "train_ce": ce.item(),
+                 "train_cov": cov.item(), "train_consistency": con.item()}
+        if margin:
+            adv = centroid_margin_loss(z, y, head.centroids, self.margin)
+            loss = loss + self.adv_weight * adv
+            stats["train_margin"] = adv.item()
+        return loss, stats
+
+    def warmup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """NMTune's part of RAN during the clean warm-up: ``CE + λ_cov·L_cov + λ_con·L_con``, no centroid term
+        (the centroids are set from the warmed-up head when the warm-up ends)."""
+        return self.terms(model, x, y, margin=False)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``CE(W Z + b, y) + λ_cov·L_cov(Z) + λ_con·L_con(Z, F) + λ_adv·L_adv(Z, y, c)``, F detached in L_con.
+
+        Raises:
+            TypeError: the model has no ``embed`` or its head is not a ``RANHead``.
+        """
+        return self.terms(model, x, y, margin=True)

@@ -17,7 +17,7 @@ a ``state_dict`` plus a JSON :class:`ModelSpec`.
 from medrobust.models import assimilation, clip, heads, ran_head  # noqa: F401 - imported to register their members
 from medrobust.models.backbones import Normalize, Trunk
 from medrobust.models.classifier import Classifier, ModelSpec, build_model
-from medrobust.models.dual_bn import DualBatchNorm, bn_route, convert_dual_bn, has_dual_bn
+from medrobust.models.dual_bn import DualBatchNorm, bn_route, convert_dual_bn, dual_bn_layers, has_dual_bn
 from medrobust.models.heads import BinaryHead
 from medrobust.models.inference import accuracy, predict_logits
 from medrobust.models.io import load_model, save_model
@@ -27,5 +27,5 @@ from medrobust.models.trainable import TRAINABLE_CHOICES, set_trainable
 
 __all__ = ["ADAPTERS", "BACKBONES", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "TRAINABLE_CHOICES", "BackboneCfg",
            "BinaryHead", "Classifier", "DualBatchNorm", "ModelSpec", "Normalize", "Trunk", "accuracy", "backbone_cfg",
-           "bn_route", "build_model", "convert_dual_bn", "has_dual_bn", "load_model", "predict_logits", "save_model",
-           "set_trainable"]
+           "bn_route", "build_model", "convert_dual_bn", "dual_bn_layers", "has_dual_bn", "load_model",
+           "predict_logits", "save_model", "set_trainable"]

@@ -69,7 +69,16 @@ def has_dual_bn(model: nn.Module) -> bool:
     Args:
         model: any module.
     """
-    return any(isinstance(m, DualBatchNorm) for m in model.modules())
+    return bool(dual_bn_layers(model))
+
+
+def dual_bn_layers(model: nn.Module) -> list[DualBatchNorm]:
+    """Every :class:`DualBatchNorm` of ``model``, in module order.
+
+    Args:
+        model: any module.
+    """
+    return [m for m in model.modules() if isinstance(m, DualBatchNorm)]
 
 
 @contextmanager
@@ -92,7 +101,7 @@ def bn_route(model: nn.Module, route: Route) -> Iterator[None]:
     """
     if route not in ("clean", "adv"):
         raise ValueError(f"bn_route: route must be 'clean' or 'adv', got {route!r}")
-    layers = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
+    layers = dual_bn_layers(model)
     if not layers:
         raise ValueError("bn_route: the model has no dual batch-norm layers (build it with dual_bn=True)")
     saved = [m.route for m in layers]

@@ -142,7 +142,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
               "syn": "sym_kl", "syn_weight": 1.0, "cls_on": "adv"},
     "arfl": {"r": 0.5, "lam": 10.0, "attack": "pgd", **_L_INF, "steps": 7, "random_start": True,
              "channel_reduction": "mean", "adv_robust_sign": 1.0},
-    "dsbn": {"adv_weight": 1.0, **_L_INF, "steps": 7, "random_start": True},
+    "dsbn": {"adv_weight": 1.0, **_L_INF, "steps": 7, "random_start": True, "bn_calibration_images": 512},
     "domain_assimilation": {"alpha": 0.98, "weighting": "alpha_glcm", "levels": 16, "distance": 3,
                             "temperature": 0.5, "metric": "l1"},
     "augmix": {**_AUGMIX, "width": 3, "depth": -1, "mix_alpha": 1.0, "ops": "", "joint_batch": True},

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from medrobust.data.shards import ArraySplit
 from medrobust.defenses import TrainingMethod
-from medrobust.defenses.standard import Standard
 from medrobust.models.inference import accuracy
 from medrobust.training import resume
 from medrobust.training.config import OptimConfig
@@ -98,9 +97,10 @@ def train_model(
         checkpoint_dir: if given, ``epoch_NNN.pt`` (model + optimiser state) is written every epoch.
         on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch (``epoch`` counts from 1).
         hflip: flip each image horizontally with probability 0.5 (``[N, C, H, W]`` batches).
-        clean_warmup_epochs: the first epochs minimise clean cross-entropy (a warm start: adversarial
-            objectives at full ε can stall a network trained from scratch at the constant predictor);
-            the method's own loss takes over afterwards, and its epoch counter starts there.
+        clean_warmup_epochs: the first epochs minimise the method's ``warmup_loss`` (clean cross-entropy
+            unless the method keeps its own machinery there: a warm start, as adversarial objectives at
+            full ε can stall a network trained from scratch at the constant predictor); then the
+            method's ``end_warmup`` runs once and its own loss takes over, its epoch counter starting there.
         desc: the name in the progress bar and the log lines.
         select: scores the model on validation data after each epoch (e.g. robust accuracy under a
             cheap PGD); the model ends with the weights of the best-scoring epoch (the latest of
@@ -110,7 +110,8 @@ def train_model(
             averaged; only rank 0 validates, selects, checkpoints and calls ``on_epoch``.
         resume_dir: a folder that survives a kill (:mod:`medrobust.training.resume`): the state after each
             epoch is saved there, and a state saved under ``resume_key`` is resumed from, bit for bit
-            (``on_epoch`` is called again for the epochs it already holds).
+            (``on_epoch`` is called again for the epochs it already holds); the method's own state
+            (its generators, running averages) is saved and restored with it.
         resume_key: what the saved state must have been saved for (the run's params and data).
 
     Returns:
@@ -123,12 +124,11 @@ def train_model(
     history = History()
     n = len(train)
     warmup = min(clean_warmup_epochs, epochs)
-    clean = Standard()
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     first = 0
     saved = resume.load(resume_dir, resume_key)
     if saved is not None:
-        resume.restore(saved, model=model, optimizer=opt, scheduler=sched, generator=gen)
+        resume.restore(saved, model=model, optimizer=opt, scheduler=sched, generator=gen, method=method)
         first, history.epochs, history.best_epoch = int(saved["epoch"]), list(saved["history"]), saved["best_epoch"]
         if saved["best_state"] is not None:
             best = (float(saved["best_score"]), saved["best_state"])
@@ -138,9 +138,13 @@ def train_model(
                 on_epoch(i + 1, m)
     broadcast_state(model, world)
     for epoch in range(first, epochs):
-        current = clean if epoch < warmup else method
-        if current is method:
+        warming = epoch < warmup
+        if not warming:
+            if warmup > 0 and epoch == warmup:  # the warm-up just ended: the method sets up what depends on the trained network
+                method.end_warmup(model, train.x, train.y)
+                broadcast_state(model, world)
             method.start_epoch(epoch - warmup, epochs - warmup)
+        step_loss = method.warmup_loss if warming else method.loss
         model.train()
         order = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
@@ -155,7 +159,7 @@ def train_model(
             x, y = train.x[idx[mine]].to(device), train.y[idx[mine]].to(device)
             if flip is not None:
                 x = torch.where(flip[mine].to(device).view(-1, 1, 1, 1), x.flip(-1), x)
-            loss, stats = current.loss(model, x, y)
+            loss, stats = step_loss(model, x, y)
             opt.zero_grad(set_to_none=True)
             if world.distributed:  # this rank's share of the global batch's mean loss; gradients summed over ranks
                 (loss * (len(mine) / len(idx))).backward()
@@ -192,7 +196,8 @@ def train_model(
             on_epoch(epoch + 1, metrics)
         if resume_dir is not None:
             resume.save(resume_dir, key=resume_key, epoch=epoch + 1, model=model, optimizer=opt, scheduler=sched,
-                        generator=gen, history=history.epochs, best_epoch=history.best_epoch, best=best)
+                        generator=gen, history=history.epochs, best_epoch=history.best_epoch, best=best,
+                        method=method.state_dict())
     if world.is_main and best is not None and history.best_epoch != epochs:
         model.load_state_dict(best[1])
         log.info("%s: kept epoch %d of %d (best validation selection score %.4f)", desc, history.best_epoch, epochs,

@@ -3,7 +3,8 @@
 After every epoch the loop writes ``state.pt`` into a resume folder that lives beside the stage's
 output, outside the atomic temporary folder a kill throws away: the model, the optimiser and the
 schedule, every random generator in play (the loop's data-order generator, torch's CPU and CUDA
-generators, NumPy's and Python's), the history so far and the best epoch's weights. The next run
+generators, NumPy's and Python's), the training method's own state (its generators and running
+statistics: ``TrainingMethod.state_dict``), the history so far and the best epoch's weights. The next run
 with the same key (the stage's params and data) starts at the next epoch and computes exactly what
 the uninterrupted run would have: on CPU, the same ``model.pt`` bytes. A different key (params or
 data changed) starts from scratch. Written atomically (temporary file, then rename); read with
@@ -38,8 +39,11 @@ def _set_numpy_state(s: dict[str, Any]) -> None:
 
 def save(folder: Path, *, key: str, epoch: int, model: torch.nn.Module, optimizer: Any, scheduler: Any,
          generator: torch.Generator, history: list[dict[str, float]], best_epoch: int,
-         best: tuple[float, dict[str, torch.Tensor]] | None) -> None:
-    """Write the state after ``epoch`` (1-based) epochs into ``folder/state.pt`` (atomically)."""
+         best: tuple[float, dict[str, torch.Tensor]] | None, method: dict[str, Any] | None = None) -> None:
+    """Write the state after ``epoch`` (1-based) epochs into ``folder/state.pt`` (atomically).
+
+    ``method`` is the training method's ``state_dict()`` (its generators and running statistics).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     py_version, py_state, py_gauss = random.getstate()
     state = {
@@ -49,6 +53,7 @@ def save(folder: Path, *, key: str, epoch: int, model: torch.nn.Module, optimize
         "numpy": _numpy_state(), "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
         "history": history, "best_epoch": best_epoch,
         "best_score": None if best is None else best[0], "best_state": None if best is None else best[1],
+        "method": method or {},
     }
     tmp = folder / f".{STATE_FILE}.tmp-{os.getpid()}"
     torch.save(state, tmp)
@@ -71,8 +76,9 @@ def load(folder: Path | None, key: str) -> dict[str, Any] | None:
 
 
 def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-            generator: torch.Generator) -> None:
-    """Put the saved model, optimiser, schedule and random generators back."""
+            generator: torch.Generator, method: Any = None) -> None:
+    """Put the saved model, optimiser, schedule and random generators back, and ``method``'s own state
+    (a ``TrainingMethod``: ``load_state_dict``) when given."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -83,6 +89,8 @@ def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer: Any, sc
     _set_numpy_state(state["numpy"])
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if method is not None:
+        method.load_state_dict(state.get("method", {}))
 
 
 __all__ = ["STATE_FILE", "load", "restore", "save"]
