@@ -5,6 +5,7 @@
     medrobust ingest                # any data.source -> validated, de-identified shards
     medrobust advgen                # surrogate + adversarial test sets
     medrobust train                 # the method named in params.yaml
+    medrobust pretrain              # RAN's noisy vision-language pretraining, then its heads
     medrobust evaluate              # clean / white-box / transfer robustness, gates
     medrobust register              # MLflow registry, @champion if the gates pass
     medrobust registry list|show|promote|rollback|load   # inspect and steer the registry
@@ -17,7 +18,7 @@
     medrobust pipeline run-local    # the Kubeflow DAG with kfp.local's SubprocessRunner
     medrobust pipeline submit|schedule|runs --host URL   # a Kubeflow Pipelines server (kfp.Client)
     medrobust compare --methods pgd_at,trades,arfl --folds 5   # patient-grouped k-fold CV, with tests
-    medrobust bench <name>          # benchmarks: attacks, ingest, methods, train, two-moon
+    medrobust bench <name>          # benchmarks: attacks, ingest, methods, papers, train, two-moon
     medrobust stack up|down|status  # PostgreSQL + S3 + MLflow server on 127.0.0.1, no Docker
 
 Every path is relative to the current folder; ``--params`` names the params file.
@@ -33,6 +34,7 @@ from typing import Annotated, Any
 import typer
 
 from medrobust.bench.commands import app as bench_app
+from medrobust.bench.commands import compare as compare_command
 from medrobust.config import ConfigError
 from medrobust.params import Params, load_params
 from medrobust.stack.commands import app as stack_app
@@ -46,6 +48,7 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
 app.add_typer(stack_app, name="stack")
 app.add_typer(params_app, name="params")
+app.command("compare")(compare_command)
 log = logging.getLogger("medrobust.cli")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
@@ -110,6 +113,18 @@ def train(
 ) -> None:
     """Train with the method named in train.method; log to MLflow."""
     from medrobust.stages import train as stage
+
+    stage.run(_params(params), dataset, out)
+
+
+@app.command()
+def pretrain(
+    params: ParamsOpt = PARAMS,
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset"),
+    out: Path = typer.Option(Path("models/pretrain"), help="output folder"),
+) -> None:
+    """RAN's upstream stage: a tiny CLIP pre-trained at each noise ratio of pretrain.noise_ratios, then its heads."""
+    from medrobust.stages import pretrain as stage
 
     stage.run(_params(params), dataset, out)
 
@@ -387,37 +402,6 @@ def pipeline_runs(host: HostOpt, experiment: ExperimentOpt = "", namespace: Name
     setup_logging()
     for r in remote.list_runs(host, experiment or None, namespace or None, limit):
         typer.echo(f"{r.run_id}  {r.state:<10} {r.created_at:<26} {r.name}")
-
-
-# --------------------------------------------------------------------------------------------------
-# benchmarks
-# --------------------------------------------------------------------------------------------------
-def _methods(text: str) -> list[str] | None:
-    return [m.strip() for m in text.split(",") if m.strip()] or None
-
-
-@app.command()
-def compare(
-    params: ParamsOpt = PARAMS,
-    methods: str = typer.Option(..., help="comma-separated training methods, e.g. pgd_at,trades,arfl"),
-    folds: int = typer.Option(5, help="patient-grouped folds (GroupKFold on the patient pseudonyms)"),
-    epochs: int = typer.Option(0, help="epochs per method and fold (0: train.epochs)"),
-    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (the built-in one is made if missing)"),
-    out: Path = typer.Option(Path("benchmarks/compare"), help="writes <out>.json, <out>.md and <out>.png"),
-) -> None:
-    """Cross-validate training methods on the same patient folds: mean ± sd, Wilcoxon and Mann–Whitney tests."""
-    from medrobust.bench import compare as bench
-    from medrobust.bench.compare_report import box_plot, to_markdown
-    from medrobust.bench.report import command_line, publish
-
-    report = bench.compare_methods(_params(params), _methods(methods) or [], n_folds=folds, dataset_dir=dataset,
-                                   epochs=epochs or None)
-    command = command_line("compare", {"methods": methods, "folds": folds, "epochs": epochs, "out": out},
-                           {"epochs": 0, "out": Path("benchmarks/compare")}, program="medrobust")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure = box_plot(report, out.with_suffix(".png"))
-    publish(out, report, to_markdown(report, command, figure.name), command)
-    log.info("compare: %s", out.with_suffix(".md"))
 
 
 def main() -> None:

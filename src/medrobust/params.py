@@ -15,6 +15,7 @@ section         defined in
 ``register``    :mod:`medrobust.registry.config` (the gates: :mod:`medrobust.registry.gates`)
 ``mlflow``      :mod:`medrobust.registry.tracking`
 ``kubeflow``    here (:class:`KubeflowConfig`: per-step resources, the GPU node pool; compile time only)
+``pretrain``    :mod:`medrobust.pretrain.config` (RAN's noisy pretraining: ``medrobust pretrain``)
 ==============  ==============================================================
 
 Validation is strict (:mod:`medrobust.config`): an unknown key, a wrong type or a value outside its
@@ -51,6 +52,8 @@ from medrobust.config import ConfigError, Seed, Seq, StrictModel, config_error, 
 from medrobust.data.config import DataConfig
 from medrobust.data.validation import ValidationConfig
 from medrobust.evaluation.config import EvaluateConfig
+from medrobust.evaluation.shifts import SHIFTS
+from medrobust.pretrain.config import PretrainConfig
 from medrobust.registry.config import RegisterConfig
 from medrobust.registry.tracking import MlflowConfig
 from medrobust.training.config import SurrogateConfig, TrainConfig
@@ -139,6 +142,15 @@ class Params(StrictModel):
     register: RegisterConfig = RegisterConfig()
     mlflow: MlflowConfig = MlflowConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="after")
+    def _pretrain_shift_is_known(self) -> Params:
+        shift = self.pretrain.downstream.shift
+        if shift not in SHIFTS:
+            raise field_error("pretrain.downstream.shift", f"unknown shift {shift!r}; allowed values: "
+                              f"{', '.join(sorted(SHIFTS))}")
+        return self
 
     @model_validator(mode="after")
     def _gate_is_evaluated(self) -> Params:

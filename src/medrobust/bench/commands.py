@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ from medrobust.utils import paths, setup_logging
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios measured within one run.")
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
 PARAMS = Path("params.yaml")
+log = logging.getLogger("medrobust.cli")
 
 
 def _params(path: Path) -> Params:
@@ -122,6 +124,26 @@ def bench_train(
         publish(out, report, bench.to_markdown(report, command), command)
 
 
+@app.command("papers")
+def bench_papers(
+    params: ParamsOpt = PARAMS,
+    paper: str = typer.Option("", help="comma-separated sections (built: ran); empty: every built section"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (built if missing)"),
+    out: Path = typer.Option(Path("benchmarks"), help="writes <out>/claims/<paper>.json and <out>/papers.md"),
+) -> None:
+    """Each seed paper's own protocol on the built-in data, with its claims and a verdict on each."""
+    from medrobust.bench import papers as bench
+    from medrobust.bench.report import command_line
+
+    p = _params(params)
+    try:
+        names = bench.check_papers(_methods(paper))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--paper") from exc
+    command = command_line("papers", {"paper": paper, "out": out}, {"out": Path("benchmarks")})
+    bench.bench_papers(p, names, dataset_dir=dataset, out_dir=out, command=command)
+
+
 @app.command("methods")
 def bench_methods(
     params: ParamsOpt = PARAMS,
@@ -187,3 +209,29 @@ def bench_two_moon(
     command = command_line("two-moon", {**options, "out": out}, {**dict.fromkeys(options, 0),
                                                                   "out": Path("benchmarks/two_moon")})
     bench.run(out, command, bench.config_from_options(**options))
+
+
+def compare(
+    params: ParamsOpt = PARAMS,
+    methods: str = typer.Option(..., help="comma-separated training methods, e.g. pgd_at,trades,arfl"),
+    folds: int = typer.Option(5, help="patient-grouped folds (GroupKFold on the patient pseudonyms)"),
+    epochs: int = typer.Option(0, help="epochs per method and fold (0: train.epochs)"),
+    dataset: Path = typer.Option(paths.INGESTED, help="ingested dataset (the built-in one is made if missing)"),
+    out: Path = typer.Option(Path("benchmarks/compare"), help="writes <out>.json, <out>.md and <out>.png"),
+) -> None:
+    """Cross-validate training methods on the same patient folds: mean ± sd, Wilcoxon and Mann–Whitney tests.
+
+    ``medrobust compare`` (a top-level command, registered by :mod:`medrobust.cli`).
+    """
+    from medrobust.bench import compare as bench
+    from medrobust.bench.compare_report import box_plot, to_markdown
+    from medrobust.bench.report import command_line, publish
+
+    report = bench.compare_methods(_params(params), _methods(methods) or [], n_folds=folds, dataset_dir=dataset,
+                                   epochs=epochs or None)
+    command = command_line("compare", {"methods": methods, "folds": folds, "epochs": epochs, "out": out},
+                           {"epochs": 0, "out": Path("benchmarks/compare")}, program="medrobust")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure = box_plot(report, out.with_suffix(".png"))
+    publish(out, report, to_markdown(report, command, figure.name), command)
+    log.info("compare: %s", out.with_suffix(".md"))

@@ -10,9 +10,12 @@ architecture            embed dim  width   depth  patch  input size
 ``clip_vit_b32``        512        768     12     32     224
 :data:`CLIP_VIT_B16`    512        768     12     16     224
 :data:`CLIP_VIT_L14`    768        1024    24     14     224
+``clip_vit_tiny``       64         64      2      8      32
 ======================  =========  ======  =====  =====  ==========
 
-Only ``clip_vit_b32`` (OpenAI ViT-B/32; PubMedCLIP is a fine-tuned one) is registered in
+``clip_vit_tiny`` is the tower of the tiny CLIP that :mod:`medrobust.pretrain` pre-trains from random
+weights on this machine (RAN's noisy vision-language pretraining); its ``clip.pt`` loads here. Besides
+it, only ``clip_vit_b32`` (OpenAI ViT-B/32; PubMedCLIP is a fine-tuned one) is registered in
 :data:`~medrobust.models.registry.BACKBONES`: every registered backbone is built, run and saved by the unit tests,
 which takes about 4 s for ViT-B/32, 10 s for ViT-B/16 and a minute for ViT-L/14 (the RAN paper's
 backbone, 304M parameters) on CPU. The others are one line away, e.g.
@@ -270,11 +273,18 @@ CLIP_VIT_B16: dict[str, Any] = {"image_size": 224, "layers": 12, "width": 768, "
 #: OpenAI ViT-L/14's visual tower (embedding 768): ``clip_backbone(768, CLIP_VIT_L14)``.
 CLIP_VIT_L14: dict[str, Any] = {"image_size": 224, "layers": 24, "width": 1024, "patch_size": 14}
 
+#: the tiny tower :mod:`medrobust.pretrain` trains (embedding :data:`CLIP_TINY_EMBED`): registered as ``clip_vit_tiny``.
+CLIP_VIT_TINY: dict[str, Any] = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
+CLIP_TINY_EMBED = 64
+
 #: the registry config of a CLIP backbone: it normalises inside itself, so the classifier's
 #: ``normalize`` layer is the identity, trained from scratch or not
 CLIP_CFG: dict[str, Any] = {"mean": 0.0, "std": 1.0, "pretrained_mean": 0.0, "pretrained_std": 1.0}
 
 clip_vit_b32 = BACKBONES.register("clip_vit_b32", **CLIP_CFG)(clip_backbone(512, CLIP_VIT_B32, name="clip_vit_b32"))
+clip_vit_tiny = BACKBONES.register("clip_vit_tiny", **CLIP_CFG)(
+    clip_backbone(CLIP_TINY_EMBED, CLIP_VIT_TINY, name="clip_vit_tiny"))
 
-__all__ = ["CLIP_CFG", "CLIP_MEAN", "CLIP_STD", "CLIP_VIT_B16", "CLIP_VIT_B32", "CLIP_VIT_L14", "ClipImageEncoder",
-           "clip_backbone", "clip_vit_b32", "load_visual_weights", "read_state_dict", "visual_state_dict"]
+__all__ = ["CLIP_CFG", "CLIP_MEAN", "CLIP_STD", "CLIP_TINY_EMBED", "CLIP_VIT_B16", "CLIP_VIT_B32", "CLIP_VIT_L14",
+           "CLIP_VIT_TINY", "ClipImageEncoder", "clip_backbone", "clip_vit_b32", "clip_vit_tiny", "load_visual_weights",
+           "read_state_dict", "visual_state_dict"]
