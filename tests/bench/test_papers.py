@@ -57,17 +57,17 @@ def test_ran_claims_on_a_made_up_sweep():
 
 
 def test_check_papers_names_unknown_and_unbuilt_sections():
-    assert check_papers(None) == ["ran"]
+    assert check_papers(None) == ["dpaat", "ran"]
     with pytest.raises(ValueError, match="unknown paper 'ranx'.*domain_assimilation, dpaat, ran, rtda, arfl"):
         check_papers(["ranx"])
-    with pytest.raises(ValueError, match="the dpaat section is not built yet; built: ran"):
-        check_papers(["dpaat"])
+    with pytest.raises(ValueError, match="the rtda section is not built yet; built: dpaat, ran"):
+        check_papers(["rtda"])
 
 
 def test_committed_claims_have_a_verdict_numbers_and_a_reason():
     claims_dir = REPO / "benchmarks" / "claims"
     files = sorted(claims_dir.glob("*.json"))
-    assert [f.stem for f in files] == ["ran"]
+    assert [f.stem for f in files] == ["dpaat", "ran"]
     for path in files:
         doc = json.loads(path.read_text())
         assert doc["paper"] in PAPERS and doc["command"].startswith("medrobust bench papers") and doc["wall_s"] > 0
@@ -95,7 +95,7 @@ def test_bench_papers_ran_section_end_to_end(pipeline_run, tmp_path, monkeypatch
         res = runner.invoke(app, ["bench", "papers", "--paper", "ran", "--dataset", str(pipeline_run.dataset),
                                   "--out", "bench"])
         assert res.exit_code == 0, res.output
-        bad = runner.invoke(app, ["bench", "papers", "--paper", "dpaat", "--dataset", str(pipeline_run.dataset)])
+        bad = runner.invoke(app, ["bench", "papers", "--paper", "rtda", "--dataset", str(pipeline_run.dataset)])
     assert bad.exit_code == 2 and "not built yet" in bad.output
     doc = json.loads(Path("bench/claims/ran.json").read_text())
     assert doc["command"] == "medrobust bench papers --paper ran --out bench"
@@ -103,5 +103,50 @@ def test_bench_papers_ran_section_end_to_end(pipeline_run, tmp_path, monkeypatch
     assert {c["id"] for c in doc["claims"]} >= {"ran_beats_baselines/r00", "ran_beats_baselines/r20",
                                                 "high_noise_degrades/ran/ood_clean"}
     md = Path("bench/papers.md").read_text()
-    assert "## ran" in md and "## dpaat\n\nNot built yet" in md
+    assert "## ran" in md and "## rtda\n\nNot built yet" in md
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "mlartifacts", "mlflow.db", "params.yaml"]  # no work files
+
+
+def test_dpaat_claims_follow_the_rows():
+    from medrobust.bench.papers_dpaat import dpaat_claims, mean_interval
+
+    rows = {"dpaat": {"clean": proportion(90, 100), "pgd20_l2": proportion(80, 100), "ifgsm_l2": proportion(62, 100),
+                      "cam_agreement": [0.9, 0.8, 0.85, 0.95, 0.9]},
+            "pgd_at": {"clean": proportion(92, 100), "pgd20_l2": proportion(50, 100), "ifgsm_l2": proportion(60, 100),
+                       "cam_agreement": [0.7, 0.6, 0.65, 0.75, 0.72]}}
+    claims = {c["id"]: c for c in dpaat_claims(rows)}
+    assert claims["dpaat_beats_pgd_at/pgd20_l2"]["verdict"] == "reproduced"
+    assert claims["dpaat_beats_pgd_at/ifgsm_l2"]["verdict"] == "not reproduced"
+    assert claims["dpaat_generalization_comparable"]["verdict"] == "not reproduced"  # 90 vs 92: lower bound < -5
+    assert claims["dpaat_gradcam_alignment"]["verdict"] == "reproduced"
+    assert claims["dpaat_gradcam_alignment"]["measured"]["difference"]["value"] == pytest.approx(0.196)
+    big = {m: {**r, "clean": proportion(k, 4000)} for (m, r), k in zip(rows.items(), (3600, 3610))}
+    assert {c["id"]: c for c in dpaat_claims(big)}["dpaat_generalization_comparable"]["verdict"] == "reproduced"
+    # the t interval against scipy's
+    from scipy import stats
+
+    import numpy as np
+
+    v = np.array([0.1, 0.3, -0.2, 0.4, 0.25, float("nan")])
+    est = mean_interval(v)
+    lo, hi = stats.t.interval(0.95, 4, loc=v[:5].mean(), scale=stats.sem(v[:5]))
+    assert est["n"] == 5 and est["ci"] == [pytest.approx(lo), pytest.approx(hi)]
+
+
+def test_bench_papers_dpaat_section_end_to_end(pipeline_run, tmp_path):
+    from medrobust.params import parse_params
+
+    params = parse_params(tiny_raw(train={"epochs": 2, "clean_warmup_epochs": 1}))
+    with tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        sections = bench_papers(params, ["dpaat"], dataset_dir=pipeline_run.dataset, out_dir=tmp_path / "b")
+    doc = json.loads((tmp_path / "b" / "claims" / "dpaat.json").read_text())
+    assert doc["protocol"]["eps"] == 0.3 and doc["protocol"]["optim"] == {"name": "adam", "lr": 3e-4}
+    assert [r["method"] for r in doc["results"]] == ["standard", "pgd_at", "dpaat"]
+    for r in doc["results"]:
+        for key in ("clean", "pgd20_l2", "ifgsm_l2"):
+            assert r[key]["n"] == doc["protocol"]["n_test"] and r[key]["ci"][0] <= r[key]["value"] <= r[key]["ci"][1]
+        assert -1 <= r["cam_agreement"]["value"] <= 1 and 1 <= r["selected_epoch"] <= 2
+    assert {c["id"] for c in doc["claims"]} == {"dpaat_beats_pgd_at/pgd20_l2", "dpaat_beats_pgd_at/ifgsm_l2",
+                                                "dpaat_generalization_comparable", "dpaat_gradcam_alignment"}
+    assert all(c["verdict"] in VERDICTS and c["reason"] for c in doc["claims"])
+    assert sections["dpaat"]["wall_s"] > 0
