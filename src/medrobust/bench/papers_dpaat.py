@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 
 from medrobust.attacks import PGDL2
-from medrobust.data.shards import load_split
+from medrobust.data.shards import ArraySplit, load_split
 from medrobust.evaluation.saliency import grad_cam
 from medrobust.evaluation.stats import estimate, proportion
 from medrobust.models.inference import accuracy, predict_logits
@@ -65,9 +65,8 @@ def mean_interval(values: np.ndarray, level: float = 0.95) -> dict[str, Any]:
     return estimate(float(v.mean()), (float(v.mean() - half), float(v.mean() + half)), len(v))
 
 
-def train_and_test(params: Params, method: str, dataset: Path) -> dict[str, Any]:
+def train_and_test(params: Params, method: str, train: ArraySplit, val: ArraySplit, test: ArraySplit) -> dict[str, Any]:
     """One method under the paper's training settings; its test accuracies and per-image Grad-CAM agreement."""
-    train, val, test = (load_split(dataset, s) for s in ("train", "val", "test"))
     settings = {"norm": "l2", "eps": EPS, "steps": TRAIN_STEPS, "step_size": TRAIN_STEP_SIZE}
     cfg = params.updated({"train": {"optim": {"name": "adam", "lr": LR},
                                     "methods": {m: settings for m in ("pgd_at", "dpaat")}}}).train
@@ -137,7 +136,8 @@ def dpaat_claims(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def section_dpaat(params: Params, dataset: Path, work: Path) -> dict[str, Any]:
     """DPAAT's section: standard, PGD-AT and DPAAT under the paper's settings, then its claims."""
-    rows = {m: train_and_test(params, m, dataset) for m in METHODS}
+    splits = [load_split(dataset, s) for s in ("train", "val", "test")]
+    rows = {m: train_and_test(params, m, *splits) for m in METHODS}
     for m, r in rows.items():
         log.info("dpaat section %s: clean %.3f, PGD-20 %.3f, I-FGSM %.3f", m, r["clean"]["value"],
                  r["pgd20_l2"]["value"], r["ifgsm_l2"]["value"])

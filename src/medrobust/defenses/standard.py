@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medrobust.defenses.base import TRAINING_METHODS, TrainingMethod
@@ -19,7 +18,5 @@ class Standard(TrainingMethod):
     name = "standard"
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``CE(f(x), y)`` on the clean batch (empirical risk minimisation)."""
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        return loss, {"train_acc": (logits.argmax(1) == y).float().mean().item()}
+        """``CE(f(x), y)`` on the clean batch (empirical risk minimisation): the base class's clean warm-up loss."""
+        return self.warmup_loss(model, x, y)

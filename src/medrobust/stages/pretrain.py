@@ -46,6 +46,7 @@ from medrobust.pretrain import (ClipConfig, build_clip, caption_vocabulary, cont
                                 make_noisy_pairs, pretrain_clip)
 from medrobust.pretrain.config import PretrainConfig
 from medrobust.registry import tracking
+from medrobust.stages.advgen import attack_dataset
 from medrobust.training import ModelConfig, OptimConfig, TrainConfig, build_method, train_model
 from medrobust.utils import atomic_output_dir, resolve_device, seed_everything, write_json
 
@@ -84,15 +85,9 @@ def head_method(head: str) -> tuple[str, dict[str, Any]]:
     return ("ran", {"adv_weight": 0.0}) if head == "nmtune" else (head, {})
 
 
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, Any]:
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     logits = predict_logits(model, x)
     return proportion(int((logits.argmax(1).cpu() == y).sum()), len(y))
-
-
-def _attacked(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, seed: int,
-              device: torch.device) -> torch.Tensor:
-    attack = PGD(model, eps=eps, steps=steps, random_start=True, seed=seed)
-    return torch.cat([attack(x[i:i + 128].to(device), y[i:i + 128].to(device)).cpu() for i in range(0, len(x), 128)])
 
 
 def downstream(params: Params, weights: Path, head: str, train: ArraySplit, val: ArraySplit, test: ArraySplit,
@@ -112,14 +107,16 @@ def downstream(params: Params, weights: Path, head: str, train: ArraySplit, val:
     train_model(model, trainer, train, val, epochs=cfg.epochs, batch_size=cfg.batch_size, optim=train_cfg.optim,
                 seed=params.seed, desc=head)
     model.eval()
-    seed = params.seed + 303
+
+    def attacked(x: torch.Tensor) -> torch.Tensor:  # each set from the same seeded start
+        attack = PGD(model, eps=cfg.attack_eps, steps=cfg.attack_steps, random_start=True, seed=params.seed + 303)
+        return attack_dataset(attack, x, test.y, 128, device)
+
     return {
-        "id_clean": _accuracy(model, test.x, test.y, device),
-        "id_pgd": _accuracy(model, _attacked(model, test.x, test.y, cfg.attack_eps, cfg.attack_steps, seed, device),
-                            test.y, device),
-        "ood_clean": _accuracy(model, shifted, test.y, device),
-        "ood_pgd": _accuracy(model, _attacked(model, shifted, test.y, cfg.attack_eps, cfg.attack_steps, seed, device),
-                             test.y, device),
+        "id_clean": _accuracy(model, test.x, test.y),
+        "id_pgd": _accuracy(model, attacked(test.x), test.y),
+        "ood_clean": _accuracy(model, shifted, test.y),
+        "ood_pgd": _accuracy(model, attacked(shifted), test.y),
     }
 
 
